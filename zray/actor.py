@@ -1,0 +1,187 @@
+"""``@ray.remote`` on a class: actor creation, handles and method calls.
+
+A handle holds an ``ObjectRef`` to the actor's id, so handles are counted
+like objects: when none is left in any process, the actor exits.
+"""
+import inspect
+import os
+
+from .core.submit import (ACTOR_OPTIONS, FunctionBlob, check_options, encode_arguments,
+                          make_spec, new_task_id, num_returns_of)
+from .object_ref import ObjectRef
+from .sched.resources import demand_from_options
+from .transport import protocol as P
+
+
+def method(*args, **kwargs):
+    """``@ray.method(num_returns=2)`` on an actor method."""
+    if args and callable(args[0]) and len(args) == 1 and not kwargs:
+        return args[0]
+    unknown = set(kwargs) - {"num_returns", "num_return_vals", "concurrency_group"}
+    if args or unknown:
+        raise TypeError(f"ray.method takes only num_returns=N (alias num_return_vals), got "
+                        f"{sorted(unknown) or args}")
+    n = num_returns_of(kwargs)
+
+    def decorate(function):
+        function.__zray_num_returns__ = n
+        return function
+    return decorate
+
+
+def exit_actor():
+    """End the current actor after this method returns."""
+    raise SystemExit(0)
+
+
+def _method_table(cls):
+    table = {}
+    for name, member in inspect.getmembers(cls):
+        if name.startswith("__") and name != "__call__":
+            continue
+        if inspect.isfunction(member) or inspect.ismethod(member):
+            table[name] = getattr(member, "__zray_num_returns__", 1)
+    return table
+
+
+class ActorClass:
+    def __init__(self, cls, options):
+        check_options(options, ACTOR_OPTIONS, f"actor class {cls.__qualname__}")
+        self._cls = cls
+        self._options = dict(options)
+        self._code = FunctionBlob(cls)
+        self._methods = _method_table(cls)
+        self.__name__ = cls.__name__
+        self.__qualname__ = cls.__qualname__
+        self.__doc__ = cls.__doc__
+
+    def __reduce__(self):
+        return ActorClass, (self._cls, self._options)
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor class {self._cls.__qualname__} cannot be instantiated directly; "
+                        f"use {self._cls.__name__}.remote(...) to create an actor")
+
+    def remote(self, *args, **kwargs):
+        return self._create(args, kwargs, self._options)
+
+    def options(self, **options):
+        check_options(options, ACTOR_OPTIONS, f"actor class {self._cls.__qualname__}")
+        merged = {**self._options, **options}
+        parent = self
+
+        class _Bound:
+            def remote(self, *args, **kwargs):
+                return parent._create(args, kwargs, merged)
+        return _Bound()
+
+    def _create(self, args, kwargs, options):
+        from . import api
+        runtime = api.runtime_for_submit()
+        if api.is_local_mode():
+            return api.local_actor(self._cls, args, kwargs, self._methods)
+        name = options.get("name")
+        if name is not None:
+            if options.get("get_if_exists"):
+                try:
+                    return api.get_actor(name)
+                except ValueError:
+                    pass
+            runtime.request("reserve_actor_name", name)
+        function_id = self._code.ensure(runtime)
+        frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
+                                                              api.put_serialized)
+        explicit = any(options.get(k) is not None for k in ("num_cpus", "num_gpus", "resources"))
+        if explicit:
+            # Resources asked for explicitly are held for the actor's life.
+            demand = demand_from_options(options.get("num_cpus"), options.get("num_gpus"),
+                                         options.get("resources"), default_cpus=0)
+        else:
+            # As Ray: one CPU to place the actor, none while it lives.
+            demand = demand_from_options(1)
+        restarts = options.get("max_restarts", options.get("max_reconstructions")) or 0
+        actor_id = os.urandom(20)
+        handle_meta = (self._cls.__name__, self._methods)
+        extra = {"max_restarts": float("inf") if restarts == -1 else restarts,
+                 "max_concurrency": options.get("max_concurrency"), "name": name,
+                 "hold_resources": explicit, "handle_meta": handle_meta}
+        spec = make_spec(P.ACTOR_CREATE, new_task_id(), function_id, self._cls.__name__, 1,
+                         deps, contained, demand, n_arg_frames=len(frames), actor_id=actor_id,
+                         options=extra, returns=(actor_id,))
+        ref = ObjectRef(actor_id, _runtime=runtime)
+        runtime.expect_results([actor_id])
+        runtime.send_message(P.SUBMIT, spec, frames=frames)
+        del keepalive
+        return ActorHandle(actor_id, handle_meta, ref)
+
+
+class ActorHandle:
+    def __init__(self, actor_id, handle_meta, ref):
+        self._actor_id = actor_id
+        self._class_name, self._methods = handle_meta
+        self._ref = ref
+
+    def __getattr__(self, name):
+        methods = self.__dict__.get("_methods")
+        if methods is None or name not in methods:
+            raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method "
+                                 f"{name!r}")
+        return ActorMethod(self, name, methods[name])
+
+    def __repr__(self):
+        return f"Actor({self._class_name}, {self._actor_id.hex()[:12]})"
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __reduce__(self):
+        return _rebuild_handle, (self._actor_id, (self._class_name, self._methods))
+
+    def __zray_reduce__(self, contained):
+        contained.append(self._actor_id)
+        return self.__reduce__()
+
+
+def _rebuild_handle(actor_id, handle_meta):
+    return ActorHandle(actor_id, handle_meta, ObjectRef(actor_id, borrowed=True))
+
+
+class ActorMethod:
+    def __init__(self, handle, name, num_returns):
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"actor methods cannot be called directly; use "
+                        f"actor.{self._name}.remote(...)")
+
+    def options(self, **options):
+        unknown = set(options) - {"num_returns", "num_return_vals", "name", "max_task_retries"}
+        if unknown:
+            raise TypeError(f"unknown actor method options {sorted(unknown)}")
+        n = num_returns_of(options, self._num_returns)
+        return ActorMethod(self._handle, self._name, n)
+
+    def remote(self, *args, **kwargs):
+        from . import api
+        handle = self._handle
+        if api.is_local_mode():
+            return api.local_method(handle, self._name, args, kwargs, self._num_returns)
+        runtime = api.runtime_for_submit()
+        frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
+                                                              api.put_serialized)
+        spec = make_spec(P.ACTOR_METHOD, new_task_id(), b"",
+                         f"{handle._class_name}.{self._name}", self._num_returns, deps,
+                         contained, {}, n_arg_frames=len(frames), actor_id=handle._actor_id,
+                         method=self._name)
+        refs = [ObjectRef(object_id, _runtime=runtime) for object_id in spec.return_ids]
+        runtime.expect_results(spec.return_ids)
+        runtime.send_message(P.SUBMIT, spec, frames=frames)
+        del keepalive
+        if self._num_returns == 1:
+            return refs[0]
+        return refs if self._num_returns else None

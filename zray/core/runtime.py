@@ -1,0 +1,432 @@
+"""One process's connection to its node: drivers and workers alike.
+
+::
+
+    API threads ──outbox + wake pipe──► I/O thread ──DEALER──► node ROUTER
+    API threads ◄──Condition────────── I/O thread ◄──────────
+                                        (objects, replies, tasks, logs)
+
+- The I/O thread owns the socket; every other thread only appends to the
+  outbox and waits on a Condition, so API calls are thread-safe.
+- Objects arrive pushed (results of tasks this process submitted) or on
+  request (SUBSCRIBE); they are kept while a local ``ObjectRef`` lives.
+- Reference counts are per process: the node hears ADD_REF when a borrowed
+  ref first appears here and REMOVE_REF when the last local one dies, in
+  order with everything else this process sends.
+"""
+import itertools
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+
+import zmq
+
+from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError
+from ..plasma import shm
+from ..serialization import deserialize
+from ..transport import protocol as P
+from ..transport.sockets import OwnerWatch
+
+log = logging.getLogger("zray.runtime")
+
+IO_TICK_MS = 100
+EVENT_FLUSH_S = 0.5
+ERROR_PRINT_DELAY_S = 0.5
+
+
+class Runtime:
+    def __init__(self, node_address, kind, identity=None, password="", log_to_driver=True,
+                 connect_timeout_s=10.0, watch_parent=False):
+        self.kind = kind
+        self.pid = os.getpid()
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.identity = identity or b"d" + os.urandom(7)
+        self.socket.setsockopt(zmq.IDENTITY, self.identity)
+        self.socket.connect(node_address)
+        self.node_address = node_address
+        self.node_info = self._handshake(password, connect_timeout_s)
+        self.session_name = self.node_info["session_name"]
+        self.plasma_dir = self.node_info["plasma_dir"]
+        self.log_to_driver = log_to_driver
+        self.password = password
+        self.kv = None              # a KvClient, made by the API on first use
+
+        self.outbox = deque()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        self.wake_pending = False
+        self.cond = threading.Condition()
+        self.objects = {}           # object_id -> (header, frames)
+        self.mapped = {}            # object_id -> (meta, buffers, is_error) of shm files
+        self.owned_pending = set()  # results of our tasks not yet pushed to us
+        self.requested = set()      # ids we asked the node for
+        self.replies = {}
+        self.request_ids = itertools.count(1)
+        self.ref_lock = threading.Lock()
+        self.local_refs = {}        # object_id -> live ObjectRefs in this process
+        self.borrowed = []          # ids to announce with ADD_REF
+        self.drops = deque()        # ids of dead ObjectRefs, counted down by the I/O thread
+        self.registered_functions = set()
+        self.events = []
+        self.pending_errors = {}    # object_id -> print deadline, for unretrieved errors
+        self.tasks = queue.SimpleQueue()   # workers: (fields, frames) or None to exit
+        self.watch = OwnerWatch(os.getppid()) if watch_parent else None
+        self.closing = False
+        self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
+        self.io_thread.start()
+
+    # == start-up =============================================================
+    def _handshake(self, password, timeout_s):
+        self.socket.send_multipart(P.pack(P.HELLO, self.kind, os.getpid(), password,
+                                          P.PROTOCOL_VERSION, list(sys.path), None))
+        if not self.socket.poll(int(timeout_s * 1000)):
+            self.socket.close(0)
+            self.context.term()
+            raise ConnectionError(f"no zray node answered at {self.node_address} within "
+                                  f"{timeout_s:.0f} s; is the cluster running? (`zray status`)")
+        msg_type, header = self.socket.recv_multipart()[:2]
+        fields = P.unpack_header(header)
+        if msg_type == P.REFUSED:
+            self.socket.close(0)
+            self.context.term()
+            raise ConnectionRefusedError(f"the zray node at {self.node_address} refused this "
+                                         f"process: {fields[0]}")
+        return fields[0]
+
+    # == sending ==============================================================
+    def send(self, frames):
+        self.outbox.append(frames)
+        if not self.wake_pending:
+            self.wake_pending = True
+            try:
+                os.write(self.wake_w, b"x")
+            except OSError:
+                pass
+
+    def send_message(self, msg_type, *fields, frames=()):
+        self.send(P.pack(msg_type, *fields) + list(frames))
+
+    # == the I/O thread =======================================================
+    def _io_loop(self):
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(self.wake_r, zmq.POLLIN)
+        next_flush = time.monotonic() + EVENT_FLUSH_S
+        try:
+            while not self.closing:
+                poller.poll(IO_TICK_MS)
+                try:
+                    os.read(self.wake_r, 65536)
+                except BlockingIOError:
+                    pass
+                self.wake_pending = False
+                self._flush_refs()
+                self._flush_outbox()
+                self._receive_all()
+                now = time.monotonic()
+                if now >= next_flush:
+                    next_flush = now + EVENT_FLUSH_S
+                    self._flush_events()
+                    self._print_unretrieved_errors(now)
+                    if self.watch is not None and self.watch.gone():
+                        os._exit(1)
+            self._flush_refs()
+            self._flush_events()
+            self._flush_outbox()
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("zray I/O thread failed")
+
+    def _flush_outbox(self):
+        outbox = self.outbox
+        while outbox:
+            self.socket.send_multipart(outbox.popleft(), copy=False)
+
+    def _receive_all(self):
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            handler = self._handlers.get(frames[0])
+            if handler is not None:
+                handler(self, P.unpack_header(frames[1]), frames[2:])
+
+    def _on_objects(self, fields, frames):
+        (entries,) = fields
+        offset = 0
+        with self.cond:
+            for header in entries:
+                object_id, n = header[0], header[2]
+                self.owned_pending.discard(object_id)
+                self.requested.discard(object_id)
+                if object_id in self.local_refs:
+                    self.objects[object_id] = (header, frames[offset:offset + n])
+                offset += n
+            self.cond.notify_all()
+
+    def _on_execute(self, fields, frames):
+        self.tasks.put((fields, frames))
+
+    def _on_exit(self, _fields, _frames):
+        self.tasks.put(None)
+
+    def _on_response(self, fields, _frames):
+        request_id, ok, value = fields
+        with self.cond:
+            self.replies[request_id] = (ok, value)
+            self.cond.notify_all()
+
+    def _on_log(self, fields, _frames):
+        pid, text = fields
+        if not self.log_to_driver:
+            return
+        prefix = f"(pid={pid}) "
+        sys.stdout.write("".join(prefix + line + "\n" for line in text.splitlines()))
+        sys.stdout.flush()
+
+    def _on_task_error(self, fields, _frames):
+        name, message, return_ids = fields
+        if not return_ids:
+            print(f"zray warning: {message}", file=sys.stderr, flush=True)
+            return
+        # Printed a moment later unless ray.get has raised it by then.
+        with self.cond:
+            self.pending_errors[return_ids[0]] = (time.monotonic() + ERROR_PRINT_DELAY_S,
+                                                  name, message)
+
+    _handlers = {P.OBJECTS: _on_objects, P.EXECUTE: _on_execute, P.EXIT: _on_exit,
+                 P.RESPONSE: _on_response, P.LOG: _on_log, P.TASK_ERROR: _on_task_error}
+
+    def _print_unretrieved_errors(self, now):
+        with self.cond:
+            due = [(oid, item) for oid, item in self.pending_errors.items() if item[0] <= now]
+            for object_id, _ in due:
+                del self.pending_errors[object_id]
+        for _, (_, name, message) in due:
+            print(f"zray: task {name} failed (not yet retrieved with ray.get):\n{message}",
+                  file=sys.stderr, flush=True)
+
+    # == reference counting ===================================================
+    def add_local_ref(self, object_id, borrowed):
+        with self.ref_lock:
+            count = self.local_refs.get(object_id, 0)
+            self.local_refs[object_id] = count + 1
+            if borrowed and count == 0:
+                self.borrowed.append(object_id)
+
+    def drop_local_ref(self, object_id):
+        self.drops.append(object_id)     # atomic; safe from __del__ in any thread
+
+    def _flush_refs(self):
+        with self.ref_lock:
+            if self.borrowed:
+                self.send_message(P.ADD_REF, self.borrowed)
+                self.borrowed = []
+            if not self.drops:
+                return
+            released = []
+            drops = self.drops
+            while drops:
+                object_id = drops.popleft()
+                count = self.local_refs.get(object_id, 0) - 1
+                if count > 0:
+                    self.local_refs[object_id] = count
+                else:
+                    self.local_refs.pop(object_id, None)
+                    released.append(object_id)
+        if released:
+            with self.cond:
+                for object_id in released:
+                    self.objects.pop(object_id, None)
+                    self.mapped.pop(object_id, None)
+            self.send_message(P.REMOVE_REF, released)
+
+    # == objects ==============================================================
+    def put_serialized(self, object_id, data, is_error=False):
+        """Store a serialized value as a new object held by this process."""
+        header, frames = self.store_serialized(object_id, data, is_error)
+        with self.cond:
+            self.objects[object_id] = (header, frames)
+        self.send_message(P.PUT, [header], frames=frames)
+
+    def store_serialized(self, object_id, data, is_error=False):
+        """Inline frames for small values, a shared-memory file for big ones."""
+        if data.nbytes < INLINE_MAX_BYTES:
+            frames = [data.meta] + [bytes(b) for b in data.buffers]
+            return (object_id, P.INLINE, len(frames), None, data.contained, is_error), frames
+        path = os.path.join(self.plasma_dir, shm.object_file_name(self.session_name, object_id))
+        try:
+            size = shm.write_object(path, data.meta, data.buffers, is_error)
+        except OSError as exc:
+            from ..exceptions import ObjectStoreFullError
+            raise ObjectStoreFullError(
+                f"could not write a {data.nbytes} byte object to {self.plasma_dir}: {exc}. "
+                f"Free objects (drop ObjectRefs) or start zray with a larger "
+                f"object_store_memory / plasma_directory") from exc
+        return (object_id, P.SHM, 0, (path, size), data.contained, is_error), []
+
+    def expect_results(self, object_ids):
+        with self.cond:
+            self.owned_pending.update(object_ids)
+
+    def wait_objects(self, object_ids, num_returns, timeout_s, in_task=False):
+        """Block until ``num_returns`` of the ids are here; return the ready set."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self.cond:
+            ready = {i for i in object_ids if i in self.objects}
+            if len(ready) >= num_returns:
+                return ready
+            ask = [i for i in object_ids
+                   if i not in ready and i not in self.owned_pending and i not in self.requested]
+            self.requested.update(ask)
+        if ask:
+            self.send_message(P.SUBSCRIBE, ask)
+        blocked = in_task
+        if blocked:
+            self.send_message(P.BLOCKED)
+        try:
+            with self.cond:
+                while True:
+                    ready = {i for i in object_ids if i in self.objects}
+                    if len(ready) >= num_returns:
+                        return ready
+                    if self.closing:
+                        raise RaySystemError("zray shut down while waiting for objects")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return ready
+                    self.cond.wait(remaining if remaining is not None else 1.0)
+        finally:
+            if blocked:
+                self.send_message(P.UNBLOCKED)
+
+    def get_values(self, object_ids, timeout_s=None, in_task=False):
+        ready = self.wait_objects(object_ids, len(set(object_ids)), timeout_s, in_task)
+        if len(ready) < len(set(object_ids)):
+            missing = [i.hex() for i in object_ids if i not in ready]
+            raise GetTimeoutError(f"ray.get timed out after {timeout_s} s; {len(missing)} of "
+                                  f"{len(object_ids)} objects not ready (first: {missing[0]})")
+        values = []
+        for object_id in object_ids:
+            with self.cond:
+                entry = self.objects.get(object_id)
+                self.pending_errors.pop(object_id, None)
+            value = self._decode(object_id, entry)
+            if isinstance(value, _Raise):
+                raise value.error
+            values.append(value)
+        return values
+
+    def _decode(self, object_id, entry):
+        header, frames = entry
+        if header[1] == P.INLINE:
+            value = deserialize(frames[0], frames[1:])
+            is_error = header[5]
+        else:
+            mapped = self.mapped.get(object_id)
+            if mapped is None:
+                try:
+                    mapped = shm.read_object(header[3][0])
+                except FileNotFoundError:
+                    mapped = self._refetch_moved(object_id)
+                self.mapped[object_id] = mapped
+            meta, buffers, is_error = mapped
+            value = deserialize(meta, buffers)
+        if is_error:
+            if isinstance(value, RayTaskError):
+                return _Raise(value.as_instanceof_cause())
+            return _Raise(value)
+        return value
+
+    def _refetch_moved(self, object_id):
+        """The file was spilled since we heard of it: ask where it is now."""
+        with self.cond:
+            self.objects.pop(object_id, None)
+            self.requested.add(object_id)
+        self.send_message(P.SUBSCRIBE, [object_id])
+        self.wait_objects([object_id], 1, 30.0)
+        header = self.objects[object_id][0]
+        return shm.read_object(header[3][0])
+
+    # == control plane ========================================================
+    def request(self, op, *args, timeout_s=30.0):
+        request_id = next(self.request_ids)
+        self.send_message(P.REQUEST, request_id, op, args)
+        deadline = time.monotonic() + timeout_s
+        with self.cond:
+            while request_id not in self.replies:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.closing:
+                    raise RaySystemError(f"the node did not answer {op!r} within {timeout_s:.0f} s")
+                self.cond.wait(remaining)
+            ok, value = self.replies.pop(request_id)
+        if not ok:
+            if isinstance(value, BaseException):
+                raise value
+            raise RaySystemError(str(value))
+        return value
+
+    def register_function(self, function_id, name, blob):
+        if function_id in self.registered_functions:
+            return
+        self.registered_functions.add(function_id)
+        self.send_message(P.FUNCTION, function_id, name, blob, list(sys.path))
+
+    def record_event(self, event):
+        self.events.append(event)
+
+    def take_events(self):
+        events, self.events = self.events, []
+        return events
+
+    def _flush_events_now(self):
+        events = self.take_events()
+        if events:
+            self.send_message(P.EVENTS, events)
+
+    def _flush_events(self):
+        if self.events:
+            events, self.events = self.events, []
+            self.send_message(P.EVENTS, events)
+            self._flush_outbox()
+
+    # == stop =================================================================
+    def close(self):
+        if self.closing:
+            return
+        self.send_message(P.BYE)
+        self.closing = True
+        try:
+            os.write(self.wake_w, b"x")
+        except OSError:
+            pass
+        self.io_thread.join(timeout=2.0)
+        if self.kv is not None:
+            self.kv.close()
+        with self.cond:
+            self.cond.notify_all()
+        self.socket.close(0)
+        self.context.term()
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+class _Raise:
+    """A decoded error value: get_values raises it."""
+    __slots__ = ("error",)
+
+    def __init__(self, error):
+        self.error = error
+
+
+INLINE_MAX_BYTES = 100 * 1024

@@ -1,0 +1,299 @@
+"""A worker process: runs the tasks and actor methods its node sends.
+
+``python -m zray.core NODE_ADDRESS WORKER_ID``. The main thread takes
+tasks from the runtime's queue and runs them one at a time; async actors run
+their methods on an event loop thread, threaded actors on a thread pool.
+Results go back to the node in one DONE message per task.
+"""
+import asyncio
+import inspect
+import os
+import sys
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+
+from ..exceptions import RayTaskError
+from ..serialization import SerializationError, deserialize, loads_function, serialize
+from ..transport import protocol as P
+from . import context
+from .runtime import Runtime
+from ..plasma import shm
+
+
+class ArgRef:
+    """Placeholder for a top-level ObjectRef argument, replaced by its value."""
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return ArgRef, (self.index,)
+
+
+class Worker:
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.functions = {}          # function_id -> callable or class
+        self.calls = {}              # function_id -> calls run here
+        self.actor = None
+        self.actor_executor = None   # thread pool or event loop for concurrent actors
+        self.resource_ids = {}
+        self.current_task = threading.local()
+
+    # -- main loop ------------------------------------------------------------
+    def run(self):
+        while True:
+            item = self.runtime.tasks.get()
+            if item is None:
+                break
+            fields, frames = item
+            spec = fields[0]
+            if spec.kind == P.ACTOR_METHOD and self.actor_executor is not None:
+                self.actor_executor.submit(fields, frames)
+            elif self.execute(fields, frames):
+                break
+        if self.actor_executor is not None:
+            self.actor_executor.shutdown()
+
+    def execute(self, fields, frames):
+        """Run one task; return True if this worker should exit afterwards."""
+        spec, dep_headers, functions, resource_ids = fields
+        self._install(functions)
+        if spec.kind != P.ACTOR_METHOD:
+            self._set_resources(resource_ids)
+        start = time.time()
+        self.current_task.spec = spec
+        error_text, exiting = None, False
+        try:
+            args, kwargs = self._arguments(spec, dep_headers, frames)
+            result = self._call(spec, args, kwargs)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            values = self._split_returns(spec, result)
+            entries, payload = self._store_results(spec, values)
+        except BaseException as exc:       # noqa: B036 - everything goes back to the caller
+            if isinstance(exc, SystemExit) and spec.kind == P.ACTOR_METHOD:
+                exiting = True
+            entries, payload, error_text = self._store_error(spec, exc)
+        finally:
+            self.current_task.spec = None
+        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
+                                   "tid": threading.get_ident() % 100000, "cat": "task",
+                                   "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
+        if spec.max_calls:
+            count = self.calls[spec.function_id] = self.calls.get(spec.function_id, 0) + 1
+            exiting = exiting or count >= spec.max_calls
+        if spec.kind == P.ACTOR_CREATE and error_text:
+            exiting = True
+        self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
+                                  self.runtime.take_events(), frames=payload)
+        return exiting
+
+    def _install(self, functions):
+        for function_id, registration in functions.items():
+            if registration is None:
+                continue
+            name, blob, sys_path = registration
+            for entry in sys_path:
+                if entry not in sys.path:
+                    sys.path.append(entry)
+            try:
+                self.functions[function_id] = loads_function(blob)
+            except Exception as exc:
+                self.functions[function_id] = _Unloadable(name, exc)
+
+    def _set_resources(self, resource_ids):
+        self.resource_ids = resource_ids or {}
+        gpus = [str(gpu) for gpu, _ in self.resource_ids.get("GPU", [])]
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+
+    def _arguments(self, spec, dep_headers, frames):
+        n_args = spec.n_arg_frames
+        args, kwargs = deserialize(frames[0], frames[1:n_args])
+        if not dep_headers:
+            return args, kwargs
+        dep_values, offset = [], n_args
+        for header in dep_headers:
+            n = header[2]
+            dep_values.append(_decode_entry(header, frames[offset:offset + n]))
+            offset += n
+        args = [dep_values[a.index] if isinstance(a, ArgRef) else a for a in args]
+        kwargs = {k: dep_values[v.index] if isinstance(v, ArgRef) else v
+                  for k, v in kwargs.items()}
+        return args, kwargs
+
+    def _call(self, spec, args, kwargs):
+        if spec.kind == P.TASK:
+            return self.functions[spec.function_id](*args, **kwargs)
+        if spec.kind == P.ACTOR_CREATE:
+            cls = self.functions[spec.function_id]
+            self.actor = cls(*args, **kwargs)
+            self._start_actor_executor(cls, spec.options)
+            return None
+        return getattr(self.actor, spec.method)(*args, **kwargs)
+
+    def _start_actor_executor(self, cls, options):
+        is_async = any(inspect.iscoroutinefunction(m) for _, m in inspect.getmembers(cls))
+        concurrency = options.get("max_concurrency")
+        if is_async:
+            self.actor_executor = AsyncActorExecutor(self, concurrency or 1000)
+        elif concurrency and concurrency > 1:
+            self.actor_executor = ThreadedActorExecutor(self, concurrency)
+
+    def _split_returns(self, spec, result):
+        n = len(spec.return_ids)
+        if n == 1:
+            return [result]
+        if n == 0:
+            return []
+        if not isinstance(result, (tuple, list)) or len(result) != n:
+            raise ValueError(f"{spec.name} declared num_returns={n} but returned "
+                             f"{type(result).__name__} {_short(result)}; return a tuple of {n} values")
+        return list(result)
+
+    def _store_results(self, spec, values):
+        entries, payload = [], []
+        for object_id, value in zip(spec.return_ids, values):
+            try:
+                data = serialize(value)
+            except SerializationError as exc:
+                raise SerializationError(f"the return value of {spec.name} could not be "
+                                         f"serialized: {exc}") from None
+            header, frames = self.runtime.store_serialized(object_id, data)
+            entries.append(header)
+            payload.extend(frames)
+        return entries, payload
+
+    def _store_error(self, spec, exc):
+        if isinstance(exc, RayTaskError):
+            # An argument was itself a failed task's result: pass its error on.
+            text = exc.traceback_str
+            error = RayTaskError(exc.function_name, text, exc.cause, exc.pid)
+        else:
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            error = RayTaskError(spec.name, text, exc, os.getpid())
+        try:
+            data = serialize(error)
+        except Exception:
+            data = serialize(RayTaskError(spec.name, text, None, os.getpid()))
+        entries, payload = [], []
+        for object_id in spec.return_ids:
+            header, frames = self.runtime.store_serialized(object_id, data, is_error=True)
+            entries.append(header)
+            payload.extend(frames)
+        return entries, payload, f"{spec.name}: {text}"
+
+
+class ThreadedActorExecutor:
+    """Plain methods of an actor with max_concurrency > 1, on a thread pool."""
+
+    def __init__(self, worker, concurrency):
+        self.worker = worker
+        self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="zray-actor")
+
+    def submit(self, fields, frames):
+        self.pool.submit(self.worker.execute, fields, frames)
+
+    def shutdown(self):
+        self.pool.shutdown(wait=True)
+
+
+class AsyncActorExecutor:
+    """Methods of an async actor, interleaved on one event loop."""
+
+    def __init__(self, worker, concurrency):
+        self.worker = worker
+        self.loop = asyncio.new_event_loop()
+        self.limit = None
+        self.concurrency = concurrency
+        self.thread = threading.Thread(target=self._run, daemon=True, name="zray-actor-loop")
+        self.thread.start()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.limit = asyncio.Semaphore(self.concurrency)
+        self.loop.run_forever()
+
+    def submit(self, fields, frames):
+        asyncio.run_coroutine_threadsafe(self._execute(fields, frames), self.loop)
+
+    async def _execute(self, fields, frames):
+        while self.limit is None:
+            await asyncio.sleep(0)
+        async with self.limit:
+            await self.worker.execute_async(fields, frames)
+
+    def shutdown(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=2.0)
+
+
+async def _execute_async(self, fields, frames):
+    """Like execute, but awaits coroutine methods on the actor's loop."""
+    spec, dep_headers, _functions, _resource_ids = fields
+    start = time.time()
+    error_text = None
+    try:
+        args, kwargs = self._arguments(spec, dep_headers, frames)
+        result = getattr(self.actor, spec.method)(*args, **kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        entries, payload = self._store_results(spec, self._split_returns(spec, result))
+    except BaseException as exc:       # noqa: B036
+        entries, payload, error_text = self._store_error(spec, exc)
+    self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(), "tid": 0,
+                               "cat": "task", "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
+    self.runtime.send_message(P.DONE, spec.task_id, entries, False, error_text,
+                              self.runtime.take_events(), frames=payload)
+
+
+Worker.execute_async = _execute_async
+
+
+class _Unloadable:
+    def __init__(self, name, exc):
+        self.name, self.exc = name, exc
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError(f"could not load the code of {self.name} in the worker: "
+                           f"{type(self.exc).__name__}: {self.exc}. Is the module it comes from "
+                           f"importable on this node (same working directory / PYTHONPATH)?")
+
+
+def _decode_entry(header, frames):
+    if header[1] == P.INLINE:
+        value = deserialize(frames[0], frames[1:])
+        is_error = header[5]
+    else:
+        meta, buffers, is_error = shm.read_object(header[3][0])
+        value = deserialize(meta, buffers)
+    if is_error:
+        raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value
+    return value
+
+
+def _short(value):
+    text = repr(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def main():
+    node_address, worker_id = sys.argv[1], sys.argv[2]
+    runtime = Runtime(node_address, "worker", identity=worker_id.encode(),
+                      password=os.environ.get("ZRAY_PASSWORD", ""), watch_parent=True)
+    context.set_current(runtime)
+    worker = Worker(runtime)
+    context.set_worker(worker)
+    try:
+        worker.run()
+    finally:
+        runtime.close()
+    # Leave without running atexit/GC finalizers of user code: the node may
+    # already be gone and there is nothing left to report.
+    sys.stdout.flush()
+    os._exit(0)
+

@@ -1,0 +1,103 @@
+"""Looking at a running cluster: resources, nodes, errors, the timeline."""
+import json
+import os
+import threading
+import time
+
+from . import api
+from .core import context
+
+
+def cluster_resources():
+    """Total resources of the cluster: {'CPU': 2, 'GPU': 0, ...}."""
+    if api.is_local_mode():
+        return {}
+    return api._runtime().request("cluster_resources")
+
+
+def available_resources():
+    """Resources free right now."""
+    if api.is_local_mode():
+        return {}
+    return api._runtime().request("available_resources")
+
+
+def nodes():
+    """One dict per node: id, address, resources, alive."""
+    if api.is_local_mode():
+        return []
+    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
+             "NodeManagerAddress": n["address"], "NodeManagerHostname": n["hostname"], **n}
+            for n in api._runtime().request("nodes")]
+
+
+def error_info():
+    """Errors of failed tasks, oldest first, as kept in the kv service."""
+    kv = api._kv()
+    if kv is None:
+        return []
+    errors = kv.scan("err:")
+    return [errors[key] for key in sorted(errors)]
+
+
+def get_gpu_ids():
+    """GPU ids given to the current task or actor ([] in a driver)."""
+    worker = context.current_worker()
+    if worker is None:
+        return []
+    return [gpu for gpu, _ in worker.resource_ids.get("GPU", [])]
+
+
+def get_resource_ids():
+    """{'GPU': [(id, fraction), ...]} for the current task or actor."""
+    worker = context.current_worker()
+    return dict(worker.resource_ids) if worker is not None else {}
+
+
+def get_webui_url():
+    return None
+
+
+def timeline(filename=None):
+    """Task start/end events (chrome://tracing format); written to ``filename`` if given."""
+    runtime = api._runtime()
+    if api.is_local_mode():
+        events = []
+    else:
+        runtime._flush_events_now()
+        runtime.request("flush_events")
+        kv = api._kv()
+        stored = kv.scan("event:") if kv is not None else {}
+        events = [stored[key] for key in sorted(stored)]
+    if filename is not None:
+        with open(filename, "w") as out:
+            json.dump(events, out)
+        return None
+    return events
+
+
+class profile:
+    """``with ray.profile("name", extra_data={...}):`` adds a span to the timeline."""
+
+    def __init__(self, event_type, extra_data=None):
+        if extra_data is not None and not isinstance(extra_data, dict):
+            raise TypeError("extra_data must be a dict of strings")
+        self.event_type = event_type
+        self.extra_data = dict(extra_data or {})
+
+    def __enter__(self):
+        self.start = time.time()
+        return self
+
+    def __exit__(self, *exc):
+        runtime = context.current()
+        if runtime is None or not hasattr(runtime, "record_event"):
+            return False
+        event = {"name": self.extra_data.get("name", self.event_type), "cat": self.event_type,
+                 "ph": "X", "pid": os.getpid(), "tid": threading.get_ident() % 100000,
+                 "ts": self.start * 1e6, "dur": (time.time() - self.start) * 1e6,
+                 "args": self.extra_data}
+        if "cname" in self.extra_data:
+            event["cname"] = self.extra_data["cname"]
+        runtime.record_event(event)
+        return False

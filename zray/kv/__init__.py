@@ -1,0 +1,1 @@
+"""The kv metadata service (``server``) and its client (``client``)."""

@@ -1,0 +1,61 @@
+"""``ObjectRef``: a future for a value in the object store.
+
+Each live ``ObjectRef`` counts in its process's runtime; the runtime tells
+the node when the process starts and stops holding an object, so memory is
+released once no process (and no pending task) needs it.
+"""
+import os
+
+from .core import context
+
+
+class ObjectRef:
+    __slots__ = ("id", "_runtime", "__weakref__")
+
+    def __init__(self, object_id, borrowed=False, _runtime=None):
+        if not isinstance(object_id, bytes):
+            raise TypeError(f"ObjectRef needs an id of bytes, got {object_id!r}")
+        self.id = object_id
+        runtime = _runtime if _runtime is not None else context.current()
+        self._runtime = runtime
+        if runtime is not None:
+            runtime.add_local_ref(object_id, borrowed)
+
+    def __del__(self):
+        runtime = self._runtime
+        if runtime is not None:
+            runtime.drop_local_ref(self.id)
+
+    def binary(self):
+        return self.id
+
+    def hex(self):
+        return self.id.hex()
+
+    def __hash__(self):
+        return hash(self.id)
+
+    def __eq__(self, other):
+        return isinstance(other, ObjectRef) and other.id == self.id
+
+    def __repr__(self):
+        return f"ObjectRef({self.id.hex()})"
+
+    def __reduce__(self):
+        return _rebuild_ref, (self.id,)
+
+    def __zray_reduce__(self, contained):
+        contained.append(self.id)
+        return _rebuild_ref, (self.id,)
+
+    @classmethod
+    def from_random(cls):
+        return cls(os.urandom(20))
+
+
+def _rebuild_ref(object_id):
+    return ObjectRef(object_id, borrowed=True)
+
+
+# The old name, as in early Ray.
+ObjectID = ObjectRef

@@ -1,0 +1,2 @@
+"""Shared-memory object store: object files (``shm``) and the node's
+bookkeeping of them (``store``)."""

@@ -1,0 +1,203 @@
+"""Turning values into bytes and back.
+
+- Data goes through the C pickler at protocol 5. Buffers of 4 KiB and more
+  (numpy arrays, bytes-like objects) are taken out of band, so they can be
+  written to shared memory or sent as their own ZeroMQ frame without a copy,
+  and read back as views of that memory.
+- Code and classes that cannot be imported by name in another process
+  (defined in ``__main__``, lambdas, closures) are pickled by value with dill.
+- ``ObjectRef``s met while pickling are collected, so the runtime knows which
+  objects a serialized value keeps alive.
+- ``register_custom_serializer`` hooks in per class.
+"""
+import io
+import pickle
+import sys
+import threading
+import types
+
+from .exceptions import RayError
+
+OUT_OF_BAND_MIN_BYTES = 4096
+
+_custom = {}          # class -> (serializer, deserializer)
+_local = threading.local()
+
+
+class SerializationError(RayError, TypeError):
+    """A value could not be pickled; the message names it and what to do."""
+
+
+class Serialized:
+    """A value in wire form: ``meta`` is the pickle stream, ``buffers`` the
+    out-of-band buffers (views the caller must keep alive until written),
+    ``contained`` the ids of ObjectRefs inside the value."""
+
+    __slots__ = ("meta", "buffers", "contained")
+
+    def __init__(self, meta, buffers, contained):
+        self.meta = meta
+        self.buffers = buffers
+        self.contained = contained
+
+    @property
+    def nbytes(self):
+        return len(self.meta) + sum(memoryview(b).nbytes for b in self.buffers)
+
+
+def _needs_value_pickling(obj):
+    """True for functions/classes another process could not import by name."""
+    module = getattr(obj, "__module__", None)
+    if module == "__main__" or module is None:
+        return True
+    qualname = getattr(obj, "__qualname__", "")
+    return "<lambda>" in qualname or "<locals>" in qualname
+
+
+def _load_by_value(blob):
+    import dill
+    return dill.loads(blob)
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, file, buffers, contained):
+        super().__init__(file, protocol=5, buffer_callback=self._take_buffer)
+        self._buffers = buffers
+        self._contained = contained
+
+    def _take_buffer(self, pickle_buffer):
+        if pickle_buffer.raw().nbytes < OUT_OF_BAND_MIN_BYTES:
+            return True          # small: keep it in the stream
+        self._buffers.append(pickle_buffer.raw())
+        return False
+
+    def reducer_override(self, obj):
+        cls = type(obj)
+        if cls in _custom:
+            # The deserializer travels with the value, so no other process
+            # needs the registration.
+            serializer, deserializer = _custom[cls]
+            return deserializer, (serializer(obj),)
+        hook = getattr(cls, "__zray_reduce__", None)
+        if hook is not None:
+            return hook(obj, self._contained)
+        if isinstance(obj, (types.FunctionType, type)) and _needs_value_pickling(obj):
+            import dill
+            return _load_by_value, (dill.dumps(obj, recurse=True),)
+        return NotImplemented
+
+
+def serialize(value):
+    """Pickle ``value``; raise SerializationError naming what failed."""
+    buffers, contained = [], []
+    stream = io.BytesIO()
+    try:
+        _Pickler(stream, buffers, contained).dump(value)
+    except Exception as exc:
+        try:                      # dill copes with more (nested closures, ...)
+            import dill
+            meta = dill.dumps(value, protocol=5, recurse=True)
+            return Serialized(meta, [], _refs_in(value))
+        except Exception:
+            pass
+        raise SerializationError(
+            f"could not serialize {_describe(value)}: {type(exc).__name__}: {exc}. "
+            f"Pass values that pickle (no open files, sockets, locks or generators), "
+            f"or register a serializer with ray.register_custom_serializer.") from exc
+    return Serialized(stream.getvalue(), buffers, contained)
+
+
+def _refs_in(value):
+    found = []
+    try:
+        _Pickler(io.BytesIO(), [], found).dump(value)
+    except Exception:
+        pass
+    return found
+
+
+def deserialize(meta, buffers=()):
+    return pickle.loads(meta, buffers=buffers)
+
+
+_code_pickler = None
+
+
+def _make_code_pickler():
+    """dill, but modules other than __main__ go by name.
+
+    Plain dill pickles the state of any module outside site-packages (the
+    user's own helpers, zray itself in a source checkout) by value, which
+    drags sockets and locks along and is slow. A module is importable by
+    name wherever the code runs, so send the name.
+    """
+    import importlib
+    import types
+
+    import dill
+
+    class CodePickler(dill.Pickler):
+        dispatch = dill.Pickler.dispatch.copy()
+
+    default_save_module = CodePickler.dispatch[types.ModuleType]
+
+    def save_module(pickler, module):
+        if module.__name__ == "__main__" or module.__name__ not in sys.modules:
+            return default_save_module(pickler, module)
+        pickler.save_reduce(importlib.import_module, (module.__name__,), obj=module)
+
+    CodePickler.dispatch[types.ModuleType] = save_module
+    return CodePickler
+
+
+def dumps_function(fn):
+    """Code is pickled with dill so closures and __main__ code travel."""
+    global _code_pickler
+    if _code_pickler is None:
+        _code_pickler = _make_code_pickler()
+    try:
+        stream = io.BytesIO()
+        _code_pickler(stream, protocol=5, recurse=True).dump(fn)
+        return stream.getvalue()
+    except Exception as exc:
+        raise SerializationError(
+            f"could not serialize remote function or class {_describe(fn)}: "
+            f"{type(exc).__name__}: {exc}. Move objects that do not pickle "
+            f"(locks, sockets, open files) out of its globals or create them inside it.") from exc
+
+
+def loads_function(blob):
+    import dill
+    return dill.loads(blob)
+
+
+def _describe(value):
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def register_custom_serializer(cls, use_pickle=False, use_dict=False,
+                               serializer=None, deserializer=None, **_ignored):
+    """Tell zray how to turn objects of ``cls`` into something picklable."""
+    if not isinstance(cls, type):
+        raise TypeError(f"register_custom_serializer needs a class, got {cls!r}")
+    chosen = sum(bool(x) for x in (use_pickle, use_dict, serializer is not None))
+    if chosen != 1:
+        raise ValueError("register_custom_serializer: pass exactly one of use_pickle=True, "
+                         "use_dict=True, or serializer= together with deserializer=")
+    if use_pickle:
+        _custom.pop(cls, None)
+        return
+    if use_dict:
+        def serializer(obj):
+            return dict(obj.__dict__)
+
+        def deserializer(state, _cls=cls):
+            obj = _cls.__new__(_cls)
+            obj.__dict__.update(state)
+            return obj
+    elif deserializer is None:
+        raise ValueError("register_custom_serializer: serializer= needs a deserializer= too")
+    _custom[cls] = (serializer, deserializer)

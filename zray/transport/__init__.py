@@ -1,0 +1,1 @@
+"""Wire vocabulary (``protocol``) and socket helpers (``sockets``)."""

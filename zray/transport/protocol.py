@@ -1,0 +1,81 @@
+"""The wire vocabulary: every message zray sends, on one screen.
+
+A message is a list of ZeroMQ frames::
+
+    frame 0: message type (a few ASCII bytes, below)
+    frame 1: header, a pickled tuple (fields listed beside each type)
+    frame 2+: payload buffers, sent as-is (numpy data is never re-pickled)
+
+A ROUTER sees the sender's identity in front of frame 0.
+
+Object entries (in OBJECTS, DONE, PUT, EXECUTE) are header tuples
+``(object_id, kind, n_frames, location, contained_ids, is_error)``: kind
+``INLINE`` means its ``n_frames`` payload frames are ``[pickle, *buffers]``;
+kind ``SHM`` means ``location`` is ``(path, size)`` of a sealed shared-memory
+file and there are no payload frames.
+"""
+import pickle
+from collections import namedtuple
+
+PROTOCOL_VERSION = 1
+
+# client (driver or worker) -> node daemon
+HELLO = b"HELLO"            # (kind, pid, password, version, sys_path, worker_id)
+FUNCTION = b"FUNC"          # (function_id, name, blob)
+SUBMIT = b"SUBMIT"          # (TaskSpec,) + argument frames
+PUT = b"PUT"                # (entries,) + payload frames
+SUBSCRIBE = b"SUB"          # (object_ids,) push them to me when ready
+ADD_REF = b"ADDREF"         # (object_ids,) this process now holds refs
+REMOVE_REF = b"DELREF"      # (object_ids,) this process dropped its refs
+BLOCKED = b"BLOCKED"        # () worker waits in get/wait: lend its CPU
+UNBLOCKED = b"UNBLOCKED"    # () worker runs again
+DONE = b"DONE"              # (task_id, entries, worker_exiting, error_text, events) + frames
+EVENTS = b"EVENTS"          # (events,) timeline records, batched
+REQUEST = b"REQ"            # (request_id, op, args) control-plane call
+BYE = b"BYE"                # () client leaves cleanly
+
+# node daemon -> client
+WELCOME = b"WELCOME"        # (node_info dict)
+REFUSED = b"REFUSED"        # (reason,)
+OBJECTS = b"OBJS"           # (entries,) + payload frames
+EXECUTE = b"EXEC"           # (TaskSpec, dep_entries, function_blobs, resource_ids) + frames
+LOG = b"LOG"                # (pid, stream, text)
+TASK_ERROR = b"TERR"        # (function_name, message, return_ids or None) failure or warning
+RESPONSE = b"RESP"          # (request_id, ok, value)
+EXIT = b"EXIT"              # () worker: finish and leave
+
+# kv client -> kv service (ROUTER); replies come back as RESPONSE
+KV_REQUEST = b"KV"          # (request_id, op, args)
+
+INLINE = 0
+SHM = 1
+
+TaskSpec = namedtuple("TaskSpec", [
+    "task_id",        # bytes: unique id of this task
+    "kind",           # TASK, ACTOR_CREATE or ACTOR_METHOD
+    "function_id",    # bytes: id of the registered function or class
+    "name",           # str: for errors, logs and the timeline
+    "return_ids",     # tuple of object ids the task will produce
+    "dep_ids",        # tuple of ids passed as top-level arguments
+    "contained_ids",  # tuple of ids nested inside the argument values
+    "resources",      # dict name -> fixed-point quantity
+    "max_retries",    # int: retries left after a worker crash
+    "max_calls",      # int: 0 = unlimited calls per worker
+    "n_arg_frames",   # number of payload frames holding the arguments
+    "actor_id",       # bytes or None
+    "method",         # str or None: the actor method to call
+    "options",        # dict: rarely used extras (actor name, restarts, ...)
+    "owner",          # bytes: the client that submitted it (set by the node)
+])
+
+TASK = 0
+ACTOR_CREATE = 1
+ACTOR_METHOD = 2
+
+
+def pack(msg_type, *fields):
+    return [msg_type, pickle.dumps(fields, protocol=5)]
+
+
+def unpack_header(frame):
+    return pickle.loads(frame)

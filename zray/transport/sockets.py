@@ -1,0 +1,90 @@
+"""Small helpers every zray process shares: start-up handshake, owner
+watching and password checks.
+
+Children say READY on stdout (one JSON line) and the parent waits for it with
+a deadline: a child that dies or hangs during start-up is reported with its
+log, never waited on forever.
+"""
+import hmac
+import json
+import os
+import select
+import sys
+import time
+
+READY_PREFIX = "ZRAY_READY "
+
+
+def authorize(expected, given):
+    return hmac.compare_digest((expected or "").encode(), (given or "").encode())
+
+
+def announce_ready(info):
+    """Tell the parent we are up, then send stdout to the log (stderr)."""
+    sys.stdout.write(READY_PREFIX + json.dumps(info) + "\n")
+    sys.stdout.flush()
+    os.dup2(2, 1)
+
+
+def wait_ready(process, timeout_s, what, log_path=None):
+    """Read the child's READY line; raise RuntimeError with its log if not."""
+    deadline = time.monotonic() + timeout_s
+    buffered = b""
+    fd = process.stdout.fileno()
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buffered += chunk
+        for line in buffered.decode(errors="replace").splitlines():
+            if line.startswith(READY_PREFIX):
+                process.stdout.close()
+                return json.loads(line[len(READY_PREFIX):])
+    process.stdout.close()
+    code = process.poll()
+    tail = _tail(log_path)
+    state = f"exited with code {code}" if code is not None else f"did not start within {timeout_s:.0f} s"
+    raise RuntimeError(f"zray {what} {state}.\n{tail}")
+
+
+def _tail(path, lines=30):
+    if not path or not os.path.exists(path):
+        return ""
+    with open(path, errors="replace") as f:
+        text = f.readlines()[-lines:]
+    return f"Last lines of {path}:\n" + "".join(text)
+
+
+class OwnerWatch:
+    """Notice, cheaply, that the process we serve has gone away."""
+
+    def __init__(self, pid, interval_s=0.5):
+        self.pid = pid
+        self.parent_at_start = os.getppid()
+        self.owner_is_parent = pid == self.parent_at_start
+        self.interval_s = interval_s
+        self.next_check = 0.0
+
+    def gone(self):
+        if not self.pid:
+            return False
+        now = time.monotonic()
+        if now < self.next_check:
+            return False
+        self.next_check = now + self.interval_s
+        if self.owner_is_parent and os.getppid() != self.parent_at_start:
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        try:
+            import psutil
+            return psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
+        except Exception:
+            return True
