@@ -17,7 +17,6 @@
 import itertools
 import logging
 import os
-import queue
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from ..transport.sockets import OwnerWatch
 log = logging.getLogger("zray.runtime")
 
 IO_TICK_MS = 100
+API_GRACE_S = 0.005
 EVENT_FLUSH_S = 0.5
 ERROR_PRINT_DELAY_S = 0.5
 
@@ -77,7 +77,14 @@ class Runtime:
         self.registered_functions = set()
         self.events = []
         self.pending_errors = {}    # object_id -> print deadline, for unretrieved errors
-        self.tasks = queue.SimpleQueue()   # workers: (fields, frames) or None to exit
+        self.tasks = deque()        # workers: (fields, frames), or None to exit
+        self.sock_lock = threading.Lock()
+        self.api_lock = threading.Condition()
+        self.api_active = 0
+        self.last_api_end = 0.0
+        self.poller = zmq.Poller()
+        self.poller.register(self.socket, zmq.POLLIN)
+        self.poller.register(self.wake_r, zmq.POLLIN)
         self.watch = OwnerWatch(os.getppid()) if watch_parent else None
         self.closing = False
         self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
@@ -101,9 +108,30 @@ class Runtime:
                                          f"process: {fields[0]}")
         return fields[0]
 
-    # == sending ==============================================================
+    # == socket ownership ======================================================
+    # Whoever holds sock_lock may touch the socket. A thread inside an API
+    # call (get, wait, request, next_task) takes it and polls the socket
+    # itself, so a synchronous call costs no thread hand-off; the I/O thread
+    # only polls while no API call is active (plus a short grace period, so a
+    # tight loop of calls keeps the socket to itself).
     def send(self, frames):
         self.outbox.append(frames)
+        if self.sock_lock.acquire(blocking=False):
+            try:
+                self._pump(0)
+            finally:
+                self.sock_lock.release()
+        else:
+            self._wake()        # the holder flushes the outbox when its poll returns
+
+    def send_message(self, msg_type, *fields, frames=()):
+        self.send(P.pack(msg_type, *fields) + list(frames))
+
+    def _enqueue(self, msg_type, *fields, frames=()):
+        """Queue without trying to send: for code that already holds sock_lock."""
+        self.outbox.append(P.pack(msg_type, *fields) + list(frames))
+
+    def _wake(self):
         if not self.wake_pending:
             self.wake_pending = True
             try:
@@ -111,36 +139,88 @@ class Runtime:
             except OSError:
                 pass
 
-    def send_message(self, msg_type, *fields, frames=()):
-        self.send(P.pack(msg_type, *fields) + list(frames))
+    def _pump(self, timeout_ms):
+        """Flush, wait up to timeout_ms for input, dispatch it. Needs sock_lock."""
+        self._flush_refs()
+        self._flush_outbox()
+        if timeout_ms:
+            self.poller.poll(timeout_ms)
+        if self.wake_pending:
+            self.wake_pending = False
+            try:
+                os.read(self.wake_r, 65536)
+            except BlockingIOError:
+                pass
+        self._receive_all()
+        self._flush_refs()
+        self._flush_outbox()
+
+    def wait_until(self, predicate, deadline=None):
+        """Block until predicate() (checked under cond) holds; False on deadline."""
+        with self.api_lock:
+            self.api_active += 1
+        self._wake()            # a polling I/O thread lets go of the socket
+        try:
+            while True:
+                with self.cond:
+                    if predicate():
+                        return True
+                    if self.closing:
+                        raise RaySystemError("zray shut down while this call was waiting")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                slice_ms = 50 if remaining is None else max(1, min(50, int(remaining * 1000)))
+                if self.sock_lock.acquire(timeout=0.002):
+                    try:
+                        self._pump(slice_ms)
+                    finally:
+                        self.sock_lock.release()
+                    with self.cond:
+                        self.cond.notify_all()
+                else:
+                    with self.cond:
+                        if not predicate():
+                            self.cond.wait(0.002)
+        finally:
+            with self.api_lock:
+                self.api_active -= 1
+                self.last_api_end = time.monotonic()
+                if not self.api_active:
+                    self.api_lock.notify_all()
+
+    def next_task(self):
+        """Workers: the next (fields, frames) to run, or None to exit."""
+        self.wait_until(lambda: self.tasks)
+        return self.tasks.popleft()
 
     # == the I/O thread =======================================================
     def _io_loop(self):
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(self.wake_r, zmq.POLLIN)
         next_flush = time.monotonic() + EVENT_FLUSH_S
         try:
             while not self.closing:
-                poller.poll(IO_TICK_MS)
-                try:
-                    os.read(self.wake_r, 65536)
-                except BlockingIOError:
-                    pass
-                self.wake_pending = False
-                self._flush_refs()
-                self._flush_outbox()
-                self._receive_all()
+                with self.api_lock:
+                    idle_for = time.monotonic() - self.last_api_end
+                    if self.api_active or idle_for < API_GRACE_S:
+                        self.api_lock.wait(0.1 if self.api_active else API_GRACE_S - idle_for)
+                        parked = True
+                    else:
+                        parked = False
+                if not parked:
+                    with self.sock_lock:
+                        self._pump(IO_TICK_MS)
+                    with self.cond:
+                        self.cond.notify_all()
                 now = time.monotonic()
                 if now >= next_flush:
                     next_flush = now + EVENT_FLUSH_S
-                    self._flush_events()
+                    self._flush_events_now()
                     self._print_unretrieved_errors(now)
                     if self.watch is not None and self.watch.gone():
                         os._exit(1)
-            self._flush_refs()
-            self._flush_events()
-            self._flush_outbox()
+            with self.sock_lock:
+                self._flush_events_now_locked()
+                self._pump(0)
         except zmq.ContextTerminated:
             pass
         except Exception:
@@ -175,10 +255,10 @@ class Runtime:
             self.cond.notify_all()
 
     def _on_execute(self, fields, frames):
-        self.tasks.put((fields, frames))
+        self.tasks.append((fields, frames))
 
     def _on_exit(self, _fields, _frames):
-        self.tasks.put(None)
+        self.tasks.append(None)
 
     def _on_response(self, fields, _frames):
         request_id, ok, value = fields
@@ -230,7 +310,7 @@ class Runtime:
     def _flush_refs(self):
         with self.ref_lock:
             if self.borrowed:
-                self.send_message(P.ADD_REF, self.borrowed)
+                self._enqueue(P.ADD_REF, self.borrowed)
                 self.borrowed = []
             if not self.drops:
                 return
@@ -249,7 +329,7 @@ class Runtime:
                 for object_id in released:
                     self.objects.pop(object_id, None)
                     self.mapped.pop(object_id, None)
-            self.send_message(P.REMOVE_REF, released)
+            self._enqueue(P.REMOVE_REF, released)
 
     # == objects ==============================================================
     def put_serialized(self, object_id, data, is_error=False):
@@ -294,18 +374,12 @@ class Runtime:
         blocked = in_task
         if blocked:
             self.send_message(P.BLOCKED)
+        objects = self.objects
         try:
+            self.wait_until(lambda: sum(1 for i in object_ids if i in objects) >= num_returns,
+                            deadline)
             with self.cond:
-                while True:
-                    ready = {i for i in object_ids if i in self.objects}
-                    if len(ready) >= num_returns:
-                        return ready
-                    if self.closing:
-                        raise RaySystemError("zray shut down while waiting for objects")
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        return ready
-                    self.cond.wait(remaining if remaining is not None else 1.0)
+                return {i for i in object_ids if i in objects}
         finally:
             if blocked:
                 self.send_message(P.UNBLOCKED)
@@ -362,13 +436,10 @@ class Runtime:
     def request(self, op, *args, timeout_s=30.0):
         request_id = next(self.request_ids)
         self.send_message(P.REQUEST, request_id, op, args)
-        deadline = time.monotonic() + timeout_s
+        replies = self.replies
+        if not self.wait_until(lambda: request_id in replies, time.monotonic() + timeout_s):
+            raise RaySystemError(f"the node did not answer {op!r} within {timeout_s:.0f} s")
         with self.cond:
-            while request_id not in self.replies:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.closing:
-                    raise RaySystemError(f"the node did not answer {op!r} within {timeout_s:.0f} s")
-                self.cond.wait(remaining)
             ok, value = self.replies.pop(request_id)
         if not ok:
             if isinstance(value, BaseException):
@@ -394,11 +465,10 @@ class Runtime:
         if events:
             self.send_message(P.EVENTS, events)
 
-    def _flush_events(self):
-        if self.events:
-            events, self.events = self.events, []
-            self.send_message(P.EVENTS, events)
-            self._flush_outbox()
+    def _flush_events_now_locked(self):
+        events = self.take_events()
+        if events:
+            self._enqueue(P.EVENTS, events)
 
     # == stop =================================================================
     def close(self):
@@ -406,10 +476,9 @@ class Runtime:
             return
         self.send_message(P.BYE)
         self.closing = True
-        try:
-            os.write(self.wake_w, b"x")
-        except OSError:
-            pass
+        with self.api_lock:
+            self.api_lock.notify_all()
+        self._wake()
         self.io_thread.join(timeout=2.0)
         if self.kv is not None:
             self.kv.close()

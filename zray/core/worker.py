@@ -46,7 +46,7 @@ class Worker:
     # -- main loop ------------------------------------------------------------
     def run(self):
         while True:
-            item = self.runtime.tasks.get()
+            item = self.runtime.next_task()
             if item is None:
                 break
             fields, frames = item

@@ -38,6 +38,7 @@ log = logging.getLogger("zray.node")
 
 TICK_S = 0.05
 EVENT_FLUSH_S = 0.2
+REAP_INTERVAL_S = 0.02
 
 
 class Client:
@@ -83,6 +84,7 @@ class NodeDaemon:
         self.owner = OwnerWatch(config.get("owner_pid"))
         self.running = True
         self.orphaned = False
+        self.next_reap = 0.0
         self.next_event_flush = time.monotonic() + EVENT_FLUSH_S
         self.next_client_check = time.monotonic() + 1.0
         self.warned_infeasible = set()
@@ -123,8 +125,11 @@ class NodeDaemon:
 
     def _tick(self):
         now = time.monotonic()
-        for worker, code in self.pool.reap():
-            self._on_worker_exit(worker, code)
+        if now >= self.next_reap:
+            # Rate-limited: under load the loop turns thousands of times a second.
+            self.next_reap = now + REAP_INTERVAL_S
+            for worker, code in self.pool.reap():
+                self._on_worker_exit(worker, code)
         if self.events and now >= self.next_event_flush:
             if self.kv is not None:
                 self.kv.tell("add_events", self.events)
