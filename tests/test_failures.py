@@ -102,3 +102,4 @@ def test_worker_logs_are_written_to_session_dir(ray_shared):
             return
         time.sleep(0.1)
     raise AssertionError(f"{log_path} does not hold the worker's output")
+

@@ -186,3 +186,22 @@ def test_quickstart_style_program_in_fresh_interpreter():
     """)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("90")
+
+
+def test_dead_node_is_an_error_not_a_hang():
+    import signal
+    from zray.exceptions import RaySystemError
+    info = ray.init(num_cpus=1)
+    try:
+        @ray.remote
+        def slow():
+            import time
+            time.sleep(60)
+
+        ref = slow.remote()
+        os.kill(info["node_pid"], signal.SIGKILL)
+        with pytest.raises(RaySystemError, match="node daemon"):
+            ray.get(ref, timeout=30)
+    finally:
+        ray.shutdown()
+    assert_no_leftovers(info)

@@ -133,6 +133,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
     except BaseException:
         daemons.stop()
         raise
+    runtime.node_alive = lambda: daemons.node_process.poll() is None
     context.set_current(runtime)
     info = dict(daemons.info)
     info["address"] = daemons.info["kv_address"]

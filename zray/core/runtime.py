@@ -87,6 +87,8 @@ class Runtime:
         self.poller.register(self.wake_r, zmq.POLLIN)
         self.watch = OwnerWatch(os.getppid()) if watch_parent else None
         self.closing = False
+        self.node_alive = None      # set by whoever started the node: () -> bool
+        self.next_node_check = 0.0
         self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self.io_thread.start()
 
@@ -167,9 +169,13 @@ class Runtime:
                         return True
                     if self.closing:
                         raise RaySystemError("zray shut down while this call was waiting")
-                remaining = None if deadline is None else deadline - time.monotonic()
+                now = time.monotonic()
+                remaining = None if deadline is None else deadline - now
                 if remaining is not None and remaining <= 0:
                     return False
+                if now >= self.next_node_check:
+                    self.next_node_check = now + 1.0
+                    self._check_node_alive()
                 slice_ms = 50 if remaining is None else max(1, min(50, int(remaining * 1000)))
                 if self.sock_lock.acquire(timeout=0.002):
                     try:
@@ -188,6 +194,13 @@ class Runtime:
                 self.last_api_end = time.monotonic()
                 if not self.api_active:
                     self.api_lock.notify_all()
+
+    def _check_node_alive(self):
+        """Never wait forever on a node that is gone."""
+        if self.node_alive is not None and not self.node_alive():
+            raise RaySystemError(
+                f"the zray node daemon at {self.node_address} has died, so this call can never "
+                f"finish; its log is in {self.node_info.get('session_dir')}/logs/node.log")
 
     def next_task(self):
         """Workers: the next (fields, frames) to run, or None to exit."""
