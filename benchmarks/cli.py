@@ -134,15 +134,39 @@ def _load(path: str) -> dict:
         return {"rows": []}
 
 
+def _combine_loaded(paths: List[str]) -> dict:
+    """Accepts files written by `--json` here or by system_runner --json
+    (one system each); later files fill the zray / peer slots."""
+    result = {"meta": {"against": "none", "notes": []}, "zray": None, "peer": None}
+    for path in paths:
+        with open(path) as f:
+            doc = json.load(f)
+        if "rows" not in doc:          # a combined file from --json
+            for key in ("zray", "peer"):
+                if doc.get(key) is not None:
+                    result[key] = doc[key]
+            if doc.get("peer") is not None:
+                result["meta"]["against"] = doc["meta"]["against"]
+            result["meta"]["notes"] += doc["meta"].get("notes", [])
+        elif doc.get("system") == "zray":
+            result["zray"] = doc
+        else:
+            result["peer"] = doc
+            result["meta"]["against"] = doc.get("system", "peer")
+    return result
+
+
 def _report(result: dict) -> str:
     order = [r.name for r in all_rows()]
     peer = result.get("peer")
     label = result["meta"]["against"] if result["meta"]["against"] != "none" else None
-    lines = [table.render(order, result.get("zray") or {}, peer, label)]
+    lines = [table.render(order, result.get("zray"), peer, label)]
     extra = table.notes("zray", result.get("zray")) + table.notes(label or "peer", peer)
     extra += result["meta"].get("notes", [])
+    lines.append("")
+    lines.append("Cells: median of the repetitions ±half the IQR (or of min..max "
+                 "below 4 repetitions), in % of the median.")
     if extra:
-        lines.append("")
         lines += [f"note: {n}" for n in extra]
     return "\n".join(lines)
 
@@ -169,8 +193,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="seconds allowed per row (default 60 quick / 240 full)")
     ap.add_argument("--timeout", type=int, metavar="S",
                     help="seconds allowed per system (default 900 quick / 1800 full)")
-    ap.add_argument("--load", metavar="FILE",
-                    help="re-print the table from an earlier --json file; runs nothing")
+    ap.add_argument("--load", metavar="FILE", nargs="+",
+                    help="re-print the table from earlier --json files (this "
+                         "command's or system_runner's); runs nothing")
     ap.add_argument("--verbose", action="store_true",
                     help="pass the systems' own output through to stderr")
     return ap
@@ -179,8 +204,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     if args.load:
-        with open(args.load) as f:
-            print(_report(json.load(f)))
+        print(_report(_combine_loaded(args.load)))
         return 0
     if not select(all_rows(), args.filter):
         print(f"no row matches --filter {args.filter!r}", file=sys.stderr)

@@ -24,6 +24,7 @@ class Measurement:
     status: str = OK
     note: str = ""
     seconds: float = 0.0           # wall time the row took, incl. warm-up
+    detail: str = ""               # full traceback of a failed row
 
     @property
     def median(self) -> Optional[float]:
@@ -37,15 +38,32 @@ class Measurement:
     def hi(self) -> Optional[float]:
         return max(self.samples) if self.samples else None
 
+    def quartiles(self):
+        """(q1, q3), or None below 4 samples where quartiles mean little."""
+        if len(self.samples) < 4:
+            return None
+        q = statistics.quantiles(self.samples, n=4)
+        return q[0], q[2]
+
+    def spread_pct(self) -> Optional[float]:
+        """Half the IQR (4+ samples) or half the min..max range, as % of the
+        median: one stray sample should not dominate the printed spread."""
+        if len(self.samples) < 2 or not self.median:
+            return None
+        lo, hi = self.quartiles() or (self.lo, self.hi)
+        return (hi - lo) / 2 / abs(self.median) * 100
+
     def to_json(self) -> dict:
         d = asdict(self)
-        d.update(median=self.median, min=self.lo, max=self.hi)
+        q = self.quartiles()
+        d.update(median=self.median, min=self.lo, max=self.hi,
+                 q1=q and q[0], q3=q and q[1])
         return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Measurement":
         keys = ("name", "unit", "higher_is_better", "samples", "status",
-                "note", "seconds")
+                "note", "seconds", "detail")
         return cls(**{k: d[k] for k in keys if k in d})
 
 

@@ -65,14 +65,28 @@ def _failed(row, status, note):
 
 
 def _run_row(mod, row, quick, timeout):
+    start = time.perf_counter()
     try:
         return _with_timeout(timeout, row.fn, mod, quick)
     except RowTimeout:
-        return _failed(row, TIMEOUT, f"no result within {timeout}s")
+        # The traceback shows where the row was stuck.
+        m = _failed(row, TIMEOUT, f"no result within {timeout}s")
     except Exception as e:   # one broken row must not stop the others
-        tb = traceback.format_exc(limit=-3).strip().splitlines()
-        return _failed(row, ERROR, f"{type(e).__name__}: {e}"[:300] +
-                       " @ " + " | ".join(tb[-4:-1])[:300])
+        m = _failed(row, ERROR, _one_line(e))
+    m.detail = traceback.format_exc()
+    m.seconds = time.perf_counter() - start
+    return m
+
+
+def _one_line(e):
+    # Remote errors carry a whole traceback in str(e): keep its first line
+    # (what failed) and last line (the root cause) so the table note stays
+    # one line; the full text goes to the JSON "detail" field.
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    text = f"{type(e).__name__}: {lines[0] if lines else ''}"
+    if len(lines) > 1:
+        text += f" ... {lines[-1]}"
+    return text[:400]
 
 
 def _summary(m):

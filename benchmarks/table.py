@@ -29,9 +29,8 @@ def cell(m: Optional[Measurement], missing: str = "-") -> str:
     if m.status != OK:
         return _STATUS_CELL.get(m.status, m.status)
     text = f"{fmt_num(m.median)} {m.unit}"
-    if len(m.samples) > 1 and m.median:
-        # Half the min..max range, relative to the median.
-        spread = (m.hi - m.lo) / 2 / abs(m.median) * 100
+    spread = m.spread_pct()
+    if spread is not None:
         text += f" ±{spread:.0f}%"
     return text
 
@@ -52,22 +51,27 @@ def by_name(doc: Optional[dict]) -> Dict[str, Measurement]:
     return {r["name"]: Measurement.from_json(r) for r in doc.get("rows", [])}
 
 
-def render(order: List[str], zray_doc: dict, peer_doc: Optional[dict],
+def render(order: List[str], zray_doc: Optional[dict], peer_doc: Optional[dict],
            peer_label: Optional[str]) -> str:
-    z, p = by_name(zray_doc), by_name(peer_doc)
-    z_missing = "n/a" if zray_doc and zray_doc.get("error") and not z else "-"
-    p_missing = "n/a" if peer_doc and peer_doc.get("error") and not p else "-"
-    names = [n for n in order if n in z or n in p]
-    names += [n for n in list(z) + list(p) if n not in names]
-    header = ["row", "zray"]
-    if peer_label:
-        header += [peer_label, f"ratio (zray vs {peer_label}, >1 = zray better)"]
+    """Columns for the systems that ran (a None doc means "not run"); the
+    ratio column only when both zray and a peer ran."""
+    cols = []   # (label, measurements by row name, text for a missing row)
+    for label, doc in (("zray", zray_doc), (peer_label, peer_doc)):
+        if label and doc is not None:
+            got = by_name(doc)
+            cols.append((label, got, "n/a" if doc.get("error") and not got else "-"))
+    names = [n for n in order if any(n in c[1] for c in cols)]
+    names += [n for c in cols for n in c[1] if n not in names]
+    with_ratio = len(cols) == 2
+    header = ["row"] + [c[0] for c in cols]
+    if with_ratio:
+        header.append(f"ratio (zray vs {peer_label}, >1 = zray better)")
     lines = [header]
     for n in names:
-        line = [n, cell(z.get(n), z_missing)]
-        if peer_label:
-            r = ratio(z.get(n), p.get(n))
-            line += [cell(p.get(n), p_missing), f"{r:.2f}x" if r else "-"]
+        line = [n] + [cell(got.get(n), missing) for _, got, missing in cols]
+        if with_ratio:
+            r = ratio(cols[0][1].get(n), cols[1][1].get(n))
+            line.append(f"{r:.2f}x" if r else "-")
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []

@@ -21,7 +21,7 @@ def method(*args, **kwargs):
     if args or unknown:
         raise TypeError(f"ray.method takes only num_returns=N (alias num_return_vals), got "
                         f"{sorted(unknown) or args}")
-    n = num_returns_of(kwargs)
+    n = _checked_num_returns(num_returns_of(kwargs))
 
     def decorate(function):
         function.__zray_num_returns__ = n
@@ -29,9 +29,44 @@ def method(*args, **kwargs):
     return decorate
 
 
+def _checked_num_returns(n):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"num_returns must be a non-negative integer, got {n!r}")
+    return n
+
+
+class ActorExit(SystemExit):
+    """Raised by exit_actor(); the worker turns it into a clean exit."""
+
+
 def exit_actor():
-    """End the current actor after this method returns."""
-    raise SystemExit(0)
+    """End the current actor: this call's caller gets RayActorError, the
+    process exits, and the actor is not restarted."""
+    from . import api
+    from .core import context
+    if api.is_local_mode():
+        in_actor = context.current().in_actor_method
+    else:
+        worker = context.current_worker()
+        in_actor = worker is not None and worker.actor is not None
+    if not in_actor:
+        raise TypeError("ray.exit_actor() can only be called inside a method of an actor; "
+                        "to stop an actor from outside use ray.kill(handle)")
+    raise ActorExit(0)
+
+
+def _check_actor_options(options):
+    lifetime = options.get("lifetime")
+    if lifetime not in (None, "detached", "non_detached"):
+        raise ValueError(f"lifetime must be None, 'detached' or 'non_detached', got {lifetime!r}")
+    retries = options.get("max_task_retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)
+                                or retries < -1):
+        raise ValueError(f"max_task_retries must be an integer >= -1 (-1: retry forever), "
+                         f"got {retries!r}")
+    name = options.get("name")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise TypeError(f"an actor name must be a non-empty string, got {name!r}")
 
 
 def _method_table(cls):
@@ -47,6 +82,7 @@ def _method_table(cls):
 class ActorClass:
     def __init__(self, cls, options):
         check_options(options, ACTOR_OPTIONS, f"actor class {cls.__qualname__}")
+        _check_actor_options(options)
         self._cls = cls
         self._options = dict(options)
         self._code = FunctionBlob(cls)
@@ -67,6 +103,7 @@ class ActorClass:
 
     def options(self, **options):
         check_options(options, ACTOR_OPTIONS, f"actor class {self._cls.__qualname__}")
+        _check_actor_options(options)
         merged = {**self._options, **options}
         parent = self
 
@@ -79,18 +116,20 @@ class ActorClass:
         from . import api
         runtime = api.runtime_for_submit()
         if api.is_local_mode():
-            return api.local_actor(self._cls, args, kwargs, self._methods)
+            return api.local_actor(self._cls, args, kwargs, self._methods, options)
         name = options.get("name")
-        if name is not None:
-            if options.get("get_if_exists"):
-                try:
-                    return api.get_actor(name)
-                except ValueError:
-                    pass
-            runtime.request("reserve_actor_name", name)
+        if name is not None and options.get("get_if_exists"):
+            try:
+                return api.get_actor(name)
+            except ValueError:
+                pass
         function_id = self._code.ensure(runtime)
         frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
                                                               api.put_serialized)
+        actor_id = os.urandom(20)
+        if name is not None:
+            # Raises ValueError on a duplicate before anything is submitted.
+            runtime.request("reserve_actor_name", name, actor_id)
         explicit = any(options.get(k) is not None for k in ("num_cpus", "num_gpus", "resources"))
         if explicit:
             # Resources asked for explicitly are held for the actor's life.
@@ -99,12 +138,15 @@ class ActorClass:
         else:
             # As Ray: one CPU to place the actor, none while it lives.
             demand = demand_from_options(1)
-        restarts = options.get("max_restarts", options.get("max_reconstructions")) or 0
-        actor_id = os.urandom(20)
+        restarts = options.get("max_restarts")
+        if restarts is None:
+            restarts = options.get("max_reconstructions") or 0
         handle_meta = (self._cls.__name__, self._methods)
         extra = {"max_restarts": float("inf") if restarts == -1 else restarts,
+                 "max_task_retries": options.get("max_task_retries") or 0,
                  "max_concurrency": options.get("max_concurrency"), "name": name,
-                 "hold_resources": explicit, "handle_meta": handle_meta}
+                 "hold_resources": explicit, "handle_meta": handle_meta,
+                 "detached": options.get("lifetime") == "detached"}
         spec = make_spec(P.ACTOR_CREATE, new_task_id(), function_id, self._cls.__name__, 1,
                          deps, contained, demand, n_arg_frames=len(frames), actor_id=actor_id,
                          options=extra, returns=(actor_id,))
@@ -124,8 +166,9 @@ class ActorHandle:
     def __getattr__(self, name):
         methods = self.__dict__.get("_methods")
         if methods is None or name not in methods:
+            known = ", ".join(sorted(methods or ())) or "none"
             raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method "
-                                 f"{name!r}")
+                                 f"{name!r}; its methods are: {known}")
         return ActorMethod(self, name, methods[name])
 
     def __repr__(self):
@@ -163,7 +206,7 @@ class ActorMethod:
         unknown = set(options) - {"num_returns", "num_return_vals", "name", "max_task_retries"}
         if unknown:
             raise TypeError(f"unknown actor method options {sorted(unknown)}")
-        n = num_returns_of(options, self._num_returns)
+        n = _checked_num_returns(num_returns_of(options, self._num_returns))
         return ActorMethod(self._handle, self._name, n)
 
     def remote(self, *args, **kwargs):

@@ -14,6 +14,7 @@ from .core import context
 from .core.runtime import Runtime
 from .exceptions import RaySystemError
 from .object_ref import ObjectRef
+from .plasma import shm
 from .remote_function import RemoteFunction
 from .serialization import serialize
 
@@ -105,6 +106,10 @@ def _check_resources(num_cpus, num_gpus, resources, object_store_memory):
                 raise ValueError(f"pass {name} as num_{name.lower()}s=..., not in resources")
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or value < 0:
                 raise ValueError(f"resource {name!r} must be a number >= 0, got {value!r}")
+    # Whole GPUs, 0.0001 precision, names: the node's own rules, checked here
+    # so the error comes from ray.init and not from a node that failed to start.
+    from .sched.resources import totals_from_options
+    totals_from_options(num_cpus or 0, num_gpus or 0, resources)
 
 
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_directory,
@@ -114,7 +119,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
     plasma_dir = plasma_directory or "/dev/shm"
     if not os.path.isdir(plasma_dir):
         raise ValueError(f"plasma_directory {plasma_dir!r} is not a directory")
-    if huge_pages and not _is_hugetlbfs(plasma_dir):
+    if huge_pages and not shm.is_hugetlbfs(plasma_dir):
         raise ValueError("huge_pages=True needs plasma_directory to be a hugetlbfs mount "
                          f"(mount -t hugetlbfs none /mnt/huge); {plasma_dir!r} is not one")
     gpu_ids = session.detect_gpus()
@@ -138,19 +143,6 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
     info = dict(daemons.info)
     info["address"] = daemons.info["kv_address"]
     return _Session(runtime, daemons, None, info)
-
-
-def _is_hugetlbfs(path):
-    try:
-        with open("/proc/mounts") as mounts:
-            for line in mounts:
-                parts = line.split()
-                if len(parts) > 2 and parts[2] == "hugetlbfs" and \
-                        os.path.abspath(path).startswith(parts[1]):
-                    return True
-    except OSError:
-        pass
-    return False
 
 
 def _connect(address, password, log_to_driver):

@@ -76,7 +76,12 @@ class RayTaskError(RayError):
             return self
         try:
             dual = _dual_class(cause_cls)
-            err = dual.__new__(dual)
+            try:
+                err = dual.__new__(dual)
+            except TypeError:
+                # MemoryError (so ObjectStoreFullError) has its own __new__
+                # that refuses subclasses reached through another base.
+                err = Exception.__new__(dual)
             err.__dict__.update(getattr(cause, "__dict__", {}))
             err.args = cause.args
             err.function_name = self.function_name

@@ -4,7 +4,9 @@ The same API, no processes: a task runs at ``.remote()`` time, its result
 (or error) is kept in a dict, and ``ray.get`` reads it. Useful with a
 debugger and pdb.
 """
+import asyncio
 import copy
+import inspect
 import os
 import traceback
 
@@ -16,6 +18,7 @@ class LocalRuntime:
     def __init__(self):
         self.values = {}          # object_id -> ("ok", value) | ("error", exception)
         self.actors = {}          # name -> handle
+        self.in_actor_method = 0  # depth of actor method calls, for exit_actor()
 
     # ObjectRef bookkeeping: nothing to count without other processes.
     def add_local_ref(self, object_id, borrowed):
@@ -43,9 +46,11 @@ class LocalRuntime:
         return out
 
     def get_actor(self, name):
-        if name not in self.actors:
-            raise ValueError(f"no actor named {name!r}")
-        return self.actors[name]
+        handle = self.actors.get(name)
+        if handle is None or handle._dead:
+            raise ValueError(f"no live actor named {name!r}; named actors are created with "
+                             f"Cls.options(name={name!r}).remote()")
+        return handle
 
 
 def _runtime():
@@ -62,19 +67,31 @@ def _resolve(args, kwargs):
 
 
 def _results(name, call, n_returns):
+    """Run call() now; return refs to its value(s) or to its error."""
     runtime = _runtime()
     try:
         result = call()
+        if inspect.iscoroutine(result):
+            result = asyncio.run(result)
+        if n_returns == 1:
+            values = [result]
+        elif not isinstance(result, (tuple, list)) or len(result) != n_returns:
+            raise ValueError(f"{name} declared num_returns={n_returns} but returned "
+                             f"{result!r}; return a tuple of {n_returns} values")
+        else:
+            values = list(result)
+    except RayActorError as exc:
+        values, error = None, exc
     except Exception as exc:
-        text = traceback.format_exc()
-        error = RayTaskError(name, text, exc, os.getpid()).as_instanceof_cause()
+        values = None
+        error = RayTaskError(name, traceback.format_exc(), exc, os.getpid()).as_instanceof_cause()
+    if values is None:
         refs = [runtime.store("error", error) for _ in range(max(n_returns, 1))]
-        return refs[0] if n_returns == 1 else refs
+    else:
+        refs = [runtime.store("ok", v) for v in values]
     if n_returns == 1:
-        return runtime.store("ok", result)
-    if not isinstance(result, (tuple, list)) or len(result) != n_returns:
-        raise ValueError(f"{name} declared num_returns={n_returns} but returned {result!r}")
-    return [runtime.store("ok", v) for v in result]
+        return refs[0]
+    return refs if n_returns else None
 
 
 def local_call(function, args, kwargs, n_returns):
@@ -83,32 +100,68 @@ def local_call(function, args, kwargs, n_returns):
 
 
 class LocalActorHandle:
-    def __init__(self, instance, methods):
+    def __init__(self, instance, methods, class_name):
         self._instance = instance
         self._methods = methods
-        self._dead = False
+        self._class_name = class_name
+        self._dead = None         # why it died, once it has
         self._actor_id = os.urandom(20)
 
     def __getattr__(self, name):
         methods = self.__dict__.get("_methods", {})
         if name not in methods:
-            raise AttributeError(f"actor has no method {name!r}")
+            raise AttributeError(f"actor {self.__dict__.get('_class_name', '?')} has no method "
+                                 f"{name!r}")
         from .actor import ActorMethod
         return ActorMethod(self, name, methods[name])
 
+    def __repr__(self):
+        return f"Actor({self._class_name}, {self._actor_id.hex()[:12]}, local mode)"
+
     def _kill(self):
-        self._dead = True
+        self._dead = self._dead or "it was killed by ray.kill()"
 
 
-def local_actor(cls, args, kwargs, methods):
+def local_actor(cls, args, kwargs, methods, options):
+    runtime = _runtime()
+    name = options.get("name")
+    if name is not None:
+        existing = runtime.actors.get(name)
+        if existing is not None and not existing._dead:
+            if options.get("get_if_exists"):
+                return existing
+            raise ValueError(f"an actor named {name!r} already exists; pick another name, "
+                             f"use ray.get_actor({name!r}), or pass get_if_exists=True")
     args, kwargs = _resolve(args, kwargs)
-    return LocalActorHandle(cls(*args, **kwargs), methods)
+    handle = LocalActorHandle(cls(*args, **kwargs), methods, cls.__name__)
+    if name is not None:
+        runtime.actors[name] = handle
+    return handle
 
 
 def local_method(handle, name, args, kwargs, n_returns):
+    runtime = _runtime()
+    label = f"{handle._class_name}.{name}"
     if handle._dead:
-        raise RayActorError("the actor was killed")
+        error = RayActorError(f"actor {handle._class_name} died before running {label}: "
+                              f"{handle._dead}")
+        refs = [runtime.store("error", error) for _ in range(max(n_returns, 1))]
+        return refs[0] if n_returns == 1 else refs
     args, kwargs = _resolve(args, kwargs)
     method = getattr(handle._instance, name)
-    return _results(f"{type(handle._instance).__name__}.{name}",
-                    lambda: method(*args, **kwargs), n_returns)
+
+    def call():
+        runtime.in_actor_method += 1
+        try:
+            result = method(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            return result
+        except SystemExit:
+            # exit_actor(): the actor is gone; this call and later ones fail.
+            handle._dead = f"it exited on purpose: {label} called ray.exit_actor()"
+            raise RayActorError(f"the actor exited on purpose: {label} called "
+                                f"ray.exit_actor() (exit_actor)") from None
+        finally:
+            runtime.in_actor_method -= 1
+    return _results(label, call, n_returns)

@@ -48,6 +48,19 @@ class ObjectRef:
         contained.append(self.id)
         return _rebuild_ref, (self.id,)
 
+    def __await__(self):
+        # ``await ref`` in an async actor: the blocking get runs on the loop's
+        # thread pool, so other calls on the loop keep running meanwhile.
+        import asyncio
+        from .api import get
+        return asyncio.get_running_loop().run_in_executor(None, get, self).__await__()
+
+    def as_future(self):
+        """An asyncio future of the value (call from inside a running loop)."""
+        import asyncio
+        from .api import get
+        return asyncio.get_running_loop().run_in_executor(None, get, self)
+
     @classmethod
     def from_random(cls):
         return cls(os.urandom(20))

@@ -8,9 +8,15 @@
   (defined in ``__main__``, lambdas, closures) are pickled by value with dill.
 - ``ObjectRef``s met while pickling are collected, so the runtime knows which
   objects a serialized value keeps alive.
-- ``register_custom_serializer`` hooks in per class.
+- ``register_custom_serializer`` hooks in per class. A registration made in
+  a driver is sent to its node, which pushes it to every worker (those
+  running and those to come), so values of the class can be made and read in
+  any process. Classes are matched by object, or by module and name when a
+  class defined in ``__main__`` was rebuilt in another process.
 """
+import functools
 import io
+import logging
 import pickle
 import sys
 import threading
@@ -18,9 +24,13 @@ import types
 
 from .exceptions import RayError
 
+log = logging.getLogger("zray.serialization")
+
 OUT_OF_BAND_MIN_BYTES = 4096
 
 _custom = {}          # class -> (serializer, deserializer)
+_custom_by_name = {}  # (module, qualname) -> (serializer, deserializer)
+_registrations = []   # shipped form of each registration made here, in order
 _local = threading.local()
 
 
@@ -59,24 +69,33 @@ def _load_by_value(blob):
     return dill.loads(blob)
 
 
+def _take_buffer(buffers, pickle_buffer):
+    if pickle_buffer.raw().nbytes < OUT_OF_BAND_MIN_BYTES:
+        return True          # small: keep it in the stream
+    buffers.append(pickle_buffer.raw())
+    return False
+
+
 class _Pickler(pickle.Pickler):
     def __init__(self, file, buffers, contained):
-        super().__init__(file, protocol=5, buffer_callback=self._take_buffer)
-        self._buffers = buffers
+        # The callback must not refer to self: a pickler in a reference cycle
+        # keeps its memo (every object pickled, ObjectRefs and actor handles
+        # included) alive until the garbage collector runs.
+        super().__init__(file, protocol=5, buffer_callback=functools.partial(_take_buffer, buffers))
         self._contained = contained
-
-    def _take_buffer(self, pickle_buffer):
-        if pickle_buffer.raw().nbytes < OUT_OF_BAND_MIN_BYTES:
-            return True          # small: keep it in the stream
-        self._buffers.append(pickle_buffer.raw())
-        return False
 
     def reducer_override(self, obj):
         cls = type(obj)
-        if cls in _custom:
-            # The deserializer travels with the value, so no other process
-            # needs the registration.
-            serializer, deserializer = _custom[cls]
+        if cls is _ndarray and obj.dtype.kind in "mM":
+            return _reduce_time_array(obj)
+        custom = _custom.get(cls)
+        if custom is None and _custom_by_name:
+            custom = _custom_by_name.get((getattr(cls, "__module__", None),
+                                          getattr(cls, "__qualname__", None)))
+        if custom is not None:
+            # The deserializer travels with the value, so a reader needs no
+            # registration; writers in other processes get it shipped.
+            serializer, deserializer = custom
             return deserializer, (serializer(obj),)
         hook = getattr(cls, "__zray_reduce__", None)
         if hook is not None:
@@ -87,8 +106,37 @@ class _Pickler(pickle.Pickler):
         return NotImplemented
 
 
+def _reduce_time_array(array):
+    """datetime64/timedelta64 arrays out of band too (numpy's own reduce
+    copies them into the stream), so they come back as zero-copy views."""
+    if array.nbytes < OUT_OF_BAND_MIN_BYTES:
+        return NotImplemented
+    if array.flags.c_contiguous:
+        order = "C"
+    elif array.flags.f_contiguous:
+        order = "F"
+    else:
+        return NotImplemented
+    as_ints = array.view(f"{array.dtype.byteorder if array.dtype.byteorder != '|' else '='}"
+                         f"u{array.dtype.itemsize}")
+    return _rebuild_time_array, (pickle.PickleBuffer(as_ints), array.dtype.str, array.shape,
+                                 order)
+
+
+def _rebuild_time_array(buffer, dtype, shape, order):
+    import numpy
+    flat = numpy.frombuffer(buffer, dtype=numpy.dtype(dtype))
+    return flat.reshape(shape, order=order)
+
+
+_ndarray = None       # numpy.ndarray once numpy is loaded (no import of our own)
+
+
 def serialize(value):
     """Pickle ``value``; raise SerializationError naming what failed."""
+    global _ndarray
+    if _ndarray is None and "numpy" in sys.modules:
+        _ndarray = sys.modules["numpy"].ndarray
     buffers, contained = [], []
     stream = io.BytesIO()
     try:
@@ -178,17 +226,47 @@ def _describe(value):
     return f"{type(value).__name__} {text}"
 
 
-def register_custom_serializer(cls, use_pickle=False, use_dict=False,
-                               serializer=None, deserializer=None, **_ignored):
-    """Tell zray how to turn objects of ``cls`` into something picklable."""
+def register_custom_serializer(cls, use_pickle=False, use_dict=False, serializer=None,
+                               deserializer=None, local=False, driver_id=None, class_id=None):
+    """Tell zray how to turn objects of ``cls`` into something picklable.
+
+    Exactly one of: ``use_pickle=True`` (plain pickle, the default anyway),
+    ``use_dict=True`` (the object's ``__dict__``), or ``serializer=`` with
+    ``deserializer=``. Applies in every process of the cluster unless
+    ``local=True``. ``driver_id`` and ``class_id`` are accepted and unused.
+    """
     if not isinstance(cls, type):
         raise TypeError(f"register_custom_serializer needs a class, got {cls!r}")
     chosen = sum(bool(x) for x in (use_pickle, use_dict, serializer is not None))
     if chosen != 1:
         raise ValueError("register_custom_serializer: pass exactly one of use_pickle=True, "
                          "use_dict=True, or serializer= together with deserializer=")
+    if serializer is not None and deserializer is None:
+        raise ValueError("register_custom_serializer: serializer= needs a deserializer= too")
+    for name, fn in (("serializer", serializer), ("deserializer", deserializer)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"register_custom_serializer: {name}= must be callable, got {fn!r}")
+    _apply_registration(cls, use_pickle, use_dict, serializer, deserializer)
+    if local:
+        return
+    import dill
+    try:
+        blob = dill.dumps((cls, use_pickle, use_dict, serializer, deserializer), recurse=True)
+    except Exception as exc:
+        raise SerializationError(
+            f"register_custom_serializer: the class {cls.__qualname__} or its serializer "
+            f"functions cannot be sent to other processes ({type(exc).__name__}: {exc}). Define "
+            f"them at module level, or pass local=True to register in this process only") from exc
+    _registrations.append(blob)
+    from .core import context
+    ship_registrations(context.current(), [blob])
+
+
+def _apply_registration(cls, use_pickle, use_dict, serializer, deserializer):
+    key = (cls.__module__, cls.__qualname__)
     if use_pickle:
         _custom.pop(cls, None)
+        _custom_by_name.pop(key, None)
         return
     if use_dict:
         def serializer(obj):
@@ -198,6 +276,33 @@ def register_custom_serializer(cls, use_pickle=False, use_dict=False,
             obj = _cls.__new__(_cls)
             obj.__dict__.update(state)
             return obj
-    elif deserializer is None:
-        raise ValueError("register_custom_serializer: serializer= needs a deserializer= too")
-    _custom[cls] = (serializer, deserializer)
+    _custom[cls] = _custom_by_name[key] = (serializer, deserializer)
+
+
+def ship_registrations(runtime, blobs=None):
+    """Send registrations (default: all made here) to ``runtime``'s node.
+
+    One-way and ordered before whatever this process sends next, so a task
+    submitted after ``register_custom_serializer`` runs where it is known.
+    """
+    send = getattr(runtime, "send_message", None)     # None: not connected, or local mode
+    if send is None:
+        return
+    from .transport import protocol as P
+    for blob in (_registrations if blobs is None else blobs):
+        send(P.REQUEST, 0, "register_serializer", (blob, list(sys.path)))
+
+
+def install_shipped_registrations(items):
+    """Workers: apply registrations another process made (node's SER message)."""
+    import dill
+    for blob, sys_path in items:
+        for entry in sys_path:
+            if entry not in sys.path:
+                sys.path.append(entry)
+        try:
+            _apply_registration(*dill.loads(blob))
+        except Exception as exc:
+            log.warning("could not load a custom serializer registered by the driver: %s: %s. "
+                        "Is the module defining the class importable here (same working "
+                        "directory / PYTHONPATH)?", type(exc).__name__, exc)

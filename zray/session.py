@@ -3,6 +3,11 @@
 ``ray.init()`` and ``zray start`` both come here. A session lives in its own
 directory (sockets, logs, spilled objects); stopping removes it, and so does
 the node when the process that started it disappears.
+
+Daemons started by ``zray start`` have no owner: they run in their own
+process group, outlive the command, and are recorded in
+``<temp root>/procs/<pid>.json`` so that ``zray stop`` can find exactly them
+(never by process name) and clean up after them.
 """
 import json
 import os
@@ -21,7 +26,9 @@ START_TIMEOUT_S = 20.0
 
 
 def default_temp_root():
-    return os.path.join(tempfile.gettempdir(), f"zray-{os.getuid()}")
+    # ZRAY_TEMP_DIR lets tests and users keep whole clusters apart.
+    return os.environ.get("ZRAY_TEMP_DIR") or os.path.join(tempfile.gettempdir(),
+                                                           f"zray-{os.getuid()}")
 
 
 def new_session_dir(temp_dir=None):
@@ -109,16 +116,27 @@ def remove_session_files(session_dir, plasma_dir, session_name):
 def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory,
                   plasma_dir, temp_dir=None, password="", owner_pid=None, head=True,
                   kv_address=None, kv_pub_address=None, node_address=None,
-                  max_workers=None, prestart_workers=None):
-    """Start kv (when head) and a node; return once both said READY."""
+                  max_workers=None, prestart_workers=None, node_ip_address=None, kv_port=None,
+                  detach=False):
+    """Start kv (when head) and a node; return once both said READY.
+
+    With ``node_ip_address`` the daemons also listen on tcp there (the kv on
+    ``kv_port``, 0 = any free port; the node on a free port) so other nodes
+    and drivers can reach them. ``detach`` starts them in their own session
+    so they outlive the caller (``zray start``).
+    """
     session_name, session_dir = new_session_dir(temp_dir)
     env = dict(os.environ)
     env["ZRAY_PASSWORD"] = password or ""
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     kv_process = None
+    kv_info = {}
     processes = []
     try:
+        if head and node_ip_address:
+            kv_address = kv_address or f"tcp://{node_ip_address}:{kv_port or '*'}"
+            kv_pub_address = kv_pub_address or f"tcp://{node_ip_address}:*"
         if head:
             kv_address = kv_address or f"ipc://{session_dir}/kv.sock"
             kv_pub_address = kv_pub_address or f"ipc://{session_dir}/kv-pub.sock"
@@ -127,25 +145,33 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                        "--pub-address", kv_pub_address]
             if owner_pid:
                 command += ["--owner-pid", str(owner_pid)]
-            kv_process = _spawn(command, kv_log, env)
+            kv_process = _spawn(command, kv_log, env, detach)
             processes.append(kv_process)
+            kv_info = {}
+            if "*" in kv_address + kv_pub_address:
+                # The node needs the ports the kv service picked.
+                kv_info = wait_ready(kv_process, START_TIMEOUT_S, "kv service", kv_log)
+                kv_address, kv_pub_address = kv_info["address"], kv_info["pub_address"]
         config = {
             "session_dir": session_dir, "session_name": session_name,
             "address": node_address or f"ipc://{session_dir}/node.sock",
             "num_cpus": num_cpus, "num_gpus": num_gpus, "gpu_ids": gpu_ids,
             "resources": resources or {}, "object_store_memory": object_store_memory,
             "plasma_dir": plasma_dir, "kv_address": kv_address, "kv_pub_address": kv_pub_address,
-            "password": password or "", "owner_pid": owner_pid,
+            "owner_pid": owner_pid,      # the password goes by environment, not argv
             "max_workers": max_workers or max(64, 8 * int(max(num_cpus, 1))),
             "prestart_workers": (prestart_workers if prestart_workers is not None
                                  else min(int(num_cpus), 4)),
             "remove_session_dir_on_orphan": True,
+            "tcp_address": f"tcp://{node_ip_address}:*" if node_ip_address else None,
+            "head": head, "node_ip_address": node_ip_address,
         }
         node_log = os.path.join(session_dir, "logs", "node.log")
         node_process = _spawn([sys.executable, "-m", "zray.sched", "--config", json.dumps(config)],
-                              node_log, env)
+                              node_log, env, detach)
         processes.append(node_process)
-        kv_info = wait_ready(kv_process, START_TIMEOUT_S, "kv service", kv_log) if head else {}
+        if head and not kv_info:
+            kv_info = wait_ready(kv_process, START_TIMEOUT_S, "kv service", kv_log)
         node_info = wait_ready(node_process, START_TIMEOUT_S, "node daemon", node_log)
     except BaseException:
         for process in processes:
@@ -156,17 +182,18 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "kv_address": kv_info.get("address", kv_address),
             "kv_pub_address": kv_info.get("pub_address", kv_pub_address),
             "node_address": node_info["address"], "node_id": node_info["node_id"],
+            "node_tcp_address": node_info.get("tcp_address"),
             "plasma_dir": plasma_dir, "kv_pid": kv_process.pid if kv_process else None,
             "node_pid": node_process.pid}
     return LocalDaemons(session_name, session_dir, kv_process, node_process, info)
 
 
-def _spawn(command, log_path, env):
+def _spawn(command, log_path, env, detach=False):
     log_file = open(log_path, "ab")
     try:
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log_file, env=env, close_fds=True,
-                                start_new_session=False)
+                                start_new_session=detach)
     finally:
         log_file.close()
 
@@ -178,3 +205,124 @@ def wait_gone(pids, timeout_s):
             return True
         time.sleep(0.05)
     return False
+
+
+# == daemons recorded for `zray stop` ==========================================
+_DAEMON_MODULES = ("zray.kv", "zray.sched")
+
+
+def procs_dir(root):
+    return os.path.join(root, "procs")
+
+
+def record_daemons(root, daemons):
+    """Write one file per daemon process so `zray stop` can find it later."""
+    os.makedirs(procs_dir(root), mode=0o700, exist_ok=True)
+    info = daemons.info
+    for role, process in (("kv", daemons.kv_process), ("node", daemons.node_process)):
+        if process is None:
+            continue
+        try:
+            created = psutil.Process(process.pid).create_time()
+        except psutil.Error:
+            continue
+        record = {"pid": process.pid, "role": role, "create_time": created,
+                  "session_dir": info["session_dir"], "session_name": info["session_name"],
+                  "plasma_dir": info.get("plasma_dir"), "node_id": info.get("node_id")}
+        path = os.path.join(procs_dir(root), f"{process.pid}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(record, f)
+        os.replace(path + ".tmp", path)
+
+
+def recorded_daemons(root):
+    """The records under ``root``, each with ``process``: a psutil.Process if
+    that very process (same pid, start time and command) still runs, else None."""
+    directory = procs_dir(root)
+    records = []
+    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            with open(path) as f:
+                record = json.load(f)
+        except (OSError, ValueError):
+            continue
+        record["file"] = path
+        record["process"] = _verified_process(record)
+        records.append(record)
+    return records
+
+
+def _verified_process(record):
+    # A pid can be reused: only a process started at the recorded time, of
+    # this user, running a zray daemon, is ours to stop.
+    try:
+        process = psutil.Process(record["pid"])
+        if abs(process.create_time() - record["create_time"]) > 1.0:
+            return None
+        if process.uids().real != os.getuid():
+            return None
+        cmdline = process.cmdline()
+        if not any(module in cmdline for module in _DAEMON_MODULES):
+            return None
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return process
+    except (psutil.Error, KeyError, TypeError):
+        return None
+
+
+def stop_recorded(root, timeout_s=10.0):
+    """Stop every daemon recorded under ``root`` and its workers; remove their
+    files, sockets and shared memory. Returns the records of what was stopped."""
+    records = recorded_daemons(root)
+    alive = [r for r in records if r["process"] is not None]
+    # Nodes first, while the kv can still hear them leave.
+    alive.sort(key=lambda r: r["role"] == "kv")
+    workers = []
+    for record in alive:
+        if record["role"] == "node":
+            workers.extend(_worker_children(record["process"]))
+    for role in ("node", "kv"):
+        group = [r["process"] for r in alive if r["role"] == role]
+        for process in group:
+            _signal(process, signal.SIGTERM)
+        _, still = psutil.wait_procs(group, timeout=timeout_s / 2)
+        for process in still:
+            _signal(process, signal.SIGKILL)
+        psutil.wait_procs(still, timeout=timeout_s / 2)
+    _, still = psutil.wait_procs(workers, timeout=2.0)
+    for process in still:       # their node was killed before it could stop them
+        _signal(process, signal.SIGKILL)
+    psutil.wait_procs(still, timeout=2.0)
+    for record in records:
+        remove_session_files(record["session_dir"], record.get("plasma_dir"),
+                             record["session_name"])
+        try:
+            os.unlink(record["file"])
+        except OSError:
+            pass
+    return alive
+
+
+def _worker_children(process):
+    children = []
+    try:
+        for child in process.children(recursive=True):
+            try:
+                if "zray.core" in child.cmdline():
+                    children.append(child)
+            except psutil.Error:
+                pass
+    except psutil.Error:
+        pass
+    return children
+
+
+def _signal(process, signum):
+    try:
+        process.send_signal(signum)
+    except psutil.Error:
+        pass

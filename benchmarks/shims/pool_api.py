@@ -2,7 +2,9 @@
 
 It is the "no runtime at all" baseline.  There is no object store: put()
 pickles the value into the ref itself (a copy, as a store would make) and
-get() unpickles it, so put/get rows measure plain serialisation.  There are
+get() unpickles it, so put/get rows measure plain serialisation; a task's
+result is unpickled once when it arrives and later gets return that same
+object (no copy).  There are
 no actors, and tasks cannot submit tasks; rows needing those are skipped.
 """
 

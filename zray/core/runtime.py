@@ -20,13 +20,14 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 
 import zmq
 
 from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError
-from ..plasma import shm
-from ..serialization import deserialize
+from ..plasma import client as object_store
+from ..serialization import deserialize, install_shipped_registrations, ship_registrations
 from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch
 
@@ -55,6 +56,7 @@ class Runtime:
         self.node_info = self._handshake(password, connect_timeout_s)
         self.session_name = self.node_info["session_name"]
         self.plasma_dir = self.node_info["plasma_dir"]
+        self.spill_dir = self.node_info.get("spill_dir")
         self.log_to_driver = log_to_driver
         self.password = password
         self.kv = None              # a KvClient, made by the API on first use
@@ -65,7 +67,7 @@ class Runtime:
         self.wake_pending = False
         self.cond = threading.Condition()
         self.objects = {}           # object_id -> (header, frames)
-        self.mapped = {}            # object_id -> (meta, buffers, is_error) of shm files
+        self.mapped = weakref.WeakValueDictionary()   # object_id -> mmap, while values use it
         self.owned_pending = set()  # results of our tasks not yet pushed to us
         self.requested = set()      # ids we asked the node for
         self.replies = {}
@@ -77,6 +79,7 @@ class Runtime:
         self.registered_functions = set()
         self.events = []
         self.pending_errors = {}    # object_id -> print deadline, for unretrieved errors
+        self.raised_errors = set()  # errors ray.get already raised: never print those
         self.tasks = deque()        # workers: (fields, frames), or None to exit
         self.sock_lock = threading.Lock()
         self.api_lock = threading.Condition()
@@ -91,6 +94,7 @@ class Runtime:
         self.next_node_check = 0.0
         self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self.io_thread.start()
+        ship_registrations(self)    # custom serializers registered before init
 
     # == start-up =============================================================
     def _handshake(self, password, timeout_s):
@@ -117,6 +121,10 @@ class Runtime:
     # only polls while no API call is active (plus a short grace period, so a
     # tight loop of calls keeps the socket to itself).
     def send(self, frames):
+        if self.drops or self.borrowed:
+            # Ref changes made before this message go out before it (program
+            # order): a put after `del ref` finds the room already freed.
+            self._flush_refs()
         self.outbox.append(frames)
         if self.sock_lock.acquire(blocking=False):
             try:
@@ -294,11 +302,17 @@ class Runtime:
             return
         # Printed a moment later unless ray.get has raised it by then.
         with self.cond:
+            if return_ids[0] in self.raised_errors:
+                return
             self.pending_errors[return_ids[0]] = (time.monotonic() + ERROR_PRINT_DELAY_S,
                                                   name, message)
 
+    def _on_serializers(self, fields, _frames):
+        install_shipped_registrations(fields[0])
+
     _handlers = {P.OBJECTS: _on_objects, P.EXECUTE: _on_execute, P.EXIT: _on_exit,
-                 P.RESPONSE: _on_response, P.LOG: _on_log, P.TASK_ERROR: _on_task_error}
+                 P.RESPONSE: _on_response, P.LOG: _on_log, P.TASK_ERROR: _on_task_error,
+                 P.SERIALIZERS: _on_serializers}
 
     def _print_unretrieved_errors(self, now):
         with self.cond:
@@ -337,12 +351,14 @@ class Runtime:
                 else:
                     self.local_refs.pop(object_id, None)
                     released.append(object_id)
-        if released:
-            with self.cond:
-                for object_id in released:
-                    self.objects.pop(object_id, None)
-                    self.mapped.pop(object_id, None)
-            self._enqueue(P.REMOVE_REF, released)
+            # Still under ref_lock: a flush on another thread (send flushes
+            # too) must not slip an ADD_REF of a re-borrowed id before this.
+            if released:
+                with self.cond:
+                    for object_id in released:
+                        self.objects.pop(object_id, None)
+                        self.mapped.pop(object_id, None)
+                self._enqueue(P.REMOVE_REF, released)
 
     # == objects ==============================================================
     def put_serialized(self, object_id, data, is_error=False):
@@ -357,16 +373,7 @@ class Runtime:
         if data.nbytes < INLINE_MAX_BYTES:
             frames = [data.meta] + [bytes(b) for b in data.buffers]
             return (object_id, P.INLINE, len(frames), None, data.contained, is_error), frames
-        path = os.path.join(self.plasma_dir, shm.object_file_name(self.session_name, object_id))
-        try:
-            size = shm.write_object(path, data.meta, data.buffers, is_error)
-        except OSError as exc:
-            from ..exceptions import ObjectStoreFullError
-            raise ObjectStoreFullError(
-                f"could not write a {data.nbytes} byte object to {self.plasma_dir}: {exc}. "
-                f"Free objects (drop ObjectRefs) or start zray with a larger "
-                f"object_store_memory / plasma_directory") from exc
-        return (object_id, P.SHM, 0, (path, size), data.contained, is_error), []
+        return object_store.write(self, object_id, data, is_error), []
 
     def expect_results(self, object_ids):
         with self.cond:
@@ -375,6 +382,7 @@ class Runtime:
     def wait_objects(self, object_ids, num_returns, timeout_s, in_task=False):
         """Block until ``num_returns`` of the ids are here; return the ready set."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        object_ids = list(dict.fromkeys(object_ids))
         with self.cond:
             ready = {i for i in object_ids if i in self.objects}
             if len(ready) >= num_returns:
@@ -388,9 +396,18 @@ class Runtime:
         if blocked:
             self.send_message(P.BLOCKED)
         objects = self.objects
+        missing = [i for i in object_ids if i not in objects]
+        needed = num_returns - (len(object_ids) - len(missing))
+
+        def enough():
+            # Drop arrivals from `missing` as we go: each check costs what is
+            # still missing, not the whole list.
+            nonlocal missing
+            missing = [i for i in missing if i not in objects]
+            return len(object_ids) - len(missing) >= num_returns
         try:
-            self.wait_until(lambda: sum(1 for i in object_ids if i in objects) >= num_returns,
-                            deadline)
+            if needed > 0:
+                self.wait_until(enough, deadline)
             with self.cond:
                 return {i for i in object_ids if i in objects}
         finally:
@@ -410,6 +427,10 @@ class Runtime:
                 self.pending_errors.pop(object_id, None)
             value = self._decode(object_id, entry)
             if isinstance(value, _Raise):
+                with self.cond:
+                    if len(self.raised_errors) > 10000:
+                        self.raised_errors.clear()
+                    self.raised_errors.add(object_id)
                 raise value.error
             values.append(value)
         return values
@@ -420,30 +441,14 @@ class Runtime:
             value = deserialize(frames[0], frames[1:])
             is_error = header[5]
         else:
-            mapped = self.mapped.get(object_id)
-            if mapped is None:
-                try:
-                    mapped = shm.read_object(header[3][0])
-                except FileNotFoundError:
-                    mapped = self._refetch_moved(object_id)
-                self.mapped[object_id] = mapped
-            meta, buffers, is_error = mapped
+            meta, buffers, is_error = object_store.read(self.mapped, object_id, header[3],
+                                                        self.spill_dir)
             value = deserialize(meta, buffers)
         if is_error:
             if isinstance(value, RayTaskError):
                 return _Raise(value.as_instanceof_cause())
             return _Raise(value)
         return value
-
-    def _refetch_moved(self, object_id):
-        """The file was spilled since we heard of it: ask where it is now."""
-        with self.cond:
-            self.objects.pop(object_id, None)
-            self.requested.add(object_id)
-        self.send_message(P.SUBSCRIBE, [object_id])
-        self.wait_objects([object_id], 1, 30.0)
-        header = self.objects[object_id][0]
-        return shm.read_object(header[3][0])
 
     # == control plane ========================================================
     def request(self, op, *args, timeout_s=30.0):
@@ -497,7 +502,8 @@ class Runtime:
             self.kv.close()
         with self.cond:
             self.cond.notify_all()
-        self.socket.close(0)
+        # A short linger: a worker's last DONE must reach the node even as it exits.
+        self.socket.close(linger=500)
         self.context.term()
         os.close(self.wake_r)
         os.close(self.wake_w)

@@ -12,14 +12,15 @@ import sys
 import threading
 import time
 import traceback
+from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
-from ..exceptions import RayTaskError
+from ..exceptions import RayActorError, RayTaskError
 from ..serialization import SerializationError, deserialize, loads_function, serialize
 from ..transport import protocol as P
 from . import context
 from .runtime import Runtime
-from ..plasma import shm
+from ..plasma import client as object_store
 
 
 class ArgRef:
@@ -40,6 +41,7 @@ class Worker:
         self.calls = {}              # function_id -> calls run here
         self.actor = None
         self.actor_executor = None   # thread pool or event loop for concurrent actors
+        self.stopping = False        # the actor called exit_actor(): run nothing more
         self.resource_ids = {}
         self.current_task = threading.local()
 
@@ -49,14 +51,27 @@ class Worker:
             item = self.runtime.next_task()
             if item is None:
                 break
+            if self.stopping:
+                continue        # after exit_actor(): the node fails what is left
             fields, frames = item
             spec = fields[0]
             if spec.kind == P.ACTOR_METHOD and self.actor_executor is not None:
                 self.actor_executor.submit(fields, frames)
             elif self.execute(fields, frames):
-                break
+                if spec.kind == P.TASK:
+                    break
+                # An actor leaving (exit_actor, __init__ raised) waits for the
+                # node's EXIT: its DONE is then surely handled before the node
+                # sees the process go.
+                self.stopping = True
         if self.actor_executor is not None:
-            self.actor_executor.shutdown()
+            # EXIT (last handle dropped): calls already here still run.
+            # exit_actor(): the rest are dropped; the node fails them.
+            self.actor_executor.shutdown(drain=not self.stopping)
+
+    def stop_soon(self):
+        """An executor thread ran exit_actor(): run nothing more, wait for EXIT."""
+        self.stopping = True
 
     def execute(self, fields, frames):
         """Run one task; return True if this worker should exit afterwards."""
@@ -77,7 +92,9 @@ class Worker:
         except BaseException as exc:       # noqa: B036 - everything goes back to the caller
             if isinstance(exc, SystemExit) and spec.kind == P.ACTOR_METHOD:
                 exiting = True
-            entries, payload, error_text = self._store_error(spec, exc)
+                entries, payload = self._store_exit(spec, exc)
+            else:
+                entries, payload, error_text = self._store_error(spec, exc)
         finally:
             self.current_task.spec = None
         self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
@@ -88,6 +105,33 @@ class Worker:
             exiting = exiting or count >= spec.max_calls
         if spec.kind == P.ACTOR_CREATE and error_text:
             exiting = True
+        self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
+                                  self.runtime.take_events(), frames=payload)
+        return exiting
+
+    async def execute_async(self, fields, frames):
+        """Like execute, but awaits coroutine methods on the actor's loop.
+        Returns True if the method ended the actor (exit_actor)."""
+        spec, dep_headers, _functions, _resource_ids = fields
+        start = time.time()
+        error_text, exiting = None, False
+        try:
+            args, kwargs = self._arguments(spec, dep_headers, frames)
+            result = getattr(self.actor, spec.method)(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            entries, payload = self._store_results(spec, self._split_returns(spec, result))
+        except BaseException as exc:       # noqa: B036
+            if isinstance(exc, asyncio.CancelledError) and self.stopping:
+                raise                      # dropped after exit_actor(); the node fails it
+            if isinstance(exc, SystemExit):
+                exiting = True
+                entries, payload = self._store_exit(spec, exc)
+            else:
+                entries, payload, error_text = self._store_error(spec, exc)
+        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(), "tid": 0,
+                                   "cat": "task", "ts": start * 1e6,
+                                   "dur": (time.time() - start) * 1e6})
         self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
                                   self.runtime.take_events(), frames=payload)
         return exiting
@@ -107,9 +151,11 @@ class Worker:
 
     def _set_resources(self, resource_ids):
         self.resource_ids = resource_ids or {}
-        gpus = [str(gpu) for gpu, _ in self.resource_ids.get("GPU", [])]
-        if gpus:
-            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+        # As Ray: a task sees exactly the GPUs it was given, none if it asked
+        # for none (a reused worker must not keep a previous task's GPUs).
+        visible = ",".join(str(gpu) for gpu, _ in self.resource_ids.get("GPU", ()))
+        if os.environ.get("CUDA_VISIBLE_DEVICES") != visible:
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible
 
     def _arguments(self, spec, dep_headers, frames):
         n_args = spec.n_arg_frames
@@ -119,7 +165,7 @@ class Worker:
         dep_values, offset = [], n_args
         for header in dep_headers:
             n = header[2]
-            dep_values.append(_decode_entry(header, frames[offset:offset + n]))
+            dep_values.append(_decode_entry(header, frames[offset:offset + n], self.runtime))
             offset += n
         args = [dep_values[a.index] if isinstance(a, ArgRef) else a for a in args]
         kwargs = {k: dep_values[v.index] if isinstance(v, ArgRef) else v
@@ -168,6 +214,20 @@ class Worker:
             payload.extend(frames)
         return entries, payload
 
+    def _store_exit(self, spec, exc):
+        """The method ended the actor on purpose: its caller gets RayActorError."""
+        how = ("ray.exit_actor()" if type(exc).__name__ == "ActorExit"
+               else f"sys.exit({exc.code!r})")
+        error = RayActorError(f"the actor exited on purpose: {spec.name} called {how} "
+                              f"(exit_actor), so later calls to it fail")
+        data = serialize(error)
+        entries, payload = [], []
+        for object_id in spec.return_ids:
+            header, frames = self.runtime.store_serialized(object_id, data, is_error=True)
+            entries.append(header)
+            payload.extend(frames)
+        return entries, payload
+
     def _store_error(self, spec, exc):
         if isinstance(exc, RayTaskError):
             # An argument was itself a failed task's result: pass its error on.
@@ -196,62 +256,55 @@ class ThreadedActorExecutor:
         self.pool = ThreadPoolExecutor(concurrency, thread_name_prefix="zray-actor")
 
     def submit(self, fields, frames):
-        self.pool.submit(self.worker.execute, fields, frames)
+        self.pool.submit(self._run, fields, frames)
 
-    def shutdown(self):
-        self.pool.shutdown(wait=True)
+    def _run(self, fields, frames):
+        if self.worker.stopping:
+            return
+        if self.worker.execute(fields, frames):
+            self.worker.stop_soon()
+
+    def shutdown(self, drain=True):
+        self.pool.shutdown(wait=True, cancel_futures=not drain)
 
 
 class AsyncActorExecutor:
-    """Methods of an async actor, interleaved on one event loop."""
+    """Methods of an async actor, interleaved on one event loop thread;
+    at most ``concurrency`` run at once."""
 
     def __init__(self, worker, concurrency):
         self.worker = worker
         self.loop = asyncio.new_event_loop()
-        self.limit = None
-        self.concurrency = concurrency
+        self.limit = asyncio.Semaphore(concurrency)
+        self.pending = set()         # concurrent futures of calls not finished
         self.thread = threading.Thread(target=self._run, daemon=True, name="zray-actor-loop")
         self.thread.start()
 
     def _run(self):
         asyncio.set_event_loop(self.loop)
-        self.limit = asyncio.Semaphore(self.concurrency)
         self.loop.run_forever()
 
     def submit(self, fields, frames):
-        asyncio.run_coroutine_threadsafe(self._execute(fields, frames), self.loop)
+        future = asyncio.run_coroutine_threadsafe(self._execute(fields, frames), self.loop)
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
 
     async def _execute(self, fields, frames):
-        while self.limit is None:
-            await asyncio.sleep(0)
         async with self.limit:
-            await self.worker.execute_async(fields, frames)
+            if self.worker.stopping:
+                return
+            if await self.worker.execute_async(fields, frames):
+                self.worker.stop_soon()
 
-    def shutdown(self):
+    def shutdown(self, drain=True):
+        pending = list(self.pending)
+        if drain:
+            futures.wait(pending)
+        else:
+            for future in pending:
+                future.cancel()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=2.0)
-
-
-async def _execute_async(self, fields, frames):
-    """Like execute, but awaits coroutine methods on the actor's loop."""
-    spec, dep_headers, _functions, _resource_ids = fields
-    start = time.time()
-    error_text = None
-    try:
-        args, kwargs = self._arguments(spec, dep_headers, frames)
-        result = getattr(self.actor, spec.method)(*args, **kwargs)
-        if inspect.isawaitable(result):
-            result = await result
-        entries, payload = self._store_results(spec, self._split_returns(spec, result))
-    except BaseException as exc:       # noqa: B036
-        entries, payload, error_text = self._store_error(spec, exc)
-    self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(), "tid": 0,
-                               "cat": "task", "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
-    self.runtime.send_message(P.DONE, spec.task_id, entries, False, error_text,
-                              self.runtime.take_events(), frames=payload)
-
-
-Worker.execute_async = _execute_async
 
 
 class _Unloadable:
@@ -264,12 +317,13 @@ class _Unloadable:
                            f"importable on this node (same working directory / PYTHONPATH)?")
 
 
-def _decode_entry(header, frames):
+def _decode_entry(header, frames, runtime):
     if header[1] == P.INLINE:
         value = deserialize(frames[0], frames[1:])
         is_error = header[5]
     else:
-        meta, buffers, is_error = shm.read_object(header[3][0])
+        meta, buffers, is_error = object_store.read(runtime.mapped, header[0], header[3],
+                                                    runtime.spill_dir)
         value = deserialize(meta, buffers)
     if is_error:
         raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value

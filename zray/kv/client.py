@@ -44,6 +44,10 @@ class KvClient:
 
     def tell(self, op, *args):
         with self.lock:
+            # Replies to earlier tells are not wanted: drop them so they do
+            # not pile up in a client that never calls.
+            while self.socket.poll(0):
+                self.socket.recv_multipart()
             self.socket.send_multipart(P.pack(P.KV_REQUEST, 0, op, args, self.password))
 
     def get(self, key, default=None):

@@ -8,9 +8,13 @@
 - Tables are key prefixes: ``node:``, ``actor:``, ``err:``, ``event:``, ...
 - Every change is published as ``[key, sequence, pickled value]`` (value
   ``None`` for a delete), so nodes and drivers react without polling.
+- ``put_ttl`` entries (node heartbeats) are deleted, and the delete
+  published, when not refreshed within their ttl: that is how every node
+  learns that a peer died, without a failure detector of its own.
 - One thread owns the state and both sockets; nothing else touches them.
 """
 import logging
+import os
 import pickle
 import time
 
@@ -20,6 +24,8 @@ from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch, authorize
 
 log = logging.getLogger("zray.kv")
+
+MAX_EVENTS = 1_000_000
 
 
 class KvServer:
@@ -36,6 +42,7 @@ class KvServer:
         self.password = password
         self.owner = OwnerWatch(owner_pid)
         self.data = {}
+        self.expiry = {}           # key -> monotonic deadline, for put_ttl entries
         self.sequence = 0
         self.event_sequence = 0
         self.running = True
@@ -43,22 +50,31 @@ class KvServer:
     # -- operations: each takes the args tuple, returns the reply value ----
     def op_put(self, key, value):
         self.data[key] = value
+        self.expiry.pop(key, None)
         self._publish(key, value)
+
+    def op_put_ttl(self, key, value, ttl_s):
+        """Put a value that disappears unless put again within ttl_s."""
+        self.op_put(key, value)
+        self.expiry[key] = time.monotonic() + ttl_s
 
     def op_put_many(self, items):
         for key, value in items:
             self.op_put(key, value)
 
     def op_add_events(self, events):
-        # Timeline events need no notification: nobody waits on them.
+        # Timeline events need no notification: nobody waits on them. The
+        # oldest go beyond MAX_EVENTS, so a long-lived cluster stays bounded.
         for event in events:
             self.event_sequence += 1
             self.data[f"event:{self.event_sequence:012d}"] = event
+            self.data.pop(f"event:{self.event_sequence - MAX_EVENTS:012d}", None)
 
     def op_get(self, key, default=None):
         return self.data.get(key, default)
 
     def op_delete(self, key):
+        self.expiry.pop(key, None)
         existed = self.data.pop(key, None) is not None
         if existed:
             self._publish(key, None)
@@ -69,6 +85,19 @@ class KvServer:
 
     def op_ping(self):
         return "pong"
+
+    def op_info(self):
+        """Where to subscribe: joining nodes only know the ROUTER address."""
+        return {"address": self.router_address, "pub_address": self.pub_address,
+                "pid": os.getpid()}
+
+    def _expire(self):
+        if not self.expiry:
+            return
+        now = time.monotonic()
+        for key in [k for k, deadline in self.expiry.items() if deadline <= now]:
+            log.info("%s was not refreshed in time; removing it", key)
+            self.op_delete(key)
 
     def op_shutdown(self):
         self.running = False
@@ -90,6 +119,7 @@ class KvServer:
                     except zmq.Again:
                         break
                     self._handle(frames)
+            self._expire()
             if self.owner.gone():
                 log.info("owner process gone; kv service exits")
                 break
@@ -122,7 +152,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m zray.kv")
     parser.add_argument("--address", required=True)
     parser.add_argument("--pub-address", required=True)
-    parser.add_argument("--password", default="")
+    # From the environment by default: a password on the command line shows in `ps`.
+    parser.add_argument("--password", default=os.environ.get("ZRAY_PASSWORD", ""))
     parser.add_argument("--owner-pid", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,

@@ -9,7 +9,11 @@ header is ``(meta_offset, meta_length, [(offset, length), ...], is_error)``.
 Readers ``mmap`` the file read-only: numpy arrays built on those buffers are
 views of the shared memory and are not writeable. Unlinking a file while a
 reader has it mapped is safe: the memory goes when the last mapping does.
+
+A spilled object is the same file moved to the spill directory under the same
+name, so a reader that finds the shared-memory path gone looks there.
 """
+import errno
 import mmap
 import os
 import pickle
@@ -17,6 +21,7 @@ import struct
 
 MAGIC = b"ZRAY"
 ALIGN = 64
+_HUGETLBFS_CACHE = {}     # directory -> bool
 
 
 def _aligned(n):
@@ -27,10 +32,9 @@ def object_file_name(session_name, object_id):
     return f"zray-{session_name}-{object_id.hex()}"
 
 
-def write_object(path, meta, buffers, is_error=False):
-    """Write a serialized value to ``path``; return the file's size in bytes."""
-    views = [memoryview(b).cast("B") for b in buffers]
-    lengths = [len(meta)] + [v.nbytes for v in views]
+def layout(meta_length, buffer_lengths):
+    """Return ``(header_room, offsets, size)`` of a file holding these parts."""
+    lengths = [meta_length] + list(buffer_lengths)
     # Offsets depend on the header's length, which depends on the offsets:
     # reserve room generously, then place everything after it.
     header_room = _aligned(64 + 24 * len(lengths) + 8)
@@ -38,50 +42,191 @@ def write_object(path, meta, buffers, is_error=False):
     for length in lengths:
         offsets.append(cursor)
         cursor = _aligned(cursor + length)
+    return header_room, offsets, offsets[-1] + lengths[-1]
+
+
+def object_size(meta, buffers):
+    """Bytes the file for ``(meta, buffers)`` will take, known before writing."""
+    return layout(len(meta), [memoryview(b).nbytes for b in buffers])[2]
+
+
+def write_object(path, meta, buffers, is_error=False):
+    """Write a serialized value to ``path``; return the file's size in bytes."""
+    views = [memoryview(b).cast("B") for b in buffers]
+    lengths = [len(meta)] + [v.nbytes for v in views]
+    header_room, offsets, size = layout(lengths[0], lengths[1:])
     header = pickle.dumps((offsets[0], lengths[0],
                            list(zip(offsets[1:], lengths[1:])), is_error), protocol=5)
     if 8 + len(header) > header_room:
         raise AssertionError("object header outgrew its room")
-    size = offsets[-1] + lengths[-1] if lengths else header_room
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    prefix = MAGIC + struct.pack("<I", len(header)) + header
+    parts = [(0, prefix)] + list(zip(offsets, [meta] + views))
+    fd = _create(path)
     try:
-        with os.fdopen(fd, "wb", buffering=0) as out:
-            out.write(MAGIC + struct.pack("<I", len(header)) + header)
-            out.write(bytes(header_room - 8 - len(header)))
-            position = header_room
-            for offset, part in zip(offsets, [meta] + views):
-                if offset > position:
-                    out.write(bytes(offset - position))
-                _write_all(out, part)
-                position = offset + memoryview(part).nbytes
+        if is_hugetlbfs(os.path.dirname(path)):
+            _write_mapped(fd, parts, size)      # hugetlbfs has no write(2)
+        else:
+            _write_sequential(fd, parts)
     except BaseException:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        os.close(fd)
+        unlink_quietly(path)
         raise
+    os.close(fd)
     return size
 
 
-def _write_all(out, data):
-    view = memoryview(data).cast("B")
-    while view.nbytes:
-        written = out.write(view)
-        view = view[written:]
-
-
-def read_object(path):
-    """Map ``path``; return ``(meta, buffers, is_error)`` as views of it."""
-    fd = os.open(path, os.O_RDONLY)
+def _create(path):
     try:
-        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        # Left by a writer that died before sealing (its task is being
+        # retried). Unlink, never truncate: a reader's mapping stays valid.
+        unlink_quietly(path)
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def _write_sequential(fd, parts):
+    position = 0
+    for offset, part in parts:
+        if offset > position:
+            os.lseek(fd, offset, os.SEEK_SET)    # the gap stays a hole: no bytes written
+        view = memoryview(part).cast("B")
+        while view.nbytes:
+            written = os.write(fd, view)
+            view = view[written:]
+        position = offset + memoryview(part).nbytes
+    return position
+
+
+def _write_mapped(fd, parts, size):
+    page = huge_page_size()
+    os.ftruncate(fd, (size + page - 1) // page * page)
+    with mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE) as mapping:
+        for offset, part in parts:
+            view = memoryview(part).cast("B")
+            mapping[offset:offset + view.nbytes] = view
+
+
+def read_object(path, spill_dir=None):
+    """Map ``path`` (or its spilled copy in ``spill_dir``); return
+    ``(meta, buffers, is_error)`` as read-only views of the mapping."""
+    return parse(map_file(path, spill_dir))
+
+
+def map_file(path, spill_dir=None):
+    """The object file mapped read-only; it stays mapped while views of it live."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if spill_dir is None:
+            raise
+        # Spilled after we heard of it: the spiller renames the copy into
+        # place before unlinking the original, so it is there now.
+        fd = os.open(os.path.join(spill_dir, os.path.basename(path)), os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
     finally:
         os.close(fd)
+
+
+def parse(mapping):
+    """``(meta, buffers, is_error)``: views into a mapped object file."""
     view = memoryview(mapping)
     if bytes(view[:4]) != MAGIC:
-        raise ValueError(f"{path} is not a zray object file")
+        raise ValueError("not a zray object file")
     (header_len,) = struct.unpack("<I", view[4:8])
     meta_off, meta_len, parts, is_error = pickle.loads(view[8:8 + header_len])
     meta = view[meta_off:meta_off + meta_len]
     buffers = [view[off:off + length] for off, length in parts]
     return meta, buffers, is_error
+
+
+def spill_file(path, spill_dir):
+    """Move an object file into ``spill_dir``; return its new path.
+
+    Copy under a temporary name, rename into place, then unlink the
+    original, so a reader always finds one complete file. Raises OSError
+    (disk full, not writable) with nothing left behind.
+    """
+    target = os.path.join(spill_dir, os.path.basename(path))
+    partial = target + ".partial"
+    os.makedirs(spill_dir, exist_ok=True)
+    try:
+        with open(path, "rb") as source, open(partial, "wb") as out:
+            _copy_file(source.fileno(), out.fileno())
+        os.rename(partial, target)
+    except BaseException:
+        unlink_quietly(partial)
+        raise
+    unlink_quietly(path)
+    return target
+
+
+def _copy_file(src_fd, dst_fd):
+    size = os.fstat(src_fd).st_size
+    copied = 0
+    while copied < size:
+        try:
+            sent = os.sendfile(dst_fd, src_fd, copied, size - copied)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.ENOSYS) and copied == 0:
+                return _copy_by_read(src_fd, dst_fd)
+            raise
+        if sent == 0:
+            raise OSError(errno.EIO, "short copy while spilling")
+        copied += sent
+
+
+def _copy_by_read(src_fd, dst_fd):
+    while True:
+        chunk = os.read(src_fd, 1 << 22)
+        if not chunk:
+            return
+        view = memoryview(chunk)
+        while view.nbytes:
+            view = view[os.write(dst_fd, view):]
+
+
+def is_hugetlbfs(directory):
+    """True if ``directory`` lies on a hugetlbfs mount (longest mount wins)."""
+    directory = os.path.realpath(directory)
+    cached = _HUGETLBFS_CACHE.get(directory)
+    if cached is None:
+        cached = _HUGETLBFS_CACHE[directory] = _mount_type(directory) == "hugetlbfs"
+    return cached
+
+
+def _mount_type(directory):
+    best, kind = "", None
+    try:
+        with open("/proc/mounts") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) < 3:
+                    continue
+                mount_point = parts[1]
+                inside = (directory == mount_point
+                          or directory.startswith(mount_point.rstrip("/") + "/"))
+                if inside and len(mount_point) >= len(best):
+                    best, kind = mount_point, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def huge_page_size():
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("Hugepagesize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 2 * 1024 * 1024
+
+
+def unlink_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

@@ -1,26 +1,32 @@
 """The node's object table: what exists, where, and who still needs it.
 
 A plain state machine, no sockets: the node daemon feeds it events
-(created, sealed, ref added/dropped) and acts on what it returns (objects to
+(reserved, sealed, ref added/dropped) and acts on what it returns (objects to
 push to subscribers, tasks whose arguments are now ready).
 
 Reference counting: an object lives while its count is above zero. Each
 client process that holds ``ObjectRef``s to it counts once; each pending
 task that takes it as an argument counts once; each stored object that
 contains a ref to it counts once. At zero the object is forgotten and its
-shared-memory file unlinked (readers that still map it keep their view).
+file unlinked (readers that still map it keep their view). So there is
+nothing to "evict": an unreferenced object is already gone.
 
-Capacity: shared-memory objects are summed; past ``capacity_bytes`` the
-oldest are moved to the spill directory, from where readers map them the
-same way.
+Capacity: shared-memory bytes are summed against ``capacity_bytes``. A
+writer of a large object first *reserves* its size; to make room the oldest
+sealed objects are moved to the spill directory, from where readers map them
+the same way (the page cache serves them; nothing is copied back). If room
+cannot be made (the object is bigger than the store, or the spill directory
+cannot take a file) the reservation fails with ``ObjectStoreFullError``
+naming the sizes. Small objects are admitted without asking and accounted
+when sealed, so the store may run over by the small objects in flight.
 """
 import logging
-import os
-import shutil
 import time
 from collections import OrderedDict
 
+from ..exceptions import ObjectStoreFullError
 from ..transport.protocol import INLINE, SHM
+from . import shm
 
 log = logging.getLogger("zray.store")
 
@@ -38,7 +44,7 @@ class ObjectEntry:
         self.state = PENDING
         self.kind = INLINE
         self.frames = ()          # INLINE: [pickle, *buffers] as bytes
-        self.location = None      # SHM: (path, size)
+        self.location = None      # SHM: (path, size); path is in the spill dir once spilled
         self.contained = ()
         self.is_error = False
         self.refcount = 0
@@ -58,9 +64,16 @@ class ObjectTable:
         self.entries = {}
         self.capacity_bytes = capacity_bytes
         self.spill_dir = spill_dir
-        self.shm_bytes = 0
+        self.shm_bytes = 0              # sealed objects in shared memory
+        self.reserved_bytes = 0         # admitted, being written
+        self.reserved = {}              # object_id -> (size, owner)
         self.spilled_bytes = 0
-        self.in_memory = OrderedDict()   # shm objects, oldest first, for spilling
+        self.spilled_objects = 0
+        self.inline_bytes = 0
+        self.created_objects = 0        # shared-memory objects ever sealed
+        self.created_bytes = 0
+        self.spill_failure = None       # last reason spilling failed, for status
+        self.in_memory = OrderedDict()  # shm objects, oldest first, for spilling
 
     # -- lifecycle ----------------------------------------------------------
     def expect(self, object_id):
@@ -70,15 +83,54 @@ class ObjectTable:
             entry = self.entries[object_id] = ObjectEntry(object_id)
         return entry
 
+    def reserve(self, object_id, size, owner=None):
+        """Admit a shared-memory object of ``size`` bytes before it is written.
+
+        Spills the oldest objects to make room; raises ObjectStoreFullError
+        (with the sizes) when no room can be made.
+        """
+        if size > self.capacity_bytes:
+            raise ObjectStoreFullError(
+                f"an object of {format_bytes(size)} is larger than the whole object store "
+                f"({format_bytes(self.capacity_bytes)}). Start zray with "
+                f"object_store_memory of at least {format_bytes(size)}, or store the data "
+                f"in smaller pieces")
+        self.release_reservation(object_id)      # a retried writer reserves again
+        reason = self._make_room(size)
+        if reason is not None:
+            raise ObjectStoreFullError(
+                f"the object store cannot take an object of {format_bytes(size)}: "
+                f"{format_bytes(self.shm_bytes)} of its {format_bytes(self.capacity_bytes)} "
+                f"hold {len(self.in_memory)} objects that are still referenced "
+                f"({format_bytes(self.reserved_bytes)} more is being written, "
+                f"{format_bytes(self.spilled_bytes)} already spilled to disk), and {reason}. "
+                f"Drop ObjectRefs you no longer need, free disk space under {self.spill_dir}, "
+                f"or start zray with a larger object_store_memory")
+        self.reserved[object_id] = (size, owner)
+        self.reserved_bytes += size
+
+    def release_reservation(self, object_id):
+        reservation = self.reserved.pop(object_id, None)
+        if reservation is not None:
+            self.reserved_bytes -= reservation[0]
+
+    def release_reservations_of(self, owner):
+        """A writer left before sealing: give back what it reserved."""
+        for object_id in [i for i, (_, o) in self.reserved.items() if o == owner]:
+            self.release_reservation(object_id)
+
     def seal(self, header, frames):
         """Store a finished value. Returns the entry, or None if nobody wants it."""
         object_id, kind, _, location, contained, is_error = header
+        self.release_reservation(object_id)
         entry = self.entries.get(object_id)
         if entry is None or entry.state == READY:
             # Every ref was dropped before it was made (or a retried task
-            # made it twice): nobody can ask for it, so let it go.
-            if kind == SHM:
-                _unlink(location[0])
+            # made it twice): nobody can ask for it, so let it go. Never
+            # unlink the file a live entry of the same id points to.
+            if kind == SHM and not (entry is not None and entry.kind == SHM
+                                    and entry.location[0] == location[0]):
+                shm.unlink_quietly(location[0])
             return None
         entry.state = READY
         entry.kind = kind
@@ -91,10 +143,16 @@ class ObjectTable:
         if kind == SHM:
             entry.size = location[1]
             self.shm_bytes += entry.size
+            self.created_objects += 1
+            self.created_bytes += entry.size
             self.in_memory[object_id] = entry
-            self._spill_if_over_capacity()
+            reason = self._make_room(0)   # unreserved (small) objects are accounted here
+            if reason is not None and reason != self.spill_failure:
+                log.error("object store over capacity and %s", reason)
+            self.spill_failure = reason
         else:
             entry.size = sum(len(f) for f in frames)
+            self.inline_bytes += entry.size
         return entry
 
     def add_ref(self, object_id, count=1):
@@ -114,13 +172,17 @@ class ObjectTable:
 
     def _free(self, entry):
         del self.entries[entry.object_id]
-        if entry.kind == SHM and entry.state == READY:
-            self.in_memory.pop(entry.object_id, None)
-            if entry.spilled:
-                self.spilled_bytes -= entry.size
+        if entry.state == READY:
+            if entry.kind == SHM:
+                self.in_memory.pop(entry.object_id, None)
+                if entry.spilled:
+                    self.spilled_bytes -= entry.size
+                    self.spilled_objects -= 1
+                else:
+                    self.shm_bytes -= entry.size
+                shm.unlink_quietly(entry.location[0])
             else:
-                self.shm_bytes -= entry.size
-            _unlink(entry.location[0])
+                self.inline_bytes -= entry.size
         for inner in entry.contained:
             self.remove_ref(inner)
 
@@ -132,47 +194,74 @@ class ObjectTable:
         return entry is not None and entry.state == READY
 
     # -- capacity -----------------------------------------------------------
-    def _spill_if_over_capacity(self):
-        while self.shm_bytes > self.capacity_bytes and self.in_memory:
-            _, victim = self.in_memory.popitem(last=False)
-            self._spill(victim)
+    def _make_room(self, size):
+        """Spill oldest-first until ``size`` more bytes fit; None, or why not."""
+        while self.shm_bytes + self.reserved_bytes + size > self.capacity_bytes:
+            if not self.in_memory:
+                return ("nothing is left to spill (the rest is reserved by objects "
+                        "being written)")
+            victim = next(iter(self.in_memory.values()))
+            try:
+                self._spill(victim)
+            except OSError as exc:
+                return (f"spilling the oldest object ({format_bytes(victim.size)}) to "
+                        f"{self.spill_dir} failed: {exc}")
+        return None
 
     def _spill(self, entry):
         path, size = entry.location
-        target = os.path.join(self.spill_dir, os.path.basename(path))
-        try:
-            os.makedirs(self.spill_dir, exist_ok=True)
-            shutil.move(path, target)
-        except OSError as exc:
-            log.error("could not spill %s (%d bytes) to %s: %s", path, size, self.spill_dir, exc)
-            return
+        target = shm.spill_file(path, self.spill_dir)
+        del self.in_memory[entry.object_id]
         entry.location = (target, size)
         entry.spilled = True
         self.shm_bytes -= size
         self.spilled_bytes += size
+        self.spilled_objects += 1
+        log.info("spilled object %s (%s) to %s", entry.object_id.hex(), format_bytes(size),
+                 target)
 
+    # -- reporting ----------------------------------------------------------
     def stats(self):
         return {"objects": len(self.entries), "shm_bytes": self.shm_bytes,
-                "spilled_bytes": self.spilled_bytes, "capacity_bytes": self.capacity_bytes}
+                "shm_objects": len(self.in_memory), "reserved_bytes": self.reserved_bytes,
+                "spilled_bytes": self.spilled_bytes, "spilled_objects": self.spilled_objects,
+                "inline_bytes": self.inline_bytes, "capacity_bytes": self.capacity_bytes,
+                "created_objects": self.created_objects, "created_bytes": self.created_bytes,
+                "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
 
-    def listing(self):
+    def listing(self, holders=None):
+        """One dict per object; ``holders`` maps id -> names of who holds it."""
+        holders = holders or {}
+        contained_in = {}
+        for entry in self.entries.values():
+            for inner in entry.contained:
+                contained_in.setdefault(inner, []).append(entry.object_id)
         rows = []
         for entry in self.entries.values():
             where = "pending" if entry.state == PENDING else (
                 "spilled" if entry.spilled else ("shm" if entry.kind == SHM else "inline"))
+            named = list(holders.get(entry.object_id, ()))
+            named += [f"object {outer.hex()[:16]}" for outer in contained_in.get(entry.object_id, ())]
+            others = entry.refcount - len(named)
+            if others > 0:
+                named.append(f"{others} pending task argument{'s' if others > 1 else ''}")
             rows.append({"object_id": entry.object_id.hex(), "size": entry.size,
-                         "where": where, "refcount": entry.refcount, "error": entry.is_error})
+                         "where": where, "refcount": entry.refcount, "error": entry.is_error,
+                         "holders": named, "created_at": entry.created_at,
+                         "path": entry.location[0] if entry.kind == SHM and entry.location
+                         else None})
         return rows
 
     def unlink_all(self):
         for entry in list(self.entries.values()):
             if entry.kind == SHM and entry.state == READY:
-                _unlink(entry.location[0])
+                shm.unlink_quietly(entry.location[0])
         self.entries.clear()
 
 
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
+def format_bytes(n):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

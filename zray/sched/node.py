@@ -28,10 +28,11 @@ from ..exceptions import WorkerCrashedError
 from ..serialization import serialize
 from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch, authorize
+from ..plasma.control import ObjectStoreRequests
 from ..plasma.store import READY as OBJECT_READY, ObjectTable
 from . import resources as R
 from .actors import ActorTable
-from .scheduler import Scheduler, Task
+from .scheduler import Scheduler, Task, infeasible_message, infeasible_report
 from .worker_pool import ACTOR, BUSY, IDLE, WorkerPool, describe_exit
 
 log = logging.getLogger("zray.node")
@@ -57,7 +58,7 @@ class NodeDaemon:
         self.node_id = os.urandom(8).hex()
         self.session_dir = config["session_dir"]
         self.session_name = config["session_name"]
-        self.password = config.get("password", "")
+        self.password = config.get("password") or os.environ.get("ZRAY_PASSWORD", "")
         self.context = zmq.Context.instance()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -66,13 +67,23 @@ class NodeDaemon:
         self.router.setsockopt(zmq.SNDHWM, 0)
         self.router.bind(config["address"])
         self.address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.tcp_address = None        # for peers and remote drivers (zray start)
+        if config.get("tcp_address"):
+            self.router.bind(config["tcp_address"])
+            self.tcp_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         totals = R.totals_from_options(config["num_cpus"], config["num_gpus"],
                                        config.get("resources"))
         self.resources = R.NodeResources(totals, config.get("gpu_ids"))
         self.scheduler = Scheduler(self.resources)
         self.objects = ObjectTable(config["object_store_memory"],
                                    os.path.join(self.session_dir, "spill"))
-        self.pool = WorkerPool(self.address, self.session_dir, config["max_workers"])
+        self.store_requests = ObjectStoreRequests(self)
+        cpus = max(1, -(-self.resources.totals.get("CPU", 0) // R.UNIT))
+        # Start at most as many workers at once as there are cores (as Ray's
+        # maximum_startup_concurrency); keep that many warm when idle.
+        self.pool = WorkerPool(self.address, self.session_dir, config["max_workers"],
+                               max_starting=config.get("max_starting_workers") or cpus,
+                               soft_limit=max(cpus, config.get("prestart_workers") or 0))
         self.actors = ActorTable(self)
         self.clients = {}
         self.functions = {}            # function_id -> (name, blob, sys_path)
@@ -81,19 +92,25 @@ class NodeDaemon:
         if config.get("kv_address"):
             from ..kv.client import KvClient
             self.kv = KvClient(config["kv_address"], self.password, self.context)
+        self.watched = {}              # extra sockets polled by the loop -> callback
+        self.peers = None              # other nodes of a multi-node cluster (peers.py)
+        if self.tcp_address and self.kv is not None:
+            from .peers import Peers
+            self.peers = Peers(self)
         self.owner = OwnerWatch(config.get("owner_pid"))
         self.running = True
         self.orphaned = False
+        self.pushes = {}               # client -> (headers, frames) to send as one OBJECTS
         self.next_reap = 0.0
         self.next_event_flush = time.monotonic() + EVENT_FLUSH_S
         self.next_client_check = time.monotonic() + 1.0
-        self.warned_infeasible = set()
+        self.warned_pool_exhausted = False
 
     # == the loop ============================================================
     def serve_forever(self):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
-        registered_fds = set()
+        registered_fds, registered_sockets = set(), set()
         for _ in range(self.config.get("prestart_workers", 0)):
             self.pool.start()
         self._publish_node_info()
@@ -104,15 +121,29 @@ class NodeDaemon:
             for fd in registered_fds - set(self.pool.by_fd):
                 poller.unregister(fd)
                 registered_fds.discard(fd)
+            if registered_sockets != self.watched.keys():
+                for sock in registered_sockets - self.watched.keys():
+                    poller.unregister(sock)
+                for sock in self.watched.keys() - registered_sockets:
+                    poller.register(sock, zmq.POLLIN)
+                registered_sockets = set(self.watched)
             for sock, _ in poller.poll(int(TICK_S * 1000)):
                 if sock is self.router:
                     self._drain_router()
+                elif sock in self.watched:
+                    self.watched[sock]()
                 else:
                     self._forward_output(sock)
             self._tick()
         self._stop()
 
     def _drain_router(self):
+        try:
+            self._drain_batch()
+        finally:
+            self._flush_pushes()
+
+    def _drain_batch(self):
         for _ in range(1000):      # bounded, so ticks still happen under load
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK)
@@ -135,13 +166,19 @@ class NodeDaemon:
                 self.kv.tell("add_events", self.events)
             self.events = []
             self.next_event_flush = now + EVENT_FLUSH_S
+        if self.peers is not None:
+            self.peers.tick(now)
         if now >= self.next_client_check:
             self.next_client_check = now + 1.0
             self._drop_dead_clients()
+            for worker in self.pool.idle_to_stop(now):
+                worker.exiting = True
+                self.send(worker.worker_id, P.EXIT)
         if self.owner.gone():
             log.info("the driver that started this node is gone; shutting down")
             self.orphaned = True
             self.running = False
+        self._flush_pushes()
 
     # == messages ============================================================
     def _handle(self, frames):
@@ -160,7 +197,26 @@ class NodeDaemon:
         handler(self, client, fields, payload)
 
     def send(self, identity, msg_type, *fields, frames=()):
+        if identity in self.pushes:
+            self._flush_pushes_to(identity)     # keep the order the client sees
         self.router.send_multipart([identity] + P.pack(msg_type, *fields) + list(frames))
+
+    def _push_object(self, identity, entry):
+        """Queue an object for a client; objects leave in one OBJECTS message per
+        client per pass of the loop, not one message each."""
+        queued = self.pushes.get(identity)
+        if queued is None:
+            queued = self.pushes[identity] = ([], [])
+        queued[0].append(entry.header())
+        queued[1].extend(entry.frames)
+
+    def _flush_pushes_to(self, identity):
+        headers, frames = self.pushes.pop(identity)
+        self.router.send_multipart([identity] + P.pack(P.OBJECTS, headers) + frames)
+
+    def _flush_pushes(self):
+        for identity in list(self.pushes):
+            self._flush_pushes_to(identity)
 
     def _on_hello(self, identity, kind, pid, password, version, sys_path, _worker_id):
         if not authorize(self.password, password):
@@ -171,8 +227,9 @@ class NodeDaemon:
             self.send(identity, P.REFUSED, f"protocol version {version} does not match the "
                       f"node's {P.PROTOCOL_VERSION}: use the same zray version everywhere")
             return
-        self.clients[identity] = Client(identity, kind, pid)
+        client = self.clients[identity] = Client(identity, kind, pid)
         self.send(identity, P.WELCOME, self._node_info())
+        self.store_requests.client_joined(client)
         if kind == "worker":
             worker = self.pool.workers.get(identity)
             if worker is None:
@@ -183,7 +240,8 @@ class NodeDaemon:
     def _node_info(self):
         return {"node_id": self.node_id, "address": self.address,
                 "session_dir": self.session_dir, "session_name": self.session_name,
-                "plasma_dir": self.config["plasma_dir"], "kv_address": self.config.get("kv_address"),
+                "plasma_dir": self.config["plasma_dir"], "spill_dir": self.objects.spill_dir,
+                "kv_address": self.config.get("kv_address"),
                 "kv_pub_address": self.config.get("kv_pub_address"),
                 "resources": R.describe(self.resources.totals),
                 "hostname": os.uname().nodename}
@@ -201,13 +259,21 @@ class NodeDaemon:
             self._hold(client, object_id)
         for object_id in spec.dep_ids + spec.contained_ids:
             self.objects.add_ref(object_id)
-        task = Task(spec, payload)
+        # Tasks submitted from inside a task run before their parent's peers
+        # (see scheduler.py): nested fan-out then needs few workers. Actors
+        # hold no CPU while they wait, so their tasks queue with the driver's.
+        submitter = self.pool.workers.get(client.identity)
+        depth = 0
+        if submitter is not None and submitter.task is not None:
+            depth = submitter.task.depth + 1
+        task = Task(spec, payload, depth)
         if spec.kind == P.ACTOR_METHOD:
             self.actors.submit_method(task)
             return
         if spec.kind == P.ACTOR_CREATE:
-            self.actors.register(task)
-        self._wait_for_arguments(task, self.scheduler.make_ready)
+            self.actors.submit_creation(task)
+        else:
+            self._wait_for_arguments(task, self.scheduler.make_ready)
         self._dispatch()
 
     def _wait_for_arguments(self, task, when_ready):
@@ -242,7 +308,7 @@ class NodeDaemon:
     def _on_object_ready(self, entry):
         for identity in entry.subscribers:
             if identity in self.clients:
-                self.send(identity, P.OBJECTS, [entry.header()], frames=entry.frames)
+                self._push_object(identity, entry)
         entry.subscribers = set()
         waiting, entry.waiting_tasks = entry.waiting_tasks, []
         for task, when_ready in waiting:
@@ -300,13 +366,11 @@ class NodeDaemon:
 
     def _on_blocked(self, client, _fields, _payload):
         worker = self.pool.workers.get(client.identity)
-        task = worker.task if worker else None
         if worker is None or worker.blocked:
             return
         worker.blocked = True
-        cpus = task.demand.get("CPU", 0) if task else 0
-        if cpus:
-            self.resources.release({"CPU": cpus})
+        if worker.task is not None:
+            self.scheduler.block(worker.task)     # lends its CPU to other work
         self._dispatch()
 
     def _on_unblocked(self, client, _fields, _payload):
@@ -314,10 +378,9 @@ class NodeDaemon:
         if worker is None or not worker.blocked:
             return
         worker.blocked = False
-        task = worker.task
-        cpus = task.demand.get("CPU", 0) if task else 0
-        if cpus:   # may dip below zero for a moment: new work waits until it is back
-            self.resources.available["CPU"] = self.resources.available.get("CPU", 0) - cpus
+        if worker.task is not None:
+            # May overdraw for a moment: new work waits until the CPU is back.
+            self.scheduler.unblock(worker.task)
 
     def _on_done(self, client, fields, payload):
         task_id, entries, exiting, error_text, events = fields
@@ -333,10 +396,10 @@ class NodeDaemon:
         if error_text:
             self._report_failure(task, task_id, error_text, client.pid)
         if task is not None and task.spec.kind == P.ACTOR_CREATE and worker is not None:
-            self.actors.created(task, worker, failed=bool(error_text))
+            self.actors.created(task, worker, error_text)
             self._dispatch()
             return
-        task = self._finish_task(task_id, worker)
+        task = self._finish_task(task_id, worker, exiting=exiting)
         if worker is not None:
             worker.task = None
             if exiting or worker.exiting:
@@ -346,15 +409,18 @@ class NodeDaemon:
                 worker.state = IDLE
         self._dispatch()
 
-    def _finish_task(self, task_id, worker):
+    def _finish_task(self, task_id, worker, exiting=False):
         task = self.scheduler.running.get(task_id)
         if task is None:
             return None
-        if worker is not None and worker.blocked:
+        if worker is not None:
             worker.blocked = False
-            self.resources.available["CPU"] = (self.resources.available.get("CPU", 0)
-                                               - task.demand.get("CPU", 0))
-        self.scheduler.finish(task_id)
+        # A worker leaving after this task (max_calls) keeps its GPUs until it
+        # is gone, so the next GPU task finds that GPU's memory freed.
+        keep_gpus = exiting and worker is not None and bool(task.resource_ids.get("GPU"))
+        self.scheduler.finish(task_id, keep_gpus=keep_gpus)
+        if keep_gpus:
+            worker.held_task = task
         self._release_arguments(task)
         return task
 
@@ -382,6 +448,8 @@ class NodeDaemon:
         handler = getattr(self, "request_" + op, None)
         if handler is None:
             handler = getattr(self.actors, "request_" + op, None)
+        if handler is None:
+            handler = getattr(self.store_requests, "request_" + op, None)
         try:
             if handler is None:
                 raise ValueError(f"unknown request {op!r}")
@@ -402,33 +470,43 @@ class NodeDaemon:
         P.SUBSCRIBE: _on_subscribe, P.ADD_REF: _on_add_ref, P.REMOVE_REF: _on_remove_ref,
         P.BLOCKED: _on_blocked, P.UNBLOCKED: _on_unblocked, P.DONE: _on_done,
         P.EVENTS: _on_events, P.REQUEST: _on_request, P.BYE: _on_bye,
+        P.FORWARD: lambda self, client, fields, payload: self.peers.on_forward(client, fields, payload),
+        P.PULL: lambda self, client, fields, _payload: self.peers.transfer.on_pull(client, fields),
     }
 
     # == control-plane requests ==============================================
     def request_cluster_resources(self, _client):
+        if self.peers is not None:
+            return self.peers.cluster_totals()
         return R.describe(self.resources.totals)
 
     def request_available_resources(self, _client):
+        if self.peers is not None:
+            return self.peers.cluster_available()
+        return self._local_available()
+
+    def _local_available(self):
         return R.describe({k: max(v, 0) for k, v in self.resources.available.items() if v > 0})
 
     def request_nodes(self, _client):
         info = self._node_info()
-        info.update({"alive": True, "available": self.request_available_resources(None)})
+        info.update({"alive": True, "available": self._local_available()})
+        if self.peers is not None:
+            return self.peers.nodes(info)
         return [info]
 
     def request_status(self, _client):
-        infeasible = [{"name": t.spec.name, "demand": R.describe(t.demand)}
-                      for t in self.scheduler.infeasible]
+        infeasible = [infeasible_report(t, self.resources) for t in self.scheduler.infeasible]
         return {"node": self._node_info(),
-                "available": self.request_available_resources(None),
+                "available": self._local_available(),
                 "running": len(self.scheduler.running),
                 "queued": self.scheduler.queued_count(),
                 "infeasible": infeasible,
+                "scheduler": self.scheduler.statistics(),
                 "workers": self.pool.live_count(),
+                "max_workers": self.pool.max_workers,
+                "actors": self.actors.statistics(),
                 "store": self.objects.stats()}
-
-    def request_memory(self, _client):
-        return self.objects.listing()
 
     def request_flush_events(self, _client):
         if self.kv is not None and self.events:
@@ -445,21 +523,39 @@ class NodeDaemon:
         idle = [w for w in self.pool.workers.values() if w.state == IDLE and not w.exiting]
         pairs, want = self.scheduler.placements(idle)
         for task in pairs:
+            task.worker.idle_since = None
             self._execute(task, task.worker)
-        to_start = min(want - self.pool.starting_count(),
-                       self.pool.max_workers - self.pool.live_count())
-        for _ in range(max(0, to_start)):
+        for _ in range(self.pool.how_many_to_start(want)):
             self.pool.start()
+        if self.peers is not None:
+            self.peers.spill()     # what cannot run here soon goes to another node
+        if want and not self.pool.can_start():
+            self._warn_pool_exhausted()
         self._warn_infeasible()
+
+    def _warn_pool_exhausted(self):
+        if self.warned_pool_exhausted or not self.pool.all_blocked():
+            return
+        self.warned_pool_exhausted = True
+        self._warn_drivers(
+            f"all {self.pool.max_workers} worker processes of this node (the max_workers "
+            f"cap) are blocked in ray.get/ray.wait while tasks wait for a worker: this may "
+            f"deadlock. Wait on fewer nested tasks at once (fan out, then get), or start the "
+            f"node with a larger max_workers")
+
+    def _warn_drivers(self, message):
+        log.warning(message)
+        for client in self.clients.values():
+            if client.kind == "driver":
+                self.send(client.identity, P.TASK_ERROR, "", message, None)
 
     def _warn_infeasible(self):
         for task in self.scheduler.infeasible:
             if task.warned:
                 continue
             task.warned = True
-            message = (f"task {task.spec.name} needs {R.describe(task.demand)} but this "
-                       f"cluster has {R.describe(self.resources.totals)}: it waits until a node "
-                       f"with those resources joins (see `zray status`)")
+            message = infeasible_message(task, self.resources,
+                                         self.request_cluster_resources(None))
             log.warning(message)
             owner = task.spec.owner
             if owner in self.clients:
@@ -493,6 +589,9 @@ class NodeDaemon:
 
     # == failures ============================================================
     def _on_worker_exit(self, worker, code):
+        if worker.held_task is not None:
+            self.scheduler.release_gpus(worker.held_task)
+            worker.held_task = None
         client = self.clients.get(worker.worker_id)
         if client is not None:
             self._drop_client(client)
@@ -508,9 +607,6 @@ class NodeDaemon:
                     actor, f"its worker process (pid {worker.pid}) died with "
                            f"{describe_exit(code)} while running __init__")
         elif task is not None and task.spec.task_id in self.scheduler.running:
-            if worker.blocked:
-                self.resources.available["CPU"] = (self.resources.available.get("CPU", 0)
-                                                   - task.demand.get("CPU", 0))
             self.scheduler.finish(task.spec.task_id)
             how = describe_exit(code)
             if task.retries_left > 0 and not worker.exiting:
@@ -538,6 +634,7 @@ class NodeDaemon:
 
     def _drop_client(self, client):
         self.clients.pop(client.identity, None)
+        self.store_requests.client_left(client)
         held, client.held = client.held, set()
         for object_id in held:
             self._release_object(object_id)
@@ -553,11 +650,13 @@ class NodeDaemon:
         if not text or worker is None:
             return
         for client in self.clients.values():
-            if client.kind == "driver":
+            if client.kind in ("driver", "peer"):    # peers pass it on to their drivers
                 self.send(client.identity, P.LOG, worker.pid, text)
 
     def _publish_node_info(self):
-        if self.kv is not None:
+        if self.peers is not None:
+            self.peers.heartbeat()
+        elif self.kv is not None:
             self.kv.tell("put", f"node:{self.node_id}", self._node_info())
 
     # == stop ================================================================
@@ -568,6 +667,8 @@ class NodeDaemon:
                     self.send(client.identity, P.EXIT)
                 except zmq.ZMQError:
                     pass
+        if self.peers is not None:
+            self.peers.close()
         self.pool.stop_all(grace_s=0.5)
         self.objects.unlink_all()
         if self.kv is not None:
@@ -602,5 +703,6 @@ def main(argv=None):
     node = NodeDaemon(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
     from ..transport.sockets import announce_ready
-    announce_ready({"address": node.address, "node_id": node.node_id})
+    announce_ready({"address": node.address, "node_id": node.node_id,
+                    "tcp_address": node.tcp_address})
     node.serve_forever()

@@ -3,36 +3,58 @@
 ::
 
     submitted ──(arguments missing)──► waiting ──(all ready)──► ready queue
-                                                                 │ fits + worker
-                                                                 ▼
-                        done / failed / retried ◄────────────── running
+        │                                                        │ fits + idle worker
+        └──(no node could ever run it)──► infeasible             ▼
+                        done / failed / retried ◄────────────── running ⇄ blocked
+                                                                (CPU lent back)
 
-Ready tasks queue per resource shape, so a big task that does not fit yet
-never holds up small ones behind it, and a dispatch pass costs one look per
-shape, not one per task.
+- Ready tasks queue per (nesting depth, resource shape), so a big task that
+  does not fit yet never holds up small ones behind it, and a dispatch pass
+  costs one look per queue, not one per task.
+- Deeper tasks go first: a task submitted from inside a task that then
+  blocks in ``ray.get`` gets the CPU that parent lent back, rather than
+  another parent that would block too. This keeps nested fan-out from
+  filling the worker pool with blocked parents (a deadlock once the pool is
+  at its cap). Within a depth, the queue with the oldest head goes first.
+- A head that does not fit is skipped while others backfill around it, but
+  only ``skip_limit`` times: after that, the resources it is short of are
+  reserved, so a 2-CPU task on a 2-CPU node is not starved by a stream of
+  1-CPU tasks.
+- The sum of the demands of running, non-blocked tasks never exceeds the
+  node's totals (``NodeResources`` checks every grant).
 """
-from collections import OrderedDict, deque
+from collections import deque
+
+from ..transport import protocol as P
+from .resources import describe, from_fixed, subtract
 
 WAITING = "waiting"
 READY = "ready"
 RUNNING = "running"
 INFEASIBLE = "infeasible"
+DISCARDED = "discarded"
+
+SKIP_LIMIT = 8
 
 
 class Task:
     __slots__ = ("spec", "frames", "missing", "worker", "resource_ids", "retries_left",
-                 "demand", "state", "warned")
+                 "demand", "state", "warned", "seq", "depth", "blocked", "skipped")
 
-    def __init__(self, spec, frames):
+    def __init__(self, spec, frames, depth=0):
         self.spec = spec
         self.frames = frames
-        self.missing = 0
+        self.missing = 0             # argument objects not here yet
         self.worker = None
-        self.resource_ids = {}
+        self.resource_ids = {}       # {'GPU': [(id, share)]} while running
         self.retries_left = spec.max_retries
-        self.demand = spec.resources
+        self.demand = spec.resources  # fixed point, see resources.py
         self.state = WAITING
-        self.warned = False
+        self.warned = False          # infeasible warning sent
+        self.seq = 0                 # order of becoming ready (FIFO within a queue)
+        self.depth = depth           # 0 for driver tasks, parent's + 1 for nested
+        self.blocked = False         # in ray.get/wait with its CPU lent back
+        self.skipped = 0             # placements that went around it
 
     @property
     def shape(self):
@@ -40,74 +62,194 @@ class Task:
 
 
 class Scheduler:
-    def __init__(self, resources):
+    def __init__(self, resources, skip_limit=SKIP_LIMIT):
         self.resources = resources
-        self.queues = OrderedDict()   # shape -> deque of ready tasks
+        self.skip_limit = skip_limit
+        self.queues = {}              # (depth, shape) -> deque of ready tasks
         self.infeasible = []
         self.running = {}             # task_id -> Task
+        self._seq = 0
 
+    # -- events in ----------------------------------------------------------
     def make_ready(self, task):
+        """The task's arguments exist: queue it (or park it as infeasible)."""
+        if task.state == DISCARDED:       # e.g. its actor was killed meanwhile
+            return
+        task.blocked = False
+        task.skipped = 0
         if not self.resources.feasible(task.demand):
             task.state = INFEASIBLE
             self.infeasible.append(task)
             return
+        self._seq += 1
+        task.seq = self._seq
         task.state = READY
-        queue = self.queues.get(task.shape)
+        key = (task.depth, task.shape)
+        queue = self.queues.get(key)
         if queue is None:
-            queue = self.queues[task.shape] = deque()
+            queue = self.queues[key] = deque()
         queue.append(task)
 
     def requeue_front(self, task):
+        """A running task's worker died and it will be retried: first in line."""
         task.state = READY
-        self.queues.setdefault(task.shape, deque()).appendleft(task)
+        task.blocked = False
+        self.queues.setdefault((task.depth, task.shape), deque()).appendleft(task)
 
+    def block(self, task):
+        """The task waits in ray.get/wait: lend its CPU to other work."""
+        if task.blocked or self.running.get(task.spec.task_id) is not task:
+            return
+        task.blocked = True
+        if task.demand.get("CPU"):
+            self.resources.release({"CPU": task.demand["CPU"]})
+
+    def unblock(self, task):
+        """The wait is over: take the CPU back (may overdraw for a moment)."""
+        if not task.blocked:
+            return
+        task.blocked = False
+        if task.demand.get("CPU"):
+            self.resources.reclaim({"CPU": task.demand["CPU"]})
+
+    def finish(self, task_id, keep_gpus=False):
+        """The task is done (or its worker died): give back what it held.
+
+        ``keep_gpus`` holds its GPU ids until ``release_gpus``: a worker that
+        exits after the task (max_calls) frees GPU memory only when gone.
+        """
+        task = self.running.pop(task_id, None)
+        if task is None:
+            return None
+        demand = task.demand
+        if task.blocked:      # its CPU is already lent back
+            task.blocked = False
+            demand = {k: v for k, v in demand.items() if k != "CPU"}
+        if keep_gpus and "GPU" in demand:
+            demand = {k: v for k, v in demand.items() if k != "GPU"}
+            self.resources.release(demand)
+        else:
+            self.resources.release(demand, task.resource_ids)
+            task.resource_ids = {}
+        return task
+
+    def release_gpus(self, task):
+        """Give back the GPUs ``finish(keep_gpus=True)`` held."""
+        if task.resource_ids.get("GPU"):
+            self.resources.release({"GPU": task.demand["GPU"]}, task.resource_ids)
+        task.resource_ids = {}
+
+    def discard(self, task):
+        """Forget a task that must not run (queued, infeasible or still waiting).
+
+        A running task is left alone: its worker is killed and ``finish``
+        releases what it holds.
+        """
+        if task.state == RUNNING:
+            return
+        if task.state == READY:
+            key = (task.depth, task.shape)
+            queue = self.queues.get(key)
+            if queue is not None and task in queue:
+                queue.remove(task)
+                if not queue:
+                    del self.queues[key]
+        elif task.state == INFEASIBLE and task in self.infeasible:
+            self.infeasible.remove(task)
+        task.state = DISCARDED
+
+    def retry_infeasible(self):
+        """Put back tasks that a change of resources made feasible."""
+        still, self.infeasible = self.infeasible, []
+        for task in still:
+            self.make_ready(task)
+
+    # -- instructions out ---------------------------------------------------
     def placements(self, idle_workers):
         """Pair ready tasks that fit now with idle workers; take their resources.
 
-        ``idle_workers`` is a list the call consumes. Returns (pairs, want)
-        where ``want`` counts tasks that fit but found no worker.
+        ``idle_workers`` is a list the call consumes. Returns (tasks placed,
+        with ``task.worker`` set; ``want``: how many more tasks fit now but
+        found no idle worker, so the pool knows how many to start).
         """
         pairs, want = [], 0
-        for shape, queue in list(self.queues.items()):
+        reserved = None       # what a starved head lacks, kept free for it
+        starved = None        # the first head that did not fit
+        budget = None         # what is left to plan with once workers ran out
+        resources = self.resources
+        for key in sorted(self.queues, key=self._priority):
+            queue = self.queues[key]
             while queue:
                 task = queue[0]
-                if not self.resources.fits(task.demand):
+                if budget is not None:
+                    want += self._count_fitting(task.demand, len(queue), budget)
+                    break
+                if not resources.fits(task.demand, reserved):
+                    if starved is None:
+                        starved = task
+                        short = resources.short_of(task.demand)
+                        if task.skipped >= self.skip_limit:
+                            # Keep free what it lacks, not all it asks for: a
+                            # task waiting for a GPU must not idle a CPU too.
+                            reserved = {n: task.demand[n] for n in short}
                     break
                 if not idle_workers:
-                    want += self._how_many_fit(task.demand, len(queue))
-                    break
+                    budget = dict(resources.available)
+                    if reserved:
+                        subtract(budget, reserved)
+                    continue
                 queue.popleft()
-                task.resource_ids = self.resources.acquire(task.demand)
+                task.resource_ids = resources.acquire(task.demand)
                 task.worker = idle_workers.pop()
                 task.state = RUNNING
                 self.running[task.spec.task_id] = task
                 pairs.append(task)
+                if starved is not None and not short.isdisjoint(task.demand):
+                    starved.skipped += 1
             if not queue:
-                del self.queues[shape]
+                del self.queues[key]
         return pairs, want
 
-    def _how_many_fit(self, demand, limit):
+    def _priority(self, key):
+        # Deepest first, then the queue whose head has waited longest.
+        queue = self.queues[key]
+        return -key[0], queue[0].seq if queue else 0
+
+    def _count_fitting(self, demand, limit, budget):
+        """How many of ``limit`` tasks of this demand fit in ``budget`` (taken from it)."""
         count = limit
         for name, amount in demand.items():
-            if amount:
-                count = min(count, self.resources.available.get(name, 0) // amount)
-        return max(count, 0)
+            count = min(count, max(budget.get(name, 0), 0) // amount)
+        subtract(budget, demand, count)
+        return count
 
-    def finish(self, task_id):
-        task = self.running.pop(task_id, None)
-        if task is not None:
-            self.resources.release(task.demand, task.resource_ids)
-        return task
-
-    def retry_infeasible(self):
-        """Put back tasks that a change of resources made feasible."""
-        still = []
-        for task in self.infeasible:
-            if self.resources.feasible(task.demand):
-                self.make_ready(task)
-            else:
-                still.append(task)
-        self.infeasible = still
-
+    # -- looking ------------------------------------------------------------
     def queued_count(self):
         return sum(len(q) for q in self.queues.values())
+
+    def statistics(self):
+        """Counts for `zray status` and tests."""
+        return {"queued": self.queued_count(), "running": len(self.running),
+                "blocked": sum(1 for t in self.running.values() if t.blocked),
+                "infeasible": len(self.infeasible), "queues": len(self.queues)}
+
+
+# == reporting infeasible tasks ==================================================
+def infeasible_report(task, resources):
+    """One infeasible task as `zray status` shows it."""
+    missing = {name: {"asked": from_fixed(asked), "total": from_fixed(total)}
+               for name, (asked, total) in sorted(resources.missing(task.demand).items())}
+    return {"task_id": task.spec.task_id.hex(), "name": task.spec.name,
+            "kind": "actor" if task.spec.kind == P.ACTOR_CREATE else "task",
+            "demand": describe(task.demand), "missing": missing}
+
+
+def infeasible_message(task, resources, cluster_totals):
+    """The warning a driver prints: what is missing and what to do."""
+    report = infeasible_report(task, resources)
+    short = ", ".join(f"{name} {m['asked']} (the largest node has {m['total']})"
+                      for name, m in report["missing"].items())
+    return (f"{report['kind']} {task.spec.name} cannot be scheduled: it needs {short}. "
+            f"Its full demand is {report['demand']}; the cluster has {cluster_totals}. It stays "
+            f"queued until a node with those resources joins (shown as infeasible in "
+            f"`zray status`); or lower its num_cpus/num_gpus/resources")

@@ -4,9 +4,16 @@ Workers are started as ``python -m zray.core``; their stdout and
 stderr come to the node through one pipe per worker, so the node can write
 them to ``logs/worker-<pid>.log`` and forward them to drivers.
 
-The pool never starts more than ``max_workers`` live processes (blocked,
-busy and idle together), so a flood of zero-CPU or nested tasks cannot fork
-the machine to death; above that, tasks wait for a worker to come free.
+Policy (the "illusion of an infinite pool", bounded):
+- Workers start when tasks fit the free resources but find no idle worker;
+  at most ``max_starting`` start at once (a Python start costs a core for
+  a few hundred ms, so a burst of 1,000 tiny tasks is served by a few warm
+  workers rather than by forking dozens).
+- Never more than ``max_workers`` live processes (blocked, busy and idle
+  together), so a flood of zero-CPU or nested tasks cannot fork the machine
+  to death; above that, tasks wait for a worker to come free.
+- Idle workers above ``soft_limit`` (the node's CPU count) exit after
+  ``IDLE_TIMEOUT_S``, giving back the memory a burst made them take.
 """
 import os
 import signal
@@ -19,10 +26,13 @@ IDLE = "idle"
 BUSY = "busy"
 ACTOR = "actor"
 
+IDLE_TIMEOUT_S = 10.0
+
 
 class Worker:
     __slots__ = ("worker_id", "process", "state", "task", "blocked", "known_functions",
-                 "calls", "log_file", "log_pending", "exiting", "actor_id", "started_at")
+                 "calls", "log_file", "log_pending", "exiting", "actor_id", "started_at",
+                 "idle_since", "held_task")
 
     def __init__(self, worker_id, process, log_file):
         self.worker_id = worker_id
@@ -37,6 +47,8 @@ class Worker:
         self.exiting = False
         self.actor_id = None
         self.started_at = time.monotonic()
+        self.idle_since = None       # first seen idle by idle_to_stop
+        self.held_task = None        # last task, GPUs kept until this process is gone
 
     @property
     def pid(self):
@@ -44,10 +56,13 @@ class Worker:
 
 
 class WorkerPool:
-    def __init__(self, node_address, session_dir, max_workers, env_extra=None):
+    def __init__(self, node_address, session_dir, max_workers, env_extra=None,
+                 max_starting=2, soft_limit=2):
         self.node_address = node_address
         self.session_dir = session_dir
         self.max_workers = max_workers
+        self.max_starting = max(1, max_starting)
+        self.soft_limit = soft_limit
         self.env_extra = env_extra or {}
         self.workers = {}            # worker_id -> Worker
         self.by_fd = {}              # stdout fd -> Worker
@@ -61,6 +76,33 @@ class WorkerPool:
 
     def can_start(self):
         return len(self.workers) < self.max_workers
+
+    def how_many_to_start(self, want):
+        """Workers to start for ``want`` tasks that fit but found no idle worker."""
+        starting = self.starting_count()
+        return max(0, min(want - starting, self.max_starting - starting,
+                          self.max_workers - len(self.workers)))
+
+    def all_blocked(self):
+        """Every live worker waits in ray.get/wait (deadlock if at the cap)."""
+        return bool(self.workers) and all(w.blocked for w in self.workers.values())
+
+    def idle_to_stop(self, now, timeout_s=IDLE_TIMEOUT_S):
+        """Idle workers above ``soft_limit`` that have been idle for timeout_s."""
+        idle = []
+        for worker in self.workers.values():
+            if worker.state == IDLE and not worker.exiting:
+                if worker.idle_since is None:
+                    worker.idle_since = now
+                idle.append(worker)
+            else:
+                worker.idle_since = None
+        surplus = len(self.workers) - self.soft_limit
+        if surplus <= 0:
+            return []
+        stale = sorted((w for w in idle if now - w.idle_since >= timeout_s),
+                       key=lambda w: w.idle_since)
+        return stale[:surplus]
 
     def start(self):
         self.counter += 1

@@ -43,6 +43,16 @@ LOG = b"LOG"                # (pid, stream, text)
 TASK_ERROR = b"TERR"        # (function_name, message, return_ids or None) failure or warning
 RESPONSE = b"RESP"          # (request_id, ok, value)
 EXIT = b"EXIT"              # () worker: finish and leave
+SERIALIZERS = b"SER"         # ([(blob, sys_path), ...]) custom serializers registered by drivers
+
+# node daemon <-> node daemon (see sched/peers.py, plasma/transfer.py). A
+# peer says HELLO with kind "peer" and is then a client like any other: it
+# fetches objects with ADD_REF + SUBSCRIBE, gets OBJECTS, drops refs with
+# REMOVE_REF; results of tasks it forwarded come back to it as OBJECTS.
+FORWARD = b"FWD"            # (TaskSpec, function or None, n_task_frames, inline dep entries)
+                            #   + task frames + the inline deps' frames
+PULL = b"PULL"              # (object_id, offset, length): send this byte range of an shm object
+CHUNK = b"CHUNK"            # (object_id, offset, length, compressed, error) + [data]
 
 # kv client -> kv service (ROUTER); replies come back as RESPONSE
 KV_REQUEST = b"KV"          # (request_id, op, args)

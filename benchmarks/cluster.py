@@ -1,0 +1,164 @@
+"""Two zray nodes on loopback: object transfer (GB/s) and cross-node tasks/s.
+
+    python -m benchmarks.cluster [--size-mb 100] [--repeat 3] [--tasks 2000]
+                                 [--json FILE]
+
+Starts a head (node A) and a second node (B) with `zray start` under a
+fresh temp dir, connects a driver to A, measures, and stops both (also on
+Ctrl-C). Rows:
+
+- ``pull A->B``: a driver ``put`` on A read by a task on B (B pulls it in
+  chunks); the time of the same task on a tiny argument is subtracted.
+- ``round trip A->B->A``: the task on B returns the array, so it also comes
+  back (A pulls the result); bytes moved = 2 x size.
+- ``pull A->B, zeros``: as the first row on all-zero data, where lz4 pays.
+- ``tasks A->B``: tiny tasks that only B can run (forwarded by A, results
+  back through A), against ``tasks on A`` for the same driver.
+
+Standalone: it does not use the rest of benchmarks/ (the suite run by
+``python -m benchmarks``).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _zray(*args, env):
+    result = subprocess.run([sys.executable, "-m", "zray.cli", *map(str, args)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"zray {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def _best(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def run(size_mb, repeat, n_tasks):
+    import numpy as np
+    import zray as ray
+    from zray.cluster import list_nodes
+
+    root = tempfile.mkdtemp(prefix="zray-bench-cluster-")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    store = str(max(4 * size_mb, 512) * 1024 * 1024)
+    rows = []
+    try:
+        _zray("start", "--head", "--port", 0, "--num-cpus", 1, "--resources", '{"node_a": 100}',
+              "--object-store-memory", store, "--temp-dir", root, env=env)
+        with open(os.path.join(root, "cluster.json")) as f:
+            address = json.load(f)["address"]
+        _zray("start", "--address", address, "--num-cpus", 1,
+              "--resources", '{"node_b": 100}', "--object-store-memory", store,
+              "--temp-dir", root, env=env)
+        deadline = time.monotonic() + 20
+        while len(list_nodes(address)[2]) < 2:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the second node did not join within 20 s")
+            time.sleep(0.1)
+        ray.init(address=address)
+
+        @ray.remote(resources={"node_b": 1})
+        def nbytes_on_b(array):
+            return array.nbytes
+
+        @ray.remote(resources={"node_b": 1})
+        def echo_on_b(array):
+            return array
+
+        @ray.remote(resources={"node_b": 1})
+        def tiny_on_b():
+            return 0
+
+        @ray.remote(resources={"node_a": 1})
+        def tiny_on_a():
+            return 0
+
+        size = size_mb * 1024 * 1024
+        data = np.random.default_rng(0).integers(0, 255, size=size, dtype=np.uint8)
+        zeros = np.zeros(size, dtype=np.uint8)
+        small = ray.put(np.zeros(16, dtype=np.uint8))
+        ray.get([nbytes_on_b.remote(small) for _ in range(4)])      # warm workers
+        base = _best(lambda: ray.get(nbytes_on_b.remote(small)), repeat * 3)
+
+        def pull(array):
+            def once():
+                ref = ray.put(array)            # a new object each time: no cached copy
+                start = time.perf_counter()
+                assert ray.get(nbytes_on_b.remote(ref)) == size
+                return time.perf_counter() - start
+            return min(once() for _ in range(repeat))
+
+        t = max(pull(data) - base, 1e-9)
+        rows.append(("pull A->B (random bytes)", f"{size / t / 1e9:.2f} GB/s",
+                     f"{size_mb} MB in {t * 1e3:.0f} ms"))
+
+        def round_trip():
+            ref = ray.put(data)
+            start = time.perf_counter()
+            out = ray.get(echo_on_b.remote(ref))
+            elapsed = time.perf_counter() - start
+            assert out.nbytes == size and out[-1] == data[-1]
+            return elapsed
+        t = max(min(round_trip() for _ in range(repeat)) - base, 1e-9)
+        rows.append(("round trip A->B->A", f"{2 * size / t / 1e9:.2f} GB/s",
+                     f"2 x {size_mb} MB in {t * 1e3:.0f} ms"))
+
+        t = max(pull(zeros) - base, 1e-9)
+        rows.append(("pull A->B (zeros, lz4)", f"{size / t / 1e9:.2f} GB/s",
+                     f"{size_mb} MB in {t * 1e3:.0f} ms"))
+
+        ray.get([tiny_on_b.remote() for _ in range(200)])           # warm up
+        t = _best(lambda: ray.get([tiny_on_b.remote() for _ in range(n_tasks)]), repeat)
+        rows.append(("tasks A->B (forwarded)", f"{n_tasks / t:.0f} tasks/s",
+                     f"{n_tasks} tasks in {t:.2f} s"))
+        ray.get([tiny_on_a.remote() for _ in range(200)])
+        t = _best(lambda: ray.get([tiny_on_a.remote() for _ in range(n_tasks)]), repeat)
+        rows.append(("tasks on A (local, same driver)", f"{n_tasks / t:.0f} tasks/s",
+                     f"{n_tasks} tasks in {t:.2f} s"))
+    finally:
+        try:
+            import zray as ray
+            ray.shutdown()
+        finally:
+            subprocess.run([sys.executable, "-m", "zray.cli", "stop", "--temp-dir", root],
+                           capture_output=True, env=env, timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=100, help="object size (default 100)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
+    parser.add_argument("--tasks", type=int, default=2000, help="tasks per throughput run")
+    parser.add_argument("--json", default=None, help="also write the rows to this file")
+    args = parser.parse_args(argv)
+    rows = run(args.size_mb, args.repeat, args.tasks)
+    width = max(len(r[0]) for r in rows)
+    print(f"zray, two nodes on loopback ({os.cpu_count()} cores)")
+    for name, value, detail in rows:
+        print(f"  {name:<{width}}  {value:>14}   {detail}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([{"row": r[0], "value": r[1], "detail": r[2]} for r in rows], f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

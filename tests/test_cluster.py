@@ -1,0 +1,250 @@
+"""A cluster of three node daemons on loopback, started with `zray start`:
+scheduling across nodes, objects moving between them, nodes leaving.
+
+The head has {"head_only": 1}, node B {"node_b": 1}, node C {"node_c": 1,
+"spare": 1}; one CPU each, so "more tasks than one node has CPUs" and
+"a resource only one node has" are both easy to ask for.
+"""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import zray as ray
+from zray.core import context
+from zray.exceptions import RayTaskError
+
+from cluster_util import Cluster, live_nodes, records, wait_for
+
+STORE = str(400 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        cluster.start_head("--num-cpus", 1, "--resources", '{"head_only": 1}',
+                           "--object-store-memory", STORE)
+        cluster.add_node("--num-cpus", 1, "--resources", '{"node_b": 1}',
+                         "--object-store-memory", STORE)
+        cluster.add_node("--num-cpus", 1, "--resources", '{"node_c": 1, "spare": 1}',
+                         "--object-store-memory", STORE)
+        cluster.wait_nodes(3)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def driver(cluster):
+    info = ray.init(address=cluster.address)
+    try:
+        yield info
+    finally:
+        ray.shutdown()
+
+
+def node_of(resource):
+    for node in ray.nodes():
+        if node["Alive"] and resource in node["Resources"]:
+            return node["NodeID"]
+    raise AssertionError(f"no live node has {resource}")
+
+
+def here():
+    """The id of the node the calling task runs on."""
+    return context.current().node_info["node_id"]
+
+
+def test_driver_sees_every_node_and_their_resources(driver):
+    nodes = [n for n in ray.nodes() if n["Alive"]]
+    assert len(nodes) == 3
+    assert sum(1 for n in nodes if n["head"]) == 1
+    resources = ray.cluster_resources()
+    assert resources["CPU"] == 3
+    assert resources["head_only"] == resources["node_b"] == resources["node_c"] == 1
+
+
+def test_connecting_starts_and_stops_nothing(cluster):
+    before = {r["pid"] for r in records(cluster.root)}
+    ray.init(address=cluster.address)
+    ray.shutdown()
+    assert {r["pid"] for r in records(cluster.root)} == before
+    assert len(live_nodes(cluster.address)) == 3
+
+
+def test_connecting_rejects_resource_options(cluster):
+    with pytest.raises(ValueError, match="fixed when the cluster was started"):
+        ray.init(address=cluster.address, num_cpus=2)
+    with pytest.raises(ValueError, match="fixed when the cluster was started"):
+        ray.init(redis_address=cluster.address, resources={"x": 1})
+    assert not ray.is_initialized()
+
+
+def test_tasks_go_to_the_node_with_their_resource(driver):
+    where = ray.remote(here)
+    on_b = ray.get([where.options(resources={"node_b": 1}).remote() for _ in range(3)])
+    on_c = ray.get(where.options(resources={"node_c": 1}).remote())
+    on_head = ray.get(where.options(resources={"head_only": 1}).remote())
+    assert set(on_b) == {node_of("node_b")}
+    assert on_c == node_of("node_c")
+    assert on_head == node_of("head_only")
+
+
+def test_more_tasks_than_one_node_has_cpus_spread_out(driver):
+    @ray.remote
+    def slow(i):
+        import time
+        time.sleep(1.0)
+        return i, here()
+
+    results = ray.get([slow.remote(i) for i in range(6)])
+    assert [i for i, _ in results] == list(range(6))
+    assert len({node for _, node in results}) >= 2
+
+
+def test_arguments_and_results_cross_nodes(driver):
+    @ray.remote(resources={"node_b": 1})
+    def add(a, b):
+        return a + b
+
+    @ray.remote(resources={"node_c": 1})
+    def double(x):
+        return 2 * x
+
+    assert ray.get(double.remote(add.remote(1, 2))) == 6
+    small = ray.put([1, 2, 3])
+    assert ray.get(add.options(resources={"node_c": 1}).remote(small, [4])) == [1, 2, 3, 4]
+    assert ray.get([double.remote(i) for i in range(20)]) == [2 * i for i in range(20)]
+
+
+def test_100mb_array_made_on_one_node_consumed_on_another(driver):
+    n = 100 * 1024 * 1024 // 8
+
+    @ray.remote(resources={"node_b": 1})
+    def make(count):
+        return here(), np.arange(count, dtype=np.float64) * 0.5
+
+    @ray.remote(resources={"node_c": 1})
+    def consume(pair):
+        origin, array = pair
+        return here(), origin, array.shape, float(array.sum()), float(array[12345]), \
+            float(array[-1])
+
+    made = make.remote(n)
+    consumer, origin, shape, total, sample, last = ray.get(consume.remote(made))
+    assert origin == node_of("node_b") and consumer == node_of("node_c")
+    assert shape == (n,)
+    assert total == float((np.arange(n, dtype=np.float64) * 0.5).sum())
+    assert sample == 12345 * 0.5 and last == (n - 1) * 0.5
+    _, array = ray.get(made)                 # and in the driver, on the head
+    assert array.nbytes == 100 * 1024 * 1024
+    assert np.array_equal(array[:1000], np.arange(1000) * 0.5) and array[-1] == (n - 1) * 0.5
+
+
+def test_driver_put_is_pulled_by_a_task_elsewhere(driver):
+    data = np.random.default_rng(0).integers(0, 1 << 30, size=3_000_000, dtype=np.int64)
+    ref = ray.put(data)
+
+    @ray.remote(resources={"node_b": 1})
+    def checksum(array):
+        return int(array.sum()), array.dtype.str, here()
+
+    total, dtype, node = ray.get(checksum.remote(ref))
+    assert (total, dtype) == (int(data.sum()), data.dtype.str)
+    assert node == node_of("node_b")
+
+
+def test_compressible_objects_cross_nodes(driver):
+    @ray.remote(resources={"node_c": 1})
+    def zeros():
+        return np.zeros(5_000_000)
+
+    @ray.remote(resources={"node_b": 1})
+    def count(array):
+        return int(np.count_nonzero(array)), array.size
+
+    ref = zeros.remote()
+    assert ray.get(count.remote(ref)) == (0, 5_000_000)
+    assert not ray.get(ref).any()
+
+
+def test_refs_inside_objects_cross_nodes(driver):
+    @ray.remote(resources={"node_b": 1})
+    def make_inner():
+        return [ray.put(np.full(200_000, 7.0)), ray.put("small")]
+
+    @ray.remote(resources={"node_c": 1})
+    def read(refs):
+        return float(ray.get(refs[0]).sum()), ray.get(refs[1])
+
+    refs = ray.get(make_inner.remote())
+    assert ray.get(refs[1]) == "small"
+    assert float(ray.get(refs[0]).sum()) == 1_400_000.0
+    assert ray.get(read.remote(refs)) == (1_400_000.0, "small")
+
+
+def test_errors_of_remote_tasks_reach_the_driver(driver):
+    @ray.remote(resources={"node_c": 1})
+    def fails():
+        raise KeyError("on node c")
+
+    with pytest.raises(RayTaskError) as info:
+        ray.get(fails.remote())
+    assert isinstance(info.value, KeyError)
+    assert "on node c" in str(info.value)
+
+
+def test_task_needing_an_absent_resource_waits_and_status_shows_it(driver, cluster):
+    from cluster_util import zray
+
+    @ray.remote(resources={"nowhere": 1})
+    def never():
+        return 1
+
+    ref = never.remote()
+    ready, _ = ray.wait([ref], timeout=0.5)
+    assert not ready
+    out = zray("status", "--address", cluster.address).stdout
+    assert "3 nodes" in out and "1 infeasible" in out and "never" in out
+
+
+def test_node_killed_is_noticed_and_its_work_placed_elsewhere(driver, cluster, tmp_path):
+    # Node D lives under its own temp root, so stopping it spares the others.
+    cluster.add_node("--num-cpus", 1, "--resources", '{"spare": 1, "node_d": 1}',
+                     "--object-store-memory", STORE, root=tmp_path)
+    cluster.wait_nodes(4)
+    node_d = node_of("node_d")
+    (record,) = [r for r in records(tmp_path) if r["role"] == "node"]
+
+    @ray.remote(resources={"spare": 1}, max_retries=2)
+    def stays_on_d(marker):
+        import time
+        if here() == node_d:
+            open(marker, "w").close()
+            time.sleep(300)           # until the node is killed
+        return here()
+
+    marker = str(tmp_path / "started-on-d")
+    refs = [stays_on_d.remote(marker) for _ in range(2)]
+    wait_for(lambda: os.path.exists(marker), 30, "a task to start on node D")
+    try:
+        os.kill(record["pid"], signal.SIGKILL)
+        wait_for(lambda: not any(n["NodeID"] == node_d and n["Alive"] for n in ray.nodes()),
+                 15, "the killed node to be noticed")
+        assert set(ray.get(refs, timeout=60)) == {node_of("node_c")}
+        assert len(live_nodes(cluster.address)) == 3
+    finally:
+        cluster.stop(tmp_path)
+
+
+def test_node_stopped_with_zray_stop_leaves_the_cluster(driver, cluster, tmp_path):
+    cluster.add_node("--num-cpus", 1, "--resources", '{"node_e": 1}', root=tmp_path)
+    cluster.wait_nodes(4)
+    node_e = node_of("node_e")
+    assert ray.get(ray.remote(here).options(resources={"node_e": 1}).remote()) == node_e
+    cluster.stop(tmp_path)
+    wait_for(lambda: not any(n["NodeID"] == node_e and n["Alive"] for n in ray.nodes()),
+             10, "the stopped node to leave")
+    assert "node_e" not in ray.cluster_resources()

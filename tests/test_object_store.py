@@ -1,0 +1,434 @@
+"""The shared-memory object store: zero-copy reads, capacity, spilling,
+reference counting, plasma_directory/huge_pages and ``zray memory``.
+
+Zero-copy is proven from /proc/self/maps: the array's data pointer must lie
+inside a read-only mapping of the object's own file.
+"""
+import dataclasses
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import zray as ray
+from conftest import assert_no_leftovers
+from zray.exceptions import ObjectStoreFullError
+from zray.plasma import shm
+from zray.plasma.report import memory_summary
+from zray.plasma.store import ObjectTable
+from zray.serialization import serialize
+from zray.transport import protocol as P
+
+MiB = 1024 ** 2
+
+
+@dataclasses.dataclass
+class Sample:
+    name: str
+    features: np.ndarray
+    labels: np.ndarray
+
+
+def mapping_of(address):
+    """(path, permissions) of this process's mapping that holds ``address``."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= address < end:
+                return (fields[5] if len(fields) > 5 else ""), fields[1]
+    raise AssertionError(f"address {address:#x} is in no mapping")
+
+
+def object_file(info, ref, plasma_dir="/dev/shm"):
+    return os.path.join(plasma_dir, shm.object_file_name(info["session_name"], ref.binary()))
+
+
+def store_stats():
+    return ray.api._runtime().request("store_stats")
+
+
+def arrays_in(value):
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    elif dataclasses.is_dataclass(value):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, (list, tuple)):
+        return [a for item in value for a in arrays_in(item)]
+    return []
+
+
+@pytest.fixture(scope="class")
+def ray_shared():
+    """One zray for a class of quick tests (a module-scoped one would still
+    be running when this module's own ray.init tests start)."""
+    info = ray.init(num_cpus=2)
+    yield info
+    ray.shutdown()
+    assert_no_leftovers(info)
+
+
+@pytest.fixture
+def start_ray():
+    """ray.init with the test's own options; shut down and checked after."""
+    infos = []
+
+    def start(**options):
+        options.setdefault("num_cpus", 1)
+        info = ray.init(**options)
+        infos.append(info)
+        return info
+    yield start
+    ray.shutdown()
+    for info in infos:
+        assert_no_leftovers(info)
+
+
+# == zero copy and reference counting, on one shared zray ====================
+class TestSharedSession:
+    def test_get_numpy_maps_the_store_read_only(self, ray_shared):
+        array = np.arange(2 * MiB // 8, dtype=np.float64)
+        ref = ray.put(array)
+        value = ray.get(ref)
+        np.testing.assert_array_equal(value, array)
+        assert not value.flags.writeable
+        path, perms = mapping_of(value.ctypes.data)
+        assert path == object_file(ray_shared, ref)
+        assert perms.startswith("r-")           # mapped read-only, not just flagged
+        with pytest.raises(ValueError, match="read-only"):
+            value[0] = 1.0
+        again = ray.get(ref)
+        assert mapping_of(again.ctypes.data)[0] == path
+
+    @pytest.mark.parametrize("wrap", ["list", "dict", "tuple", "dataclass"])
+    def test_nested_arrays_are_zero_copy(self, ray_shared, wrap):
+        a = np.ones((512, 256), dtype=np.float32)
+        b = np.arange(100_000, dtype=np.int64)
+        value = {"list": [a, [b]], "dict": {"a": a, "deeper": {"b": b}}, "tuple": (a, (b, 3)),
+                 "dataclass": Sample("s", a, b)}[wrap]
+        ref = ray.put(value)
+        got = ray.get(ref)
+        found = arrays_in(got)
+        assert len(found) == 2
+        for original, array in zip((a, b), found):
+            np.testing.assert_array_equal(array, original)
+            assert not array.flags.writeable
+            assert mapping_of(array.ctypes.data)[0] == object_file(ray_shared, ref)
+
+    def test_task_argument_and_result_are_zero_copy(self, ray_shared):
+        @ray.remote
+        def where(x):
+            return mapping_of(x.ctypes.data)[0], x.flags.writeable
+
+        ref = ray.put(np.zeros(MiB // 8))
+        path, writeable = ray.get(where.remote(ref))
+        assert path == object_file(ray_shared, ref) and writeable is False
+
+        @ray.remote
+        def make():
+            return np.full(MiB // 8, 7.0)
+
+        result_ref = make.remote()
+        result = ray.get(result_ref)
+        assert (result == 7.0).all() and not result.flags.writeable
+        assert mapping_of(result.ctypes.data)[0] == object_file(ray_shared, result_ref)
+
+    def test_memory_released_after_del(self, ray_shared):
+        ref = ray.put(np.ones(2 * MiB // 8))
+        path = object_file(ray_shared, ref)
+        assert os.path.exists(path)
+        size = os.path.getsize(path)
+        held = store_stats()["shm_bytes"]
+        assert held >= size >= 2 * MiB
+        del ref
+        stats = store_stats()        # the REMOVE_REF goes out before this request
+        assert not os.path.exists(path)
+        assert stats["shm_bytes"] == held - size
+
+    def test_pending_task_and_containing_object_keep_objects_alive(self, ray_shared):
+        inner = ray.put(np.ones(MiB // 8))
+        inner_path = object_file(ray_shared, inner)
+        outer = ray.put([inner])        # a stored object holding a ref counts as a holder
+        del inner
+        assert os.path.exists(inner_path)
+        (inner_again,) = ray.get(outer)
+        assert ray.get(inner_again).sum() == MiB // 8
+        del inner_again, outer
+        assert wait_for(lambda: not os.path.exists(inner_path)), \
+            ray.api._runtime().request("memory")
+
+        @ray.remote
+        def total(x):
+            return float(x.sum())
+
+        arg = ray.put(np.ones(MiB // 8))
+        arg_path = object_file(ray_shared, arg)
+        result = total.remote(arg)
+        del arg                     # the submitted task still needs it
+        assert ray.get(result) == MiB // 8
+        assert wait_for(lambda: not os.path.exists(arg_path))
+
+
+# == stored once ================================================================
+def test_large_argument_by_value_is_stored_per_call_but_put_once(ray_start):
+    # The seed's example: np.zeros(10**6) passed 10 times by value is put 10
+    # times; put once with ray.put, all 10 tasks share one object.
+    @ray.remote
+    def f(x):
+        return x.shape
+
+    array = np.zeros(10 ** 6)
+    before = store_stats()
+    assert ray.get([f.remote(array) for _ in range(10)]) == [(10 ** 6,)] * 10
+    by_value = store_stats()
+    assert by_value["created_objects"] - before["created_objects"] == 10
+    assert by_value["created_bytes"] - before["created_bytes"] >= 10 * array.nbytes
+
+    array_ref = ray.put(array)
+    assert ray.get([f.remote(array_ref) for _ in range(10)]) == [(10 ** 6,)] * 10
+    by_ref = store_stats()
+    assert by_ref["created_objects"] - by_value["created_objects"] == 1
+    assert by_ref["created_bytes"] - by_value["created_bytes"] < 2 * array.nbytes
+    # The by-value copies went with their tasks; the put one lives while referenced.
+    assert by_ref["shm_objects"] == 1
+    del array_ref
+    assert wait_for(lambda: store_stats()["shm_objects"] == 0)
+
+
+def wait_for(condition, timeout_s=10.0):
+    """Poll a condition the node reaches asynchronously (refs are released
+    one message later); True once it holds."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+# == reference counting =========================================================
+def test_put_drop_loop_keeps_store_small(start_ray):
+    start_ray(object_store_memory=50 * MiB)
+    array = np.ones(5 * MiB // 8)
+    for _ in range(200):
+        ref = ray.put(array)
+        del ref
+    stats = store_stats()
+    assert stats["created_objects"] == 200
+    assert stats["shm_bytes"] == 0 and stats["objects"] == 0
+    assert stats["spilled_objects"] == 0
+
+
+@pytest.mark.slow
+def test_put_drop_50mb_1000_times_under_500mb(start_ray):
+    info = start_ray(object_store_memory=500 * MiB)
+    array = np.ones(50 * MiB // 8)
+    for _ in range(1000):
+        ref = ray.put(array)
+        del ref
+    stats = store_stats()
+    assert stats["created_objects"] == 1000
+    assert stats["shm_bytes"] == 0 and stats["spilled_objects"] == 0
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"zray-{info['session_name']}-")]
+
+
+# == capacity and spilling ======================================================
+def test_full_store_spills_oldest_and_restores_on_get(start_ray):
+    info = start_ray(object_store_memory=64 * MiB)
+    refs = [ray.put(np.full(16 * MiB // 8, i, dtype=np.float64)) for i in range(8)]
+    stats = store_stats()
+    assert stats["shm_bytes"] <= 64 * MiB
+    assert stats["spilled_objects"] >= 4
+    spilled = set(os.listdir(stats["spill_dir"]))
+    # Oldest first: the first object is on disk, the last one in memory.
+    assert os.path.basename(object_file(info, refs[0])) in spilled
+    assert os.path.exists(object_file(info, refs[-1]))
+    for i, ref in enumerate(refs):
+        value = ray.get(ref)
+        assert value.shape == (16 * MiB // 8,) and (value == i).all()
+        assert not value.flags.writeable
+    del value
+
+    @ray.remote
+    def first(x):
+        return float(x[0]), float(x[-1])
+
+    assert ray.get([first.remote(r) for r in refs]) == [(float(i), float(i)) for i in range(8)]
+    del refs, ref
+    assert wait_for(lambda: store_stats()["objects"] == 0)
+    stats = store_stats()
+    assert stats["shm_bytes"] == 0 and stats["spilled_bytes"] == 0
+    assert os.listdir(stats["spill_dir"]) == []
+
+
+def test_store_full_when_disk_cannot_take_spill(start_ray):
+    info = start_ray(object_store_memory=40 * MiB)
+    spill_dir = store_stats()["spill_dir"]
+    with open(spill_dir, "w"):      # a file where the spill directory should go
+        pass
+    kept = [ray.put(np.full(16 * MiB // 8, i, dtype=np.float64)) for i in range(2)]
+    with pytest.raises(ObjectStoreFullError) as caught:
+        ray.put(np.zeros(16 * MiB // 8))
+    message = str(caught.value)
+    assert "16.0 MiB" in message and "40.0 MiB" in message and spill_dir in message
+    assert "object_store_memory" in message
+    assert isinstance(caught.value, MemoryError)
+    # Nothing referenced was lost, and the failed put left no file behind.
+    assert [float(ray.get(r)[0]) for r in kept] == [0.0, 1.0]
+    assert len([f for f in os.listdir("/dev/shm")
+                if f.startswith(f"zray-{info['session_name']}-")]) == 2
+    os.unlink(spill_dir)           # the disk can take it again
+    late = ray.put(np.full(16 * MiB // 8, 9.0))
+    assert float(ray.get(late)[0]) == 9.0 and store_stats()["spilled_objects"] >= 1
+
+
+def test_task_result_too_big_for_store_fails_the_task(start_ray):
+    start_ray(object_store_memory=8 * MiB)
+
+    @ray.remote
+    def big():
+        return np.zeros(16 * MiB // 8)
+
+    with pytest.raises(ObjectStoreFullError, match=r"16\.0 MiB.*8\.0 MiB"):
+        ray.get(big.remote())
+    with pytest.raises(ObjectStoreFullError, match="larger than the whole object store"):
+        ray.put(np.zeros(16 * MiB // 8))
+
+
+# == options ====================================================================
+def test_plasma_directory_holds_the_objects(start_ray, tmp_path):
+    info = start_ray(plasma_directory=str(tmp_path))
+    ref = ray.put(np.arange(MiB // 8))
+    path = object_file(info, ref, str(tmp_path))
+    assert os.path.exists(path)
+    value = ray.get(ref)
+    assert mapping_of(value.ctypes.data)[0] == path and not value.flags.writeable
+    del value, ref
+    ray.shutdown()
+    assert os.listdir(tmp_path) == []
+
+
+def test_huge_pages_refused_where_not_hugetlbfs(tmp_path):
+    with pytest.raises(ValueError, match="hugetlbfs"):
+        ray.init(num_cpus=1, huge_pages=True)
+    with pytest.raises(ValueError, match="hugetlbfs"):
+        ray.init(num_cpus=1, huge_pages=True, plasma_directory=str(tmp_path))
+    assert not ray.is_initialized()
+    assert not shm.is_hugetlbfs(str(tmp_path)) and not shm.is_hugetlbfs("/dev/shm")
+
+
+def _hugetlbfs_mount():
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            parts = line.split()
+            if parts[2] == "hugetlbfs" and os.access(parts[1], os.W_OK):
+                return parts[1]
+    return None
+
+
+@pytest.mark.skipif(_hugetlbfs_mount() is None, reason="no writable hugetlbfs mount")
+def test_huge_pages_on_hugetlbfs(start_ray):
+    start_ray(plasma_directory=_hugetlbfs_mount(), huge_pages=True, object_store_memory=64 * MiB)
+    value = ray.get(ray.put(np.arange(MiB)))
+    assert value[-1] == MiB - 1
+
+
+def test_mapped_writer_makes_the_same_file(tmp_path):
+    # hugetlbfs has no write(2): objects there are written through a mapping.
+    # Same bytes either way; checked here on an ordinary file system.
+    data = serialize({"a": np.arange(10_000), "b": b"x" * 5000})
+    views = [memoryview(b).cast("B") for b in data.buffers]
+    header_room, offsets, size = shm.layout(len(data.meta), [v.nbytes for v in views])
+    plain = tmp_path / "plain"
+    assert shm.write_object(str(plain), data.meta, data.buffers) == size
+    mapped = tmp_path / "mapped"
+    prefix = plain.read_bytes()[:header_room]
+    fd = os.open(mapped, os.O_RDWR | os.O_CREAT)
+    try:
+        shm._write_mapped(fd, [(0, prefix)] + list(zip(offsets, [data.meta] + views)), size)
+    finally:
+        os.close(fd)
+    assert mapped.read_bytes()[:size] == plain.read_bytes()[:size]
+    meta, buffers, is_error = shm.read_object(str(mapped))
+    assert bytes(meta) == data.meta and not is_error
+    assert [bytes(b) for b in buffers] == [bytes(v) for v in views]
+
+
+# == the store's state machine, without sockets ==================================
+def _sealed_file(directory, name, size):
+    path = os.path.join(directory, name)
+    with open(path, "wb") as f:
+        f.write(os.urandom(size))
+    return path
+
+
+def test_object_table_reserve_spill_free(tmp_path):
+    memory, spill = tmp_path / "mem", tmp_path / "spill"
+    memory.mkdir()
+    table = ObjectTable(capacity_bytes=3000, spill_dir=str(spill))
+    ids = [bytes([i]) * 20 for i in range(4)]
+    paths = []
+    for object_id in ids[:3]:
+        table.expect(object_id).refcount = 1
+        table.reserve(object_id, 1000, owner=b"w1")
+        path = _sealed_file(memory, object_id.hex(), 1000)
+        paths.append(path)
+        table.seal((object_id, P.SHM, 0, (path, 1000), (), False), [])
+    assert table.shm_bytes == 3000 and table.reserved_bytes == 0
+    contents = open(paths[0], "rb").read()
+    table.expect(ids[3]).refcount = 1
+    table.reserve(ids[3], 1500, owner=b"w2")        # needs two spills
+    assert table.reserved_bytes == 1500 and table.shm_bytes == 1000
+    assert sorted(os.listdir(spill)) == sorted(i.hex() for i in ids[:2])
+    assert not os.path.exists(paths[0])
+    assert open(spill / ids[0].hex(), "rb").read() == contents
+    assert table.get(ids[0]).location == (str(spill / ids[0].hex()), 1000)
+    table.release_reservations_of(b"w2")            # the writer died before sealing
+    assert table.reserved_bytes == 0
+    table.remove_ref(ids[0])
+    assert not (spill / ids[0].hex()).exists() and table.spilled_bytes == 1000
+    with pytest.raises(ObjectStoreFullError, match="larger than the whole object store"):
+        table.reserve(ids[3], 4000)
+    rows = {r["object_id"]: r for r in table.listing({ids[1]: ["driver pid 1"]})}
+    assert rows[ids[1].hex()]["where"] == "spilled"
+    assert rows[ids[1].hex()]["holders"] == ["driver pid 1"]
+    assert rows[ids[2].hex()]["where"] == "shm"
+
+
+def test_object_table_reports_why_it_is_full(tmp_path):
+    (tmp_path / "spill").write_text("not a directory")
+    table = ObjectTable(capacity_bytes=2000, spill_dir=str(tmp_path / "spill"))
+    table.expect(b"a" * 20).refcount = 1
+    path = _sealed_file(tmp_path, "a", 1500)
+    table.seal((b"a" * 20, P.SHM, 0, (path, 1500), (), False), [])
+    with pytest.raises(ObjectStoreFullError) as caught:
+        table.reserve(b"b" * 20, 1000)
+    message = str(caught.value)
+    assert "1000 B" in message and "1.5 KiB" in message and "2.0 KiB" in message
+    assert "spilling the oldest object" in message
+    assert os.path.exists(path) and table.shm_bytes == 1500 and table.reserved_bytes == 0
+
+
+# == zray memory ================================================================
+def test_zray_memory_lists_objects_and_holders(start_ray):
+    info = start_ray(object_store_memory=32 * MiB)
+    refs = [ray.put(np.zeros(12 * MiB // 8)) for _ in range(3)]
+    small = ray.put("small")
+    text = memory_summary(info["node_address"])
+    lines = text.splitlines()
+    for ref in refs + [small]:
+        (row,) = [line for line in lines if line.startswith(ref.hex())]
+        assert f"driver pid {os.getpid()}" in row
+    assert "spilled" in [line for line in lines if line.startswith(refs[0].hex())][0]
+    assert "shm" in [line for line in lines if line.startswith(refs[-1].hex())][0]
+    assert "inline" in [line for line in lines if line.startswith(small.hex())][0]
+    assert "12.0 MiB" in text and "32.0 MiB" in text
+
+    from zray.cli import main
+    result = CliRunner().invoke(main, ["memory", "--address", info["address"]])
+    assert result.exit_code == 0, result.output
+    assert refs[0].hex() in result.output and small.hex() in result.output

@@ -1,0 +1,285 @@
+"""Moving objects between nodes: chunked pulls over the peers' sockets.
+
+::
+
+    puller (needs X)                                            holder of X
+      ADD_REF [X], SUBSCRIBE [X] ─────────────────────────────► (holds X for us)
+      ◄──────────────────────────── OBJECTS: X inline, or X's shm header (size)
+      PULL (X, offset, length)  × WINDOW ─────────────────────► mmap X's file
+      ◄──────────────────────────── CHUNK (X, offset, ...) + bytes (lz4 or raw)
+      ... file whole: seal X in the local table, REMOVE_REF [X] ─►
+
+- Both ends are node daemons; the sockets are the puller's DEALER to the
+  holder's ROUTER (``sched/peers.py`` owns them). This module only moves
+  bytes and keeps the bookkeeping of transfers in flight.
+- The puller asks for CHUNK_BYTES at a time with at most WINDOW requests
+  outstanding: the holder's loop never stalls on one big object, and the two
+  sides overlap reading, sending and writing.
+- lz4 where it pays: the holder compresses the first chunk of an object and
+  keeps compressing only if that chunk shrank below COMPRESS_RATIO (zeros,
+  text, sparse arrays); incompressible data goes raw and costs one trial.
+- An object file is copied byte for byte into the puller's own
+  shared-memory file, so local readers map it like any other object.
+"""
+import logging
+import mmap
+import os
+import time
+
+import lz4.block
+
+from ..exceptions import ObjectLostError
+from ..serialization import serialize
+from ..transport import protocol as P
+from . import shm
+
+log = logging.getLogger("zray.transfer")
+
+CHUNK_BYTES = 4 << 20
+WINDOW = 4
+COMPRESS_RATIO = 0.5
+SERVE_IDLE_S = 30.0
+
+
+class _Pull:
+    __slots__ = ("peer", "header", "path", "fd", "size", "next_offset", "received")
+
+    def __init__(self, peer, header, path, fd):
+        self.peer = peer
+        self.header = header          # the holder's header: size, contained ids, is_error
+        self.path = path              # our file
+        self.fd = fd
+        self.size = header[3][1]
+        self.next_offset = 0          # next byte range to ask for
+        self.received = 0
+
+
+class _Served:
+    __slots__ = ("mapping", "size", "compress", "last_used")
+
+    def __init__(self, mapping, size):
+        self.mapping = mapping
+        self.size = size
+        self.compress = None          # undecided until the first chunk
+        self.last_used = time.monotonic()
+
+
+class Transfers:
+    def __init__(self, node, on_arrived):
+        self.node = node
+        self.on_arrived = on_arrived  # callback(object_id) once sealed here
+        self.pulls = {}               # object_id -> _Pull (bytes on the way)
+        self.requested = {}           # object_id -> peer (asked for, header not here yet)
+        self.served = {}              # object_id -> _Served (files we are sending)
+        mode = os.environ.get("ZRAY_TRANSFER_LZ4", "auto").lower()
+        self.compression = mode if mode in ("auto", "on", "off") else "auto"
+        self.stats = {"pulled_objects": 0, "pulled_bytes": 0, "sent_bytes": 0,
+                      "sent_wire_bytes": 0}
+
+    # == puller ===============================================================
+    def want(self, object_ids, peer):
+        """Ask ``peer`` for these objects (once each); they arrive as OBJECTS."""
+        ask = [oid for oid in object_ids if oid not in self.requested and oid not in self.pulls]
+        if not ask:
+            return
+        for object_id in ask:
+            self.requested[object_id] = peer
+        # The hold first, in order on the same socket: the holder cannot free
+        # the object between answering and our first PULL.
+        peer.send(P.ADD_REF, ask)
+        peer.send(P.SUBSCRIBE, ask)
+
+    def start(self, peer, header):
+        """Begin copying the shm object ``header`` describes; False if already copying."""
+        object_id = header[0]
+        self.requested.pop(object_id, None)
+        if object_id in self.pulls:
+            return False
+        size = header[3][1]
+        path = os.path.join(self.node.config["plasma_dir"],
+                            shm.object_file_name(self.node.session_name, object_id))
+        try:
+            reserve = getattr(self.node.objects, "reserve", None)
+            if reserve is not None:
+                reserve(object_id, size)     # makes room by spilling, or raises
+            try:
+                os.unlink(path)              # a copy a dead transfer left behind
+            except FileNotFoundError:
+                pass
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                os.close(fd)
+                raise
+        except Exception as exc:
+            self._release_reservation(object_id)
+            self._give_up(peer, object_id, f"it could not be copied to this node: {exc}")
+            return True
+        pull = self.pulls[object_id] = _Pull(peer, header, path, fd)
+        for _ in range(WINDOW):
+            self._request_next(pull)
+        return True
+
+    def _request_next(self, pull):
+        if pull.next_offset >= pull.size:
+            return
+        length = min(CHUNK_BYTES, pull.size - pull.next_offset)
+        pull.peer.send(P.PULL, pull.header[0], pull.next_offset, length)
+        pull.next_offset += length
+
+    def on_chunk(self, peer, fields, frames):
+        object_id, offset, length, compressed, error = fields
+        pull = self.pulls.get(object_id)
+        if pull is None or pull.peer is not peer:
+            return                    # cancelled meanwhile
+        if error:
+            self._cancel(pull)
+            self._give_up(peer, object_id, f"its holder could not send it: {error}")
+            return
+        data = frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]
+        try:
+            if compressed:
+                data = lz4.block.decompress(data, uncompressed_size=length)
+            _pwrite_all(pull.fd, data, offset)
+        except Exception as exc:
+            self._cancel(pull)
+            self._give_up(peer, object_id, f"writing its copy failed: {exc}")
+            return
+        pull.received += length
+        self._request_next(pull)
+        if pull.received >= pull.size:
+            self._finish(pull)
+
+    def _finish(self, pull):
+        object_id = pull.header[0]
+        del self.pulls[object_id]
+        os.close(pull.fd)
+        self.stats["pulled_objects"] += 1
+        self.stats["pulled_bytes"] += pull.size
+        header = (object_id, P.SHM, 0, (pull.path, pull.size), pull.header[4], pull.header[5])
+        self.node._store_objects([header], [])      # seal, wake waiters, push to owners
+        pull.peer.send(P.REMOVE_REF, [object_id])
+        self.on_arrived(object_id)
+
+    def _cancel(self, pull):
+        self.pulls.pop(pull.header[0], None)
+        try:
+            os.close(pull.fd)
+        except OSError:
+            pass
+        _unlink(pull.path)
+        self._release_reservation(pull.header[0])
+
+    def _release_reservation(self, object_id):
+        release = getattr(self.node.objects, "release_reservation", None)
+        if release is not None:
+            release(object_id)
+
+    def _give_up(self, peer, object_id, why):
+        self._lose(object_id, why)
+        peer.send(P.REMOVE_REF, [object_id])
+        self.on_arrived(object_id)
+
+    def _lose(self, object_id, why):
+        """Seal an ObjectLostError in place of an object that cannot come."""
+        entry = self.node.objects.get(object_id)
+        if entry is None or self.node.objects.is_ready(object_id):
+            return
+        error = ObjectLostError(f"object {object_id.hex()} is lost: {why}. Objects live on the "
+                                f"node that made them until they are copied; if that node "
+                                f"left, recreate the object (rerun the task that made it)")
+        data = serialize(error)
+        self.node._store_objects([(object_id, P.INLINE, 1, None, (), True)], [data.meta])
+
+    def peer_gone(self, peer, expected_again=()):
+        """``peer`` left: drop its transfers; what will not be remade is lost."""
+        for object_id, pull in list(self.pulls.items()):
+            if pull.peer is peer:
+                self._cancel(pull)
+                if object_id not in expected_again:
+                    self._lose(object_id, f"node {peer.node_id} left the cluster mid-transfer")
+        for object_id, holder in list(self.requested.items()):
+            if holder is peer:
+                del self.requested[object_id]
+                if object_id not in expected_again:
+                    self._lose(object_id, f"node {peer.node_id} that held it left the cluster")
+
+    # == holder ===============================================================
+    def on_pull(self, client, fields):
+        object_id, offset, length = fields
+        served = self.served.get(object_id)
+        if served is None:
+            served, error = self._open(object_id)
+            if served is None:
+                self._reply(client, object_id, offset, length, False, error, b"")
+                return
+        served.last_used = time.monotonic()
+        view = memoryview(served.mapping)[offset:offset + length]
+        data, compressed = view, False
+        if served.compress is None:
+            served.compress = self.compression == "on"
+            if self.compression == "auto":
+                packed = lz4.block.compress(view, store_size=False)
+                served.compress = len(packed) < COMPRESS_RATIO * length
+                if served.compress:
+                    data, compressed = packed, True
+        if served.compress and not compressed:
+            packed = lz4.block.compress(view, store_size=False)
+            if len(packed) < length:
+                data, compressed = packed, True
+        self.stats["sent_bytes"] += length
+        self.stats["sent_wire_bytes"] += len(data)
+        self._reply(client, object_id, offset, length, compressed, None, data)
+        if offset + length >= served.size:
+            # The puller asks in order: this was its last chunk. The mapping
+            # itself goes when zmq lets go of the views on it.
+            self.served.pop(object_id, None)
+
+    def _open(self, object_id):
+        entry = self.node.objects.get(object_id)
+        if entry is None or not self.node.objects.is_ready(object_id) or entry.kind != P.SHM:
+            return None, "the object is no longer in this node's store"
+        path, size = entry.location
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+            finally:
+                os.close(fd)
+        except (OSError, ValueError) as exc:
+            return None, f"could not open its file {path}: {exc}"
+        served = self.served[object_id] = _Served(mapping, size)
+        return served, None
+
+    def _reply(self, client, object_id, offset, length, compressed, error, data):
+        self.node.router.send_multipart(
+            [client.identity] + P.pack(P.CHUNK, object_id, offset, length, compressed, error)
+            + [data], copy=False)
+
+    # == both =================================================================
+    def tick(self, now):
+        for object_id, served in list(self.served.items()):
+            if now - served.last_used > SERVE_IDLE_S:
+                del self.served[object_id]
+
+    def close(self):
+        for pull in list(self.pulls.values()):
+            self._cancel(pull)
+        self.served.clear()
+        self.requested.clear()
+
+
+def _pwrite_all(fd, data, offset):
+    view = memoryview(data).cast("B")
+    while view.nbytes:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
