@@ -45,11 +45,14 @@ def driver(cluster):
         ray.shutdown()
 
 
-def node_of(resource):
-    for node in ray.nodes():
-        if node["Alive"] and resource in node["Resources"]:
-            return node["NodeID"]
-    raise AssertionError(f"no live node has {resource}")
+def node_of(resource, timeout_s=20):
+    """The live node with ``resource``, as the driver's node sees the cluster."""
+    def find():
+        for node in ray.nodes():
+            if node["Alive"] and resource in node["Resources"]:
+                return node["NodeID"]
+        return None
+    return wait_for(find, timeout_s, f"a live node with {resource}")
 
 
 def here():
@@ -227,7 +230,8 @@ def test_node_killed_is_noticed_and_its_work_placed_elsewhere(driver, cluster, t
         return here()
 
     marker = str(tmp_path / "started-on-d")
-    refs = [stays_on_d.remote(marker) for _ in range(2)]
+    # Spread over C and D by their room; with four, some land on D.
+    refs = [stays_on_d.remote(marker) for _ in range(4)]
     wait_for(lambda: os.path.exists(marker), 30, "a task to start on node D")
     try:
         os.kill(record["pid"], signal.SIGKILL)

@@ -29,11 +29,13 @@ from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError
 from ..plasma import client as object_store
 from ..serialization import deserialize, install_shipped_registrations, ship_registrations
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch
+from ..transport.sockets import OwnerWatch, send_frames
 
 log = logging.getLogger("zray.runtime")
 
 IO_TICK_MS = 100
+RELEASE_DELAY_S = 0.02
+RELEASE_BATCH = 512
 API_GRACE_S = 0.005
 EVENT_FLUSH_S = 0.5
 ERROR_PRINT_DELAY_S = 0.5
@@ -76,6 +78,8 @@ class Runtime:
         self.local_refs = {}        # object_id -> live ObjectRefs in this process
         self.borrowed = []          # ids to announce with ADD_REF
         self.drops = deque()        # ids of dead ObjectRefs, counted down by the I/O thread
+        self.pending_release = set()  # ids to send in the next batched REMOVE_REF
+        self.release_due = 0.0
         self.registered_functions = set()
         self.events = []
         self.pending_errors = {}    # object_id -> print deadline, for unretrieved errors
@@ -85,6 +89,7 @@ class Runtime:
         self.api_lock = threading.Condition()
         self.api_active = 0
         self.last_api_end = 0.0
+        self.io_polling = False     # the I/O thread sits in a long poll holding sock_lock
         self.poller = zmq.Poller()
         self.poller.register(self.socket, zmq.POLLIN)
         self.poller.register(self.wake_r, zmq.POLLIN)
@@ -169,7 +174,8 @@ class Runtime:
         """Block until predicate() (checked under cond) holds; False on deadline."""
         with self.api_lock:
             self.api_active += 1
-        self._wake()            # a polling I/O thread lets go of the socket
+        if self.io_polling:
+            self._wake()        # the I/O thread is in a long poll: make it let go
         try:
             while True:
                 with self.cond:
@@ -193,15 +199,17 @@ class Runtime:
                     with self.cond:
                         self.cond.notify_all()
                 else:
+                    if self.io_polling:
+                        self._wake()
                     with self.cond:
                         if not predicate():
                             self.cond.wait(0.002)
         finally:
             with self.api_lock:
+                # No notify: the parked I/O thread resumes by itself after the
+                # grace period, and waking it on every call costs more than it saves.
                 self.api_active -= 1
                 self.last_api_end = time.monotonic()
-                if not self.api_active:
-                    self.api_lock.notify_all()
 
     def _check_node_alive(self):
         """Never wait forever on a node that is gone."""
@@ -229,7 +237,11 @@ class Runtime:
                         parked = False
                 if not parked:
                     with self.sock_lock:
-                        self._pump(IO_TICK_MS)
+                        self.io_polling = True
+                        try:
+                            self._pump(IO_TICK_MS)
+                        finally:
+                            self.io_polling = False
                     with self.cond:
                         self.cond.notify_all()
                 now = time.monotonic()
@@ -250,14 +262,13 @@ class Runtime:
     def _flush_outbox(self):
         outbox = self.outbox
         while outbox:
-            self.socket.send_multipart(outbox.popleft(), copy=False)
+            send_frames(self.socket, outbox.popleft())
 
     def _receive_all(self):
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        socket = self.socket
+        # Asking EVENTS is cheaper than the zmq.Again exception of an empty recv.
+        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            frames = socket.recv_multipart()
             handler = self._handlers.get(frames[0])
             if handler is not None:
                 handler(self, P.unpack_header(frames[1]), frames[2:])
@@ -329,7 +340,10 @@ class Runtime:
             count = self.local_refs.get(object_id, 0)
             self.local_refs[object_id] = count + 1
             if borrowed and count == 0:
-                self.borrowed.append(object_id)
+                if object_id in self.pending_release:
+                    self.pending_release.discard(object_id)   # the node still counts us
+                else:
+                    self.borrowed.append(object_id)
 
     def drop_local_ref(self, object_id):
         self.drops.append(object_id)     # atomic; safe from __del__ in any thread
@@ -340,6 +354,7 @@ class Runtime:
                 self._enqueue(P.ADD_REF, self.borrowed)
                 self.borrowed = []
             if not self.drops:
+                self._release_if_due()
                 return
             released = []
             drops = self.drops
@@ -351,14 +366,27 @@ class Runtime:
                 else:
                     self.local_refs.pop(object_id, None)
                     released.append(object_id)
-            # Still under ref_lock: a flush on another thread (send flushes
-            # too) must not slip an ADD_REF of a re-borrowed id before this.
             if released:
+                urgent = False
                 with self.cond:
                     for object_id in released:
-                        self.objects.pop(object_id, None)
+                        entry = self.objects.pop(object_id, None)
                         self.mapped.pop(object_id, None)
-                self._enqueue(P.REMOVE_REF, released)
+                        if entry is not None and entry[0][1] != P.INLINE:
+                            urgent = True
+                if not self.pending_release:
+                    self.release_due = time.monotonic() + RELEASE_DELAY_S
+                self.pending_release.update(released)
+                if urgent or len(self.pending_release) >= RELEASE_BATCH:
+                    self.release_due = 0.0
+            self._release_if_due()
+
+    def _release_if_due(self, force=False):
+        """Send REMOVE_REF in batches: one message per many dropped refs, except
+        that big (shared-memory) objects are released at once. Needs ref_lock."""
+        if self.pending_release and (force or time.monotonic() >= self.release_due):
+            self._enqueue(P.REMOVE_REF, list(self.pending_release))
+            self.pending_release = set()
 
     # == objects ==============================================================
     def put_serialized(self, object_id, data, is_error=False):

@@ -447,6 +447,10 @@ class Peers:
                 "pulls": len(self.transfer.pulls), **self.transfer.stats}
 
     def close(self):
+        try:    # said, not told: a told delete can die with the process
+            self.node.kv.call("delete", f"node:{self.node.node_id}", timeout_s=1.0)
+        except Exception:
+            pass
         self.transfer.close()
         for peer in self.peers.values():
             self.node.watched.pop(peer.socket, None)

@@ -12,7 +12,20 @@ import select
 import sys
 import time
 
+import zmq
+
 READY_PREFIX = "ZRAY_READY "
+ZERO_COPY_MIN_BYTES = 64 * 1024
+
+
+def send_frames(socket, frames):
+    """Send a multipart message, zero-copy only for big frames: for small ones
+    pyzmq's copy is cheaper than tracking a borrowed buffer."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        size = len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
+        socket.send(frame, zmq.SNDMORE if index < last else 0,
+                    copy=size < ZERO_COPY_MIN_BYTES)
 
 
 def authorize(expected, given):
