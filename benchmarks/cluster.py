@@ -1,7 +1,7 @@
 """Two zray nodes on loopback: object transfer (GB/s) and cross-node tasks/s.
 
     python -m benchmarks.cluster [--size-mb 100] [--repeat 3] [--tasks 2000]
-                                 [--json FILE]
+                                 [--lz4 auto|on|off] [--json FILE]
 
 Starts a head (node A) and a second node (B) with `zray start` under a
 fresh temp dir, connects a driver to A, measures, and stops both (also on
@@ -11,7 +11,8 @@ Ctrl-C). Rows:
   chunks); the time of the same task on a tiny argument is subtracted.
 - ``round trip A->B->A``: the task on B returns the array, so it also comes
   back (A pulls the result); bytes moved = 2 x size.
-- ``pull A->B, zeros``: as the first row on all-zero data, where lz4 pays.
+- ``pull A->B, zeros``: as the first row on all-zero data. Nodes of one
+  machine do not compress (``--lz4 on`` forces it, to see what it costs).
 - ``tasks A->B``: tiny tasks that only B can run (forwarded by A, results
   back through A), against ``tasks on A`` for the same driver.
 
@@ -47,13 +48,13 @@ def _best(fn, repeat):
     return min(times)
 
 
-def run(size_mb, repeat, n_tasks):
+def run(size_mb, repeat, n_tasks, lz4="auto"):
     import numpy as np
     import zray as ray
     from zray.cluster import list_nodes
 
     root = tempfile.mkdtemp(prefix="zray-bench-cluster-")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, ZRAY_TRANSFER_LZ4=lz4, PYTHONPATH=os.pathsep.join(
         filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     store = str(max(4 * size_mb, 512) * 1024 * 1024)
     rows = []
@@ -119,7 +120,7 @@ def run(size_mb, repeat, n_tasks):
                      f"2 x {size_mb} MB in {t * 1e3:.0f} ms"))
 
         t = max(pull(zeros) - base, 1e-9)
-        rows.append(("pull A->B (zeros, lz4)", f"{size / t / 1e9:.2f} GB/s",
+        rows.append((f"pull A->B (zeros, lz4 {lz4})", f"{size / t / 1e9:.2f} GB/s",
                      f"{size_mb} MB in {t * 1e3:.0f} ms"))
 
         ray.get([tiny_on_b.remote() for _ in range(200)])           # warm up
@@ -147,9 +148,12 @@ def main(argv=None):
     parser.add_argument("--size-mb", type=int, default=100, help="object size (default 100)")
     parser.add_argument("--repeat", type=int, default=3, help="best of N (default 3)")
     parser.add_argument("--tasks", type=int, default=2000, help="tasks per throughput run")
+    parser.add_argument("--lz4", choices=("auto", "on", "off"), default="auto",
+                        help="chunk compression between the nodes (default auto: only "
+                             "between machines)")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
-    rows = run(args.size_mb, args.repeat, args.tasks)
+    rows = run(args.size_mb, args.repeat, args.tasks, args.lz4)
     width = max(len(r[0]) for r in rows)
     print(f"zray, two nodes on loopback ({os.cpu_count()} cores)")
     for name, value, detail in rows:

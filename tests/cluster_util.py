@@ -114,9 +114,10 @@ def assert_all_gone(pids, sessions, timeout_s=10.0):
 class Cluster:
     """Daemons started with `zray start` under one temp root."""
 
-    def __init__(self, root, password=""):
+    def __init__(self, root, password="", env=None):
         self.root = str(root)
         self.password = password
+        self.env = env_for(extra=env)      # for the daemons `zray start` starts
         self.address = None
 
     def _password_args(self):
@@ -124,13 +125,13 @@ class Cluster:
 
     def start_head(self, *args):
         zray("start", "--head", "--port", "0", "--temp-dir", self.root, *self._password_args(),
-             *args)
+             *args, env=self.env)
         self.address = cluster_address(self.root)
         return self.address
 
     def add_node(self, *args, root=None):
         zray("start", "--address", self.address, "--temp-dir", root or self.root,
-             *self._password_args(), *args)
+             *self._password_args(), *args, env=self.env)
 
     def wait_nodes(self, count, timeout_s=20.0):
         return wait_for(lambda: len(live_nodes(self.address, self.password)) == count,

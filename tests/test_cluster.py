@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 import zray as ray
+from zray.cluster import NodeClient
 from zray.core import context
 from zray.exceptions import RayTaskError
 
-from cluster_util import Cluster, live_nodes, records, wait_for
+from cluster_util import Cluster, assert_all_gone, live_nodes, records, wait_for
 
 STORE = str(400 * 1024 * 1024)
 
@@ -215,25 +216,25 @@ def test_task_needing_an_absent_resource_waits_and_status_shows_it(driver, clust
 
 def test_node_killed_is_noticed_and_its_work_placed_elsewhere(driver, cluster, tmp_path):
     # Node D lives under its own temp root, so stopping it spares the others.
-    cluster.add_node("--num-cpus", 1, "--resources", '{"spare": 1, "node_d": 1}',
-                     "--object-store-memory", STORE, root=tmp_path)
-    cluster.wait_nodes(4)
-    node_d = node_of("node_d")
-    (record,) = [r for r in records(tmp_path) if r["role"] == "node"]
-
-    @ray.remote(resources={"spare": 1}, max_retries=2)
-    def stays_on_d(marker):
-        import time
-        if here() == node_d:
-            open(marker, "w").close()
-            time.sleep(300)           # until the node is killed
-        return here()
-
-    marker = str(tmp_path / "started-on-d")
-    # Spread over C and D by their room; with four, some land on D.
-    refs = [stays_on_d.remote(marker) for _ in range(4)]
-    wait_for(lambda: os.path.exists(marker), 30, "a task to start on node D")
     try:
+        cluster.add_node("--num-cpus", 1, "--resources", '{"spare": 1, "node_d": 1}',
+                         "--object-store-memory", STORE, root=tmp_path)
+        cluster.wait_nodes(4)
+        node_d = node_of("node_d")
+        (record,) = [r for r in records(tmp_path) if r["role"] == "node"]
+
+        @ray.remote(resources={"spare": 1}, max_retries=2)
+        def stays_on_d(marker):
+            import time
+            if here() == node_d:
+                open(marker, "w").close()
+                time.sleep(300)           # until the node is killed
+            return here()
+
+        marker = str(tmp_path / "started-on-d")
+        # Spread over C and D by their room; with four, some land on D.
+        refs = [stays_on_d.remote(marker) for _ in range(4)]
+        wait_for(lambda: os.path.exists(marker), 30, "a task to start on node D")
         os.kill(record["pid"], signal.SIGKILL)
         wait_for(lambda: not any(n["NodeID"] == node_d and n["Alive"] for n in ray.nodes()),
                  15, "the killed node to be noticed")
@@ -244,11 +245,64 @@ def test_node_killed_is_noticed_and_its_work_placed_elsewhere(driver, cluster, t
 
 
 def test_node_stopped_with_zray_stop_leaves_the_cluster(driver, cluster, tmp_path):
-    cluster.add_node("--num-cpus", 1, "--resources", '{"node_e": 1}', root=tmp_path)
-    cluster.wait_nodes(4)
-    node_e = node_of("node_e")
-    assert ray.get(ray.remote(here).options(resources={"node_e": 1}).remote()) == node_e
-    cluster.stop(tmp_path)
+    try:
+        cluster.add_node("--num-cpus", 1, "--resources", '{"node_e": 1}', root=tmp_path)
+        cluster.wait_nodes(4)
+        node_e = node_of("node_e")
+        assert ray.get(ray.remote(here).options(resources={"node_e": 1}).remote()) == node_e
+    finally:
+        cluster.stop(tmp_path)
     wait_for(lambda: not any(n["NodeID"] == node_e and n["Alive"] for n in ray.nodes()),
              10, "the stopped node to leave")
     assert "node_e" not in ray.cluster_resources()
+
+
+def test_a_node_whose_head_is_gone_shuts_down(tmp_path):
+    head_root, node_root = tmp_path / "head", tmp_path / "node"
+    lonely = Cluster(head_root, env={"ZRAY_KV_LOST_S": "2"})
+    try:
+        lonely.start_head("--num-cpus", 0)
+        lonely.add_node("--num-cpus", 0, root=node_root)
+        lonely.wait_nodes(2)
+        pids, sessions = lonely.snapshot(node_root)
+        lonely.stop(head_root)                 # the head goes; the node is left alone
+        assert_all_gone(pids, sessions, timeout_s=30)
+    finally:
+        lonely.stop(head_root, node_root)
+
+
+def test_lz4_compressed_transfers_keep_contents(tmp_path):
+    # Between nodes of one machine lz4 is not used unless asked for.
+    lz4_cluster = Cluster(tmp_path, env={"ZRAY_TRANSFER_LZ4": "on"})
+    try:
+        lz4_cluster.start_head("--num-cpus", 1, "--object-store-memory", STORE)
+        lz4_cluster.add_node("--num-cpus", 1, "--resources", '{"far": 1}',
+                             "--object-store-memory", STORE)
+        lz4_cluster.wait_nodes(2)
+        ray.init(address=lz4_cluster.address)
+        try:
+            @ray.remote(resources={"far": 1})
+            def echo(array):
+                return array
+
+            rng = np.random.default_rng(1)
+            mixed = np.zeros(3_000_000)
+            mixed[::7] = rng.random(len(mixed[::7]))      # partly compressible
+            noise = rng.random(2_000_000)                  # not compressible
+            for array in (np.zeros(5_000_000), mixed, noise):
+                assert np.array_equal(ray.get(echo.remote(array)), array)
+        finally:
+            ray.shutdown()
+        sent = sent_wire = 0
+        for node in live_nodes(lz4_cluster.address).values():
+            client = NodeClient(node["tcp_address"])
+            try:
+                stats = client.request("status")["peers"]
+            finally:
+                client.close()
+            sent += stats["sent_bytes"]
+            sent_wire += stats["sent_wire_bytes"]
+        assert sent >= 2 * (40_000_000 + 24_000_000 + 16_000_000)   # there and back
+        assert sent_wire < sent - 30_000_000                          # the zeros shrank
+    finally:
+        lz4_cluster.stop()

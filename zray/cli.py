@@ -343,6 +343,12 @@ def _format_status(address, rows):
                      f"{_size(node_store.get('spilled_bytes', 0))} spilled, "
                      f"{node_store.get('objects', 0)} objects; capacity "
                      f"{_size(node_store.get('capacity_bytes', 0))}")
+        peers = status.get("peers")
+        if peers:
+            lines.append(f"  transfers  {peers['pulled_objects']} objects "
+                         f"({_size(peers['pulled_bytes'])}) pulled from other nodes, "
+                         f"{_size(peers['sent_bytes'])} sent; {peers['forwarded_running']} "
+                         f"forwarded tasks running elsewhere")
     if infeasible:
         lines.append("")
         lines.append("Infeasible (no node has the resources; they wait for one to join):")
@@ -403,3 +409,16 @@ def _flush_node_events(info, password):
 
 if __name__ == "__main__":
     main()
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.pass_context
+def microbenchmark(ctx):
+    """Run the benchmark suite (same options as `python -m benchmarks`)."""
+    try:
+        from benchmarks.cli import main as run_benchmarks
+    except ImportError:
+        raise click.ClickException(
+            "the benchmark suite ships with the zray source tree: run this from a checkout "
+            "(the directory holding benchmarks/)")
+    raise SystemExit(run_benchmarks(list(ctx.args)))

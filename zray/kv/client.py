@@ -48,7 +48,13 @@ class KvClient:
             # not pile up in a client that never calls.
             while self.socket.poll(0):
                 self.socket.recv_multipart()
-            self.socket.send_multipart(P.pack(P.KV_REQUEST, 0, op, args, self.password))
+            try:
+                # Never block the caller (a node's loop) on a kv service that
+                # is gone: past the high-water mark, a tell is dropped.
+                self.socket.send_multipart(P.pack(P.KV_REQUEST, 0, op, args, self.password),
+                                           zmq.NOBLOCK)
+            except zmq.Again:
+                pass
 
     def get(self, key, default=None):
         return self.call("get", key, default)

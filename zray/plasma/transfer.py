@@ -15,9 +15,12 @@
 - The puller asks for CHUNK_BYTES at a time with at most WINDOW requests
   outstanding: the holder's loop never stalls on one big object, and the two
   sides overlap reading, sending and writing.
-- lz4 where it pays: the holder compresses the first chunk of an object and
-  keeps compressing only if that chunk shrank below COMPRESS_RATIO (zeros,
-  text, sparse arrays); incompressible data goes raw and costs one trial.
+- lz4 where it pays: between machines, the puller asks for compression and
+  the holder compresses the first chunk of an object, keeping on only if it
+  shrank below COMPRESS_RATIO (zeros, text, sparse arrays); incompressible
+  data goes raw after one trial. Between nodes of one machine the "wire" is
+  a memory copy that lz4 cannot beat, so it is not asked for there.
+  ``ZRAY_TRANSFER_LZ4=on|off`` (in the pulling node's environment) overrides.
 - An object file is copied byte for byte into the puller's own
   shared-memory file, so local readers map it like any other object.
 """
@@ -31,6 +34,7 @@ import lz4.block
 from ..exceptions import ObjectLostError
 from ..serialization import serialize
 from ..transport import protocol as P
+from ..transport.sockets import send_frames
 from . import shm
 
 log = logging.getLogger("zray.transfer")
@@ -125,8 +129,13 @@ class Transfers:
         if pull.next_offset >= pull.size:
             return
         length = min(CHUNK_BYTES, pull.size - pull.next_offset)
-        pull.peer.send(P.PULL, pull.header[0], pull.next_offset, length)
+        pull.peer.send(P.PULL, pull.header[0], pull.next_offset, length, self._lz4_for(pull.peer))
         pull.next_offset += length
+
+    def _lz4_for(self, peer):
+        if self.compression == "auto":
+            return peer.info.get("hostname") != os.uname().nodename
+        return self.compression == "on"
 
     def on_chunk(self, peer, fields, frames):
         object_id, offset, length, compressed, error = fields
@@ -207,7 +216,7 @@ class Transfers:
 
     # == holder ===============================================================
     def on_pull(self, client, fields):
-        object_id, offset, length = fields
+        object_id, offset, length, lz4_wanted = fields
         served = self.served.get(object_id)
         if served is None:
             served, error = self._open(object_id)
@@ -217,14 +226,12 @@ class Transfers:
         served.last_used = time.monotonic()
         view = memoryview(served.mapping)[offset:offset + length]
         data, compressed = view, False
-        if served.compress is None:
-            served.compress = self.compression == "on"
-            if self.compression == "auto":
-                packed = lz4.block.compress(view, store_size=False)
-                served.compress = len(packed) < COMPRESS_RATIO * length
-                if served.compress:
-                    data, compressed = packed, True
-        if served.compress and not compressed:
+        if lz4_wanted and served.compress is None:
+            packed = lz4.block.compress(view, store_size=False)
+            served.compress = len(packed) < COMPRESS_RATIO * length
+            if served.compress:
+                data, compressed = packed, True
+        if lz4_wanted and served.compress and not compressed:
             packed = lz4.block.compress(view, store_size=False)
             if len(packed) < length:
                 data, compressed = packed, True
@@ -253,9 +260,8 @@ class Transfers:
         return served, None
 
     def _reply(self, client, object_id, offset, length, compressed, error, data):
-        self.node.router.send_multipart(
-            [client.identity] + P.pack(P.CHUNK, object_id, offset, length, compressed, error)
-            + [data], copy=False)
+        send_frames(self.node.router, [client.identity]
+                    + P.pack(P.CHUNK, object_id, offset, length, compressed, error) + [data])
 
     # == both =================================================================
     def tick(self, now):

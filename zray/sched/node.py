@@ -507,7 +507,8 @@ class NodeDaemon:
                 "workers": self.pool.live_count(),
                 "max_workers": self.pool.max_workers,
                 "actors": self.actors.statistics(),
-                "store": self.objects.stats()}
+                "store": self.objects.stats(),
+                "peers": self.peers.statistics() if self.peers is not None else None}
 
     def request_flush_events(self, _client):
         if self.kv is not None and self.events:

@@ -39,6 +39,7 @@ from ..exceptions import WorkerCrashedError
 from ..kv.client import subscribe
 from ..plasma.transfer import Transfers
 from ..transport import protocol as P
+from ..transport.sockets import send_frames
 from . import resources as R
 
 log = logging.getLogger("zray.peers")
@@ -49,6 +50,10 @@ NODE_TTL_S = 4.0          # a node silent this long is gone (seconds)
 # it still runs. Its holds on our objects and the results we owe it are
 # kept this long, so such a node picks up where it was if it comes back.
 DROP_GRACE_S = 30.0
+# Our own heartbeat comes back on the feed; when it has not for this long the
+# kv service (the head) is gone, and a node without a head shuts down rather
+# than run on forever with nobody to stop it.
+KV_LOST_S = float(os.environ.get("ZRAY_KV_LOST_S", 60.0))
 ORIGIN = "_origin_node"   # in a forwarded TaskSpec's options: where it came from
 
 
@@ -89,7 +94,7 @@ class Peer:
         return all(self.room(name) >= amount for name, amount in demand.items())
 
     def send(self, msg_type, *fields, frames=()):
-        self.socket.send_multipart(P.pack(msg_type, *fields) + list(frames), copy=False)
+        send_frames(self.socket, P.pack(msg_type, *fields) + list(frames))
 
 
 class _Forwarded:
@@ -112,6 +117,7 @@ class Peers:
         self.transfer = Transfers(node, self._arrived)
         self.next_heartbeat = 0.0
         self.to_drop = {}               # node_id -> when its inbound clients go
+        self.last_echo = time.monotonic()   # our heartbeat last seen on the feed
         # Subscribe first, then read the table: no join falls in between.
         self.sub = subscribe(node.config["kv_pub_address"], ["node:"], node.context)
         node.watched[self.sub] = self._on_feed
@@ -136,6 +142,11 @@ class Peers:
             for node_id in [n for n, when in self.to_drop.items() if when <= now]:
                 del self.to_drop[node_id]
                 self._drop_inbound(node_id)
+            if now - self.last_echo > KV_LOST_S and self.node.running:
+                log.error("no word from the kv service at %s for %.0f s: the head is gone; "
+                          "this node shuts down", self.node.config["kv_address"], KV_LOST_S)
+                self.node.orphaned = True       # so it also removes its files
+                self.node.running = False
 
     def _drop_inbound(self, node_id):
         """Forget what a gone node held here and the results we owed it."""
@@ -150,6 +161,9 @@ class Peers:
             except zmq.Again:
                 return
             node_id = key.decode()[len("node:"):]
+            if node_id == self.node.node_id:
+                self.last_echo = time.monotonic()
+                continue
             info = pickle.loads(value)
             if info is None:
                 self._on_node_gone(node_id)
@@ -266,7 +280,9 @@ class Peers:
             entry = objects.get(object_id)
             if entry is None and asked:
                 entry = objects.expect(object_id)   # wanted inside an object still coming
-            if entry is None or objects.is_ready(object_id) or object_id in self.transfer.pulls:
+            if object_id in self.transfer.pulls:
+                continue        # already coming; its pull lets go of it when done
+            if entry is None or objects.is_ready(object_id):
                 release.append(object_id)
                 self._arrived(object_id)
                 continue

@@ -51,7 +51,7 @@ SERIALIZERS = b"SER"         # ([(blob, sys_path), ...]) custom serializers regi
 # REMOVE_REF; results of tasks it forwarded come back to it as OBJECTS.
 FORWARD = b"FWD"            # (TaskSpec, function or None, n_task_frames, inline dep entries)
                             #   + task frames + the inline deps' frames
-PULL = b"PULL"              # (object_id, offset, length): send this byte range of an shm object
+PULL = b"PULL"              # (object_id, offset, length, lz4_wanted): a byte range of an shm object
 CHUNK = b"CHUNK"            # (object_id, offset, length, compressed, error) + [data]
 
 # kv client -> kv service (ROUTER); replies come back as RESPONSE
