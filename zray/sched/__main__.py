@@ -1,3 +1,25 @@
-from .node import main
+"""``python -m zray.sched --config JSON``: run a node daemon."""
+import json
+import logging
+import signal
+
+from .node import NodeDaemon
+from ..transport.sockets import announce_ready
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m zray.sched")
+    parser.add_argument("--config", required=True, help="JSON config")
+    args = parser.parse_args(argv)
+    config = json.loads(args.config)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s node: %(message)s")
+    node = NodeDaemon(config)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
+    announce_ready({"address": node.address, "node_id": node.node_id,
+                    "tcp_address": node.tcp_address})
+    node.serve_forever()
+
 
 main()

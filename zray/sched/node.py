@@ -16,7 +16,6 @@
   resources fit it; workers start on demand.
 - Worker output is read from pipes, logged and forwarded to drivers.
 """
-import json
 import logging
 import os
 import signal
@@ -32,7 +31,8 @@ from ..plasma.control import ObjectStoreRequests
 from ..plasma.store import READY as OBJECT_READY, ObjectTable
 from . import resources as R
 from .actors import ActorTable
-from .scheduler import Scheduler, Task, infeasible_message, infeasible_report
+from .node_requests import NodeRequests
+from .scheduler import Scheduler, Task, infeasible_message
 from .worker_pool import ACTOR, BUSY, IDLE, WorkerPool, describe_exit
 
 log = logging.getLogger("zray.node")
@@ -52,7 +52,7 @@ class Client:
         self.held = set()     # object ids this process holds refs to
 
 
-class NodeDaemon:
+class NodeDaemon(NodeRequests):
     def __init__(self, config):
         self.config = config
         self.node_id = os.urandom(8).hex()
@@ -475,51 +475,6 @@ class NodeDaemon:
         P.PULL: lambda self, client, fields, _payload: self.peers.transfer.on_pull(client, fields),
     }
 
-    # == control-plane requests ==============================================
-    def request_cluster_resources(self, _client):
-        if self.peers is not None:
-            return self.peers.cluster_totals()
-        return R.describe(self.resources.totals)
-
-    def request_available_resources(self, _client):
-        if self.peers is not None:
-            return self.peers.cluster_available()
-        return self._local_available()
-
-    def _local_available(self):
-        return R.describe({k: max(v, 0) for k, v in self.resources.available.items() if v > 0})
-
-    def request_nodes(self, _client):
-        info = self._node_info()
-        info.update({"alive": True, "available": self._local_available()})
-        if self.peers is not None:
-            return self.peers.nodes(info)
-        return [info]
-
-    def request_status(self, _client):
-        infeasible = [infeasible_report(t, self.resources) for t in self.scheduler.infeasible]
-        return {"node": self._node_info(),
-                "available": self._local_available(),
-                "running": len(self.scheduler.running),
-                "queued": self.scheduler.queued_count(),
-                "infeasible": infeasible,
-                "scheduler": self.scheduler.statistics(),
-                "workers": self.pool.live_count(),
-                "max_workers": self.pool.max_workers,
-                "actors": self.actors.statistics(),
-                "store": self.objects.stats(),
-                "peers": self.peers.statistics() if self.peers is not None else None}
-
-    def request_flush_events(self, _client):
-        if self.kv is not None and self.events:
-            self.kv.call("add_events", self.events)
-        self.events = []
-        return True
-
-    def request_shutdown(self, _client):
-        self.running = False
-        return True
-
     # == placing work ========================================================
     def _dispatch(self):
         idle = [w for w in self.pool.workers.values() if w.state == IDLE and not w.exiting]
@@ -692,19 +647,3 @@ def _pid_alive(pid):
         return False
     except PermissionError:
         return True
-
-
-def main(argv=None):
-    import argparse
-    parser = argparse.ArgumentParser(prog="python -m zray.sched")
-    parser.add_argument("--config", required=True, help="JSON config")
-    args = parser.parse_args(argv)
-    config = json.loads(args.config)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s node: %(message)s")
-    node = NodeDaemon(config)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
-    from ..transport.sockets import announce_ready
-    announce_ready({"address": node.address, "node_id": node.node_id,
-                    "tcp_address": node.tcp_address})
-    node.serve_forever()

@@ -1,0 +1,51 @@
+"""Control-plane requests a node answers (``REQUEST`` messages): resources,
+nodes, status, shutdown. A mixin of ``NodeDaemon``; each ``request_<op>``
+takes the asking client and returns a picklable answer."""
+from . import resources as R
+from .scheduler import infeasible_report
+
+
+class NodeRequests:
+    def request_cluster_resources(self, _client):
+        if self.peers is not None:
+            return self.peers.cluster_totals()
+        return R.describe(self.resources.totals)
+
+    def request_available_resources(self, _client):
+        if self.peers is not None:
+            return self.peers.cluster_available()
+        return self._local_available()
+
+    def _local_available(self):
+        return R.describe({k: max(v, 0) for k, v in self.resources.available.items() if v > 0})
+
+    def request_nodes(self, _client):
+        info = self._node_info()
+        info.update({"alive": True, "available": self._local_available()})
+        if self.peers is not None:
+            return self.peers.nodes(info)
+        return [info]
+
+    def request_status(self, _client):
+        infeasible = [infeasible_report(t, self.resources) for t in self.scheduler.infeasible]
+        return {"node": self._node_info(),
+                "available": self._local_available(),
+                "running": len(self.scheduler.running),
+                "queued": self.scheduler.queued_count(),
+                "infeasible": infeasible,
+                "scheduler": self.scheduler.statistics(),
+                "workers": self.pool.live_count(),
+                "max_workers": self.pool.max_workers,
+                "actors": self.actors.statistics(),
+                "store": self.objects.stats(),
+                "peers": self.peers.statistics() if self.peers is not None else None}
+
+    def request_flush_events(self, _client):
+        if self.kv is not None and self.events:
+            self.kv.call("add_events", self.events)
+        self.events = []
+        return True
+
+    def request_shutdown(self, _client):
+        self.running = False
+        return True
