@@ -144,8 +144,7 @@ class NodeClient:
             self.close()
             raise ConnectionError(f"the zray node at {self.address} did not answer within "
                                   f"{self.timeout_s:.0f} s")
-        frames = self.socket.recv_multipart()
-        return frames[0], P.unpack_header(frames[1])
+        return P.unpack(self.socket.recv_multipart()[0])
 
     def request(self, op, *args):
         self.next_id += 1

@@ -110,8 +110,7 @@ class Runtime:
             self.context.term()
             raise ConnectionError(f"no zray node answered at {self.node_address} within "
                                   f"{timeout_s:.0f} s; is the cluster running? (`zray status`)")
-        msg_type, header = self.socket.recv_multipart()[:2]
-        fields = P.unpack_header(header)
+        msg_type, fields = P.unpack(self.socket.recv_multipart()[0])
         if msg_type == P.REFUSED:
             self.socket.close(0)
             self.context.term()
@@ -269,9 +268,10 @@ class Runtime:
         # Asking EVENTS is cheaper than the zmq.Again exception of an empty recv.
         while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = socket.recv_multipart()
-            handler = self._handlers.get(frames[0])
+            msg_type, fields = P.unpack(frames[0])
+            handler = self._handlers.get(msg_type)
             if handler is not None:
-                handler(self, P.unpack_header(frames[1]), frames[2:])
+                handler(self, fields, frames[1:])
 
     def _on_objects(self, fields, frames):
         (entries,) = fields

@@ -34,8 +34,7 @@ class KvClient:
                     raise RaySystemError(
                         f"the kv service at {self.address} did not answer {op!r} within "
                         f"{timeout_s:.0f} s; is the cluster still running? (`zray status`)")
-                _, header = self.socket.recv_multipart()[:2]
-                reply_id, ok, value = P.unpack_header(header)
+                _, (reply_id, ok, value) = P.unpack(self.socket.recv_multipart()[0])
                 if reply_id != request_id:
                     continue        # the reply to an earlier `tell`
                 if not ok:

@@ -127,10 +127,13 @@ class KvServer:
         self.publisher.close(0)
 
     def _handle(self, frames):
-        identity, msg_type, header = frames[0], frames[1], frames[2]
+        try:
+            identity = frames[0]
+            msg_type, (request_id, op, args, password) = P.unpack(frames[1])
+        except Exception:       # not a kv request: ignore it, never crash on it
+            return
         if msg_type != P.KV_REQUEST:
             return
-        request_id, op, args, password = P.unpack_header(header)
         if not authorize(self.password, password):
             reply = (request_id, False, "wrong cluster password: pass the --redis-password "
                                         "the cluster was started with")

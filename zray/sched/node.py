@@ -183,9 +183,9 @@ class NodeDaemon(NodeRequests):
 
     # == messages ============================================================
     def _handle(self, frames):
-        identity, msg_type, header = frames[0], frames[1], frames[2]
-        fields = P.unpack_header(header)
-        payload = frames[3:]
+        identity = frames[0]
+        msg_type, fields = P.unpack(frames[1])
+        payload = frames[2:]
         client = self.clients.get(identity)
         if client is None:
             if msg_type == P.HELLO:

@@ -252,12 +252,12 @@ class Peers:
                 frames = peer.socket.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            msg_type = frames[0].bytes
+            msg_type = None
             try:
-                fields = P.unpack_header(frames[1].bytes)
+                msg_type, fields = P.unpack(frames[0].bytes)
                 handler = self._peer_handlers.get(msg_type)
                 if handler is not None:
-                    handler(self, peer, fields, frames[2:])
+                    handler(self, peer, fields, frames[1:])
             except Exception:   # one bad message must not take the node down
                 log.exception("error handling %r from node %s", msg_type, peer.node_id)
 

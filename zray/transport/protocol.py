@@ -2,9 +2,9 @@
 
 A message is a list of ZeroMQ frames::
 
-    frame 0: message type (a few ASCII bytes, below)
-    frame 1: header, a pickled tuple (fields listed beside each type)
-    frame 2+: payload buffers, sent as-is (numpy data is never re-pickled)
+    frame 0: head, the pickled pair (message type, fields): the types and
+             their fields are listed below
+    frame 1+: payload buffers, sent as-is (numpy data is never re-pickled)
 
 A ROUTER sees the sender's identity in front of frame 0.
 
@@ -84,8 +84,11 @@ ACTOR_METHOD = 2
 
 
 def pack(msg_type, *fields):
-    return [msg_type, pickle.dumps(fields, protocol=5)]
+    """The head frame of a message: type and fields pickled together (one
+    frame, not two: every frame costs a send call at every hop)."""
+    return [pickle.dumps((msg_type, fields), protocol=5)]
 
 
-def unpack_header(frame):
+def unpack(frame):
+    """(msg_type, fields) from a head frame."""
     return pickle.loads(frame)
