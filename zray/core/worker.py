@@ -97,17 +97,21 @@ class Worker:
                 entries, payload, error_text = self._store_error(spec, exc)
         finally:
             self.current_task.spec = None
-        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
-                                   "tid": threading.get_ident() % 100000, "cat": "task",
-                                   "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
         if spec.max_calls:
             count = self.calls[spec.function_id] = self.calls.get(spec.function_id, 0) + 1
             exiting = exiting or count >= spec.max_calls
         if spec.kind == P.ACTOR_CREATE and error_text:
             exiting = True
+        self._report_done(spec, start, entries, payload, exiting, error_text)
+        return exiting
+
+    def _report_done(self, spec, start, entries, payload, exiting, error_text):
+        """Record the task's span and send DONE (timeline events ride along)."""
+        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
+                                   "tid": threading.get_ident() % 100000, "cat": "task",
+                                   "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
         self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
                                   self.runtime.take_events(), frames=payload)
-        return exiting
 
     async def execute_async(self, fields, frames):
         """Like execute, but awaits coroutine methods on the actor's loop.
@@ -129,11 +133,7 @@ class Worker:
                 entries, payload = self._store_exit(spec, exc)
             else:
                 entries, payload, error_text = self._store_error(spec, exc)
-        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(), "tid": 0,
-                                   "cat": "task", "ts": start * 1e6,
-                                   "dur": (time.time() - start) * 1e6})
-        self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
-                                  self.runtime.take_events(), frames=payload)
+        self._report_done(spec, start, entries, payload, exiting, error_text)
         return exiting
 
     def _install(self, functions):
@@ -220,7 +220,10 @@ class Worker:
                else f"sys.exit({exc.code!r})")
         error = RayActorError(f"the actor exited on purpose: {spec.name} called {how} "
                               f"(exit_actor), so later calls to it fail")
-        data = serialize(error)
+        return self._store_error_value(spec, serialize(error))
+
+    def _store_error_value(self, spec, data):
+        """Every return of the task holds the same serialized error."""
         entries, payload = [], []
         for object_id in spec.return_ids:
             header, frames = self.runtime.store_serialized(object_id, data, is_error=True)
@@ -240,11 +243,7 @@ class Worker:
             data = serialize(error)
         except Exception:
             data = serialize(RayTaskError(spec.name, text, None, os.getpid()))
-        entries, payload = [], []
-        for object_id in spec.return_ids:
-            header, frames = self.runtime.store_serialized(object_id, data, is_error=True)
-            entries.append(header)
-            payload.extend(frames)
+        entries, payload = self._store_error_value(spec, data)
         return entries, payload, f"{spec.name}: {text}"
 
 
