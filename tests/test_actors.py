@@ -68,7 +68,7 @@ def test_seed_actor_with_resources():
         assert ray.available_resources().get("CPU", 0) == 0
         assert ray.available_resources().get("GPU") == 0.5
         del actor
-        wait_until(lambda: ray.available_resources() == {"CPU": 2, "GPU": 1},
+        wait_until(lambda: ray.available_resources() == ray.cluster_resources(),
                    what="the actor's resources to come back")
     finally:
         ray.shutdown()

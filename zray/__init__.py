@@ -2,8 +2,9 @@
 from . import exceptions
 from .actor import ActorClass, ActorHandle, exit_actor, method
 from .api import get, get_actor, init, is_initialized, kill, put, remote, shutdown, wait
-from .introspection import (available_resources, cluster_resources, error_info, get_gpu_ids,
-                            get_resource_ids, get_webui_url, nodes, profile, timeline)
+from .introspection import (available_resources, cluster_resources, error_info, errors,
+                            get_gpu_ids, get_resource_ids, get_webui_url, nodes, profile,
+                            timeline)
 from .object_ref import ObjectID, ObjectRef
 from .serialization import register_custom_serializer
 
@@ -11,7 +12,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActorClass", "ActorHandle", "ObjectID", "ObjectRef", "available_resources",
-    "cluster_resources", "error_info", "exceptions", "exit_actor", "get", "get_actor",
+    "cluster_resources", "error_info", "errors", "exceptions", "exit_actor", "get", "get_actor",
     "get_gpu_ids", "get_resource_ids", "get_webui_url", "init", "is_initialized", "kill",
     "method", "nodes", "profile", "put", "register_custom_serializer", "remote", "shutdown",
     "timeline", "wait",

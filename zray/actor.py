@@ -7,9 +7,10 @@ import inspect
 import os
 
 from .core.submit import (ACTOR_OPTIONS, FunctionBlob, check_options, encode_arguments,
-                          make_spec, new_task_id, num_returns_of)
+                          legacy_options, make_spec, new_task_id, num_returns_of)
 from .object_ref import ObjectRef
 from .sched.resources import demand_from_options
+from .signature import check_call, describe, describe_method
 from .transport import protocol as P
 
 
@@ -70,13 +71,15 @@ def _check_actor_options(options):
 
 
 def _method_table(cls):
-    table = {}
+    """({name: num_returns}, {name: compact signature}) of the actor's methods."""
+    table, signatures = {}, {}
     for name, member in inspect.getmembers(cls):
         if name.startswith("__") and name != "__call__":
             continue
         if inspect.isfunction(member) or inspect.ismethod(member):
             table[name] = getattr(member, "__zray_num_returns__", 1)
-    return table
+            signatures[name] = describe_method(cls, name, member)
+    return table, signatures
 
 
 class ActorClass:
@@ -86,7 +89,8 @@ class ActorClass:
         self._cls = cls
         self._options = dict(options)
         self._code = FunctionBlob(cls)
-        self._methods = _method_table(cls)
+        self._methods, self._signatures = _method_table(cls)
+        self._init_signature = describe(cls)
         self.__name__ = cls.__name__
         self.__qualname__ = cls.__qualname__
         self.__doc__ = cls.__doc__
@@ -101,6 +105,13 @@ class ActorClass:
     def remote(self, *args, **kwargs):
         return self._create(args, kwargs, self._options)
 
+    def _remote(self, args=None, kwargs=None, **options):
+        """Ray 0.8's spelling of ``A.options(**options).remote(*args, **kwargs)``."""
+        options = legacy_options(options)
+        if not options:
+            return self._create(args or (), kwargs or {}, self._options)
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
+
     def options(self, **options):
         check_options(options, ACTOR_OPTIONS, f"actor class {self._cls.__qualname__}")
         _check_actor_options(options)
@@ -114,9 +125,10 @@ class ActorClass:
 
     def _create(self, args, kwargs, options):
         from . import api
+        check_call(self._init_signature, self.__name__, args, kwargs)
         runtime = api.runtime_for_submit()
         if api.is_local_mode():
-            return api.local_actor(self._cls, args, kwargs, self._methods, options)
+            return api.local_actor(self._cls, args, kwargs, self._handle_meta(), options)
         name = options.get("name")
         if name is not None and options.get("get_if_exists"):
             try:
@@ -141,7 +153,7 @@ class ActorClass:
         restarts = options.get("max_restarts")
         if restarts is None:
             restarts = options.get("max_reconstructions") or 0
-        handle_meta = (self._cls.__name__, self._methods)
+        handle_meta = self._handle_meta()
         extra = {"max_restarts": float("inf") if restarts == -1 else restarts,
                  "max_task_retries": options.get("max_task_retries") or 0,
                  "max_concurrency": options.get("max_concurrency"), "name": name,
@@ -156,11 +168,15 @@ class ActorClass:
         del keepalive
         return ActorHandle(actor_id, handle_meta, ref)
 
+    def _handle_meta(self):
+        """What a handle needs, in every process: names, returns, signatures."""
+        return (self._cls.__name__, self._methods, self._signatures)
+
 
 class ActorHandle:
     def __init__(self, actor_id, handle_meta, ref):
         self._actor_id = actor_id
-        self._class_name, self._methods = handle_meta
+        self._class_name, self._methods, self._signatures = handle_meta
         self._ref = ref
 
     def __getattr__(self, name):
@@ -181,7 +197,8 @@ class ActorHandle:
         return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
 
     def __reduce__(self):
-        return _rebuild_handle, (self._actor_id, (self._class_name, self._methods))
+        return _rebuild_handle, (self._actor_id,
+                                 (self._class_name, self._methods, self._signatures))
 
     def __zray_reduce__(self, contained):
         contained.append(self._actor_id)
@@ -209,9 +226,17 @@ class ActorMethod:
         n = _checked_num_returns(num_returns_of(options, self._num_returns))
         return ActorMethod(self._handle, self._name, n)
 
+    def _remote(self, args=None, kwargs=None, **options):
+        """Ray 0.8's spelling of ``a.m.options(**options).remote(*args, **kwargs)``."""
+        options = legacy_options(options)
+        method = self.options(**options) if options else self
+        return method.remote(*(args or ()), **(kwargs or {}))
+
     def remote(self, *args, **kwargs):
         from . import api
         handle = self._handle
+        check_call(handle._signatures.get(self._name), f"{handle._class_name}.{self._name}",
+                   args, kwargs)
         if api.is_local_mode():
             return api.local_method(handle, self._name, args, kwargs, self._num_returns)
         runtime = api.runtime_for_submit()

@@ -281,6 +281,8 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise TypeError("ray.wait takes a list of ObjectRefs; wrap a single one in a list")
     refs, _ = _as_ref_list(object_refs, "ray.wait")
     _check_timeout(timeout)
+    if not refs:
+        return [], []           # as Ray: nothing to wait for
     if len({r.id for r in refs}) != len(refs):
         raise ValueError("ray.wait got the same ObjectRef more than once; pass unique refs")
     if isinstance(num_returns, bool) or not isinstance(num_returns, int) or num_returns < 1:

@@ -18,6 +18,9 @@ class GetTimeoutError(RayError, TimeoutError):
     """``ray.get`` ran past its ``timeout``."""
 
 
+RayTimeoutError = GetTimeoutError       # the name in Ray 0.8
+
+
 class WorkerCrashedError(RayError):
     """The worker process running a task died before the task finished."""
 

@@ -5,6 +5,7 @@ import threading
 import time
 
 from . import api
+from .cluster import local_ip_towards
 from .core import context
 
 
@@ -26,9 +27,29 @@ def nodes():
     """One dict per node: id, address, resources, alive."""
     if api.is_local_mode():
         return []
-    return [{"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
-             "NodeManagerAddress": n["address"], "NodeManagerHostname": n["hostname"], **n}
-            for n in api._runtime().request("nodes")]
+    rows = []
+    for n in api._runtime().request("nodes"):
+        ip, port = _ip_and_port(n.get("tcp_address"))
+        rows.append({"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
+                     "NodeManagerAddress": ip, "NodeManagerPort": port,
+                     "NodeManagerHostname": n["hostname"], **n})
+    return rows
+
+
+def _ip_and_port(tcp_address):
+    """(ip, port) of a node's tcp endpoint; a node listening only on its unix
+    socket (a local ray.init) has this machine's ip and port 0."""
+    if tcp_address and tcp_address.startswith("tcp://"):
+        host, _, port = tcp_address[len("tcp://"):].rpartition(":")
+        if host not in ("0.0.0.0", "*", ""):
+            return host, int(port)
+        return local_ip_towards("8.8.8.8"), int(port)
+    return local_ip_towards("8.8.8.8"), 0
+
+
+def errors(all_jobs=False):
+    """Ray 0.8's name of ``error_info``."""
+    return error_info()
 
 
 def error_info():

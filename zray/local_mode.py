@@ -100,10 +100,9 @@ def local_call(function, args, kwargs, n_returns):
 
 
 class LocalActorHandle:
-    def __init__(self, instance, methods, class_name):
+    def __init__(self, instance, handle_meta):
         self._instance = instance
-        self._methods = methods
-        self._class_name = class_name
+        self._class_name, self._methods, self._signatures = handle_meta
         self._dead = None         # why it died, once it has
         self._actor_id = os.urandom(20)
 
@@ -122,7 +121,7 @@ class LocalActorHandle:
         self._dead = self._dead or "it was killed by ray.kill()"
 
 
-def local_actor(cls, args, kwargs, methods, options):
+def local_actor(cls, args, kwargs, handle_meta, options):
     runtime = _runtime()
     name = options.get("name")
     if name is not None:
@@ -133,7 +132,7 @@ def local_actor(cls, args, kwargs, methods, options):
             raise ValueError(f"an actor named {name!r} already exists; pick another name, "
                              f"use ray.get_actor({name!r}), or pass get_if_exists=True")
     args, kwargs = _resolve(args, kwargs)
-    handle = LocalActorHandle(cls(*args, **kwargs), methods, cls.__name__)
+    handle = LocalActorHandle(cls(*args, **kwargs), handle_meta)
     if name is not None:
         runtime.actors[name] = handle
     return handle

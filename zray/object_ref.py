@@ -65,6 +65,30 @@ class ObjectRef:
     def from_random(cls):
         return cls(os.urandom(20))
 
+    @classmethod
+    def nil(cls):
+        """The id that names no object (Ray's ``ObjectID.nil()``); never counted."""
+        return cls(NIL_ID, _runtime=_NOT_COUNTED)
+
+    def is_nil(self):
+        return self.id == NIL_ID
+
+
+NIL_ID = b"\xff" * 20
+
+
+class _NotCounted:
+    """The runtime of refs no process needs to hold (the nil id)."""
+
+    def add_local_ref(self, object_id, borrowed):
+        pass
+
+    def drop_local_ref(self, object_id):
+        pass
+
+
+_NOT_COUNTED = _NotCounted()
+
 
 def _rebuild_ref(object_id):
     return ObjectRef(object_id, borrowed=True)

@@ -2,9 +2,11 @@
 import functools
 
 from .core.submit import (DEFAULT_MAX_RETRIES, TASK_OPTIONS, FunctionBlob, check_options,
-                          encode_arguments, make_spec, new_task_id, num_returns_of)
+                          encode_arguments, legacy_options, make_spec, new_task_id,
+                          num_returns_of)
 from .object_ref import ObjectRef
 from .sched.resources import demand_from_options
+from .signature import check_call, describe
 from .transport import protocol as P
 
 
@@ -14,6 +16,7 @@ class RemoteFunction:
         self._function = function
         self._options = dict(options)
         self._code = FunctionBlob(function)
+        self._signature = describe(function)
         functools.update_wrapper(self, function)
 
     def __reduce__(self):
@@ -39,8 +42,16 @@ class RemoteFunction:
                 return parent._submit(args, kwargs, merged)
         return _Bound()
 
+    def _remote(self, args=None, kwargs=None, **options):
+        """Ray 0.8's spelling of ``f.options(**options).remote(*args, **kwargs)``."""
+        options = legacy_options(options)
+        if not options:
+            return self._submit(args or (), kwargs or {}, self._options)
+        return self.options(**options).remote(*(args or ()), **(kwargs or {}))
+
     def _submit(self, args, kwargs, options):
         from . import api
+        check_call(self._signature, self._code.name, args, kwargs)
         runtime = api.runtime_for_submit()
         n_returns = num_returns_of(options)
         if api.is_local_mode():

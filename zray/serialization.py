@@ -86,8 +86,11 @@ class _Pickler(pickle.Pickler):
 
     def reducer_override(self, obj):
         cls = type(obj)
-        if cls is _ndarray and obj.dtype.kind in "mM":
-            return _reduce_time_array(obj)
+        if cls is _ndarray:
+            if obj.dtype.kind in "mM":
+                return _reduce_time_array(obj)
+            if obj.nbytes < OUT_OF_BAND_MIN_BYTES and not obj.dtype.hasobject:
+                return _reduce_small_array(obj)
         custom = _custom.get(cls)
         if custom is None and _custom_by_name:
             custom = _custom_by_name.get((getattr(cls, "__module__", None),
@@ -104,6 +107,21 @@ class _Pickler(pickle.Pickler):
             import dill
             return _load_by_value, (dill.dumps(obj, recurse=True),)
         return NotImplemented
+
+
+def _reduce_small_array(array):
+    """Small arrays travel in the stream; they come back read-only like the
+    large ones (views of shared memory), as in Ray."""
+    if not (array.flags.c_contiguous or array.flags.f_contiguous):
+        array = array.copy()
+    rebuild, args = array.__reduce_ex__(5)[:2]
+    return _rebuild_read_only, (rebuild, args)
+
+
+def _rebuild_read_only(rebuild, args):
+    array = rebuild(*args)
+    array.flags.writeable = False
+    return array
 
 
 def _reduce_time_array(array):

@@ -46,6 +46,18 @@ def check_options(options, allowed, what):
     demand_from_options(options.get("num_cpus"), options.get("num_gpus"), options.get("resources"))
 
 
+def legacy_options(options):
+    """Options as ``_remote(args, kwargs, **options)`` passes them in Ray 0.8
+    code: every option spelled out, None meaning "not set"."""
+    out = {k: v for k, v in options.items() if v is not None and k not in _LEGACY_ONLY}
+    if options.get("detached"):
+        out["lifetime"] = "detached"
+    return out
+
+
+_LEGACY_ONLY = {"is_direct_call", "is_asyncio", "detached"}
+
+
 def num_returns_of(options, default=1):
     value = options.get("num_returns", options.get("num_return_vals"))
     return default if value is None else value

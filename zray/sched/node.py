@@ -73,6 +73,7 @@ class NodeDaemon(NodeRequests):
             self.tcp_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         totals = R.totals_from_options(config["num_cpus"], config["num_gpus"],
                                        config.get("resources"))
+        totals.update(R.memory_totals(config["object_store_memory"]))
         self.resources = R.NodeResources(totals, config.get("gpu_ids"))
         self.scheduler = Scheduler(self.resources)
         self.objects = ObjectTable(config["object_store_memory"],

@@ -80,6 +80,14 @@ def totals_from_options(num_cpus, num_gpus, resources):
     return {k: v for k, v in totals.items() if v}
 
 
+def memory_totals(object_store_memory):
+    """Ray's ``memory`` and ``object_store_memory`` resources, in bytes: the
+    object store's capacity, and the memory left for workers beside it."""
+    import psutil
+    workers = max(psutil.virtual_memory().available - object_store_memory, 0)
+    return {"memory": to_fixed(workers), "object_store_memory": to_fixed(object_store_memory)}
+
+
 def describe(fixed):
     """{'CPU': 1, 'GPU': 0.5} from fixed-point amounts (for people and the API)."""
     return {name: from_fixed(amount) for name, amount in sorted(fixed.items())}

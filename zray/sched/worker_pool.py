@@ -110,6 +110,9 @@ class WorkerPool:
         env = dict(os.environ)
         env.update(self.env_extra)
         env["PYTHONUNBUFFERED"] = "1"
+        # As Ray: one OpenMP thread per worker unless the user chose otherwise,
+        # so N workers doing numpy do not start N x cores threads.
+        env.setdefault("OMP_NUM_THREADS", "1")
         process = subprocess.Popen(
             [sys.executable, "-m", "zray.core", self.node_address, worker_id.decode()],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

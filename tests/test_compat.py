@@ -1,0 +1,192 @@
+"""Ray programs written for Ray's 0.8 line and current Ray: the API details
+they rely on (issue 16): argument checks at ``.remote()``, 0.8 spellings,
+resource and node reports, read-only arrays."""
+import os
+
+import numpy as np
+import pytest
+
+import zray as ray
+from zray.exceptions import GetTimeoutError, RayTimeoutError
+
+
+# == arguments are checked at .remote(), against the signature =================
+def test_remote_function_arguments_checked_at_call(ray_shared):
+    @ray.remote
+    def none():
+        return 0
+
+    @ray.remote
+    def shaped(a, b=2, *args, c, d=4, **kwargs):
+        return a, b, args, c, d, kwargs
+
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        none.remote(3)
+    with pytest.raises(TypeError, match="missing a required argument: 'c'"):
+        shaped.remote(1)
+    with pytest.raises(TypeError, match="multiple values for argument 'a'"):
+        shaped.remote(1, a=1, c=3)
+    with pytest.raises(TypeError, match="shaped"):
+        shaped.options(num_cpus=1).remote()
+    # Everything the signature allows still runs.
+    assert ray.get(shaped.remote(1, 2, 3, c=5, e=6)) == (1, 2, (3,), 5, 4, {"e": 6})
+
+
+def test_actor_constructor_and_method_arguments_checked_at_call(ray_shared):
+    @ray.remote
+    class Counter:
+        def __init__(self, start, *, step=1):
+            self.value, self.step = start, step
+
+        def add(self, times):
+            self.value += self.step * times
+            return self.value
+
+        @staticmethod
+        def double(x):
+            return 2 * x
+
+        @classmethod
+        def name(cls, suffix):
+            return cls.__name__ + suffix
+
+    with pytest.raises(TypeError, match="missing a required argument: 'start'"):
+        Counter.remote()
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        Counter.options(num_cpus=0).remote(1, 2)
+    counter = Counter.remote(10, step=2)
+    with pytest.raises(TypeError, match=r"Counter\.add.*missing a required argument"):
+        counter.add.remote()
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        counter.double.remote(1, 2)
+    assert ray.get(counter.add.remote(3)) == 16
+    assert ray.get(counter.double.remote(4)) == 8
+    assert ray.get(counter.name.remote("!")) == "Counter!"
+
+
+def test_handle_passed_to_a_task_still_checks_arguments(ray_shared):
+    @ray.remote
+    class Echo:
+        def echo(self, x):
+            return x
+
+    @ray.remote
+    def call_badly(handle):
+        try:
+            handle.echo.remote()
+        except TypeError as exc:
+            return str(exc)
+        return "accepted"
+
+    assert "missing a required argument: 'x'" in ray.get(call_badly.remote(Echo.remote()))
+
+
+# == ray.wait([]) ===============================================================
+def test_wait_on_no_refs_returns_two_empty_lists(ray_shared):
+    assert ray.wait([]) == ([], [])
+    assert ray.wait([], timeout=0) == ([], [])
+
+
+# == small gaps =================================================================
+def test_remote_with_empty_parentheses_on_a_class(ray_shared):
+    @ray.remote()
+    class Plain:
+        def ping(self):
+            return "pong"
+
+    @ray.remote()
+    def plain():
+        return "done"
+
+    assert ray.get(Plain.remote().ping.remote()) == "pong"
+    assert ray.get(plain.remote()) == "done"
+
+
+def test_nil_object_id(ray_shared):
+    nil = ray.ObjectID.nil()
+    assert nil.is_nil()
+    assert nil == ray.ObjectID.nil()
+    assert not ray.put(1).is_nil()
+    assert len(nil.binary()) == len(ray.put(1).binary())
+
+
+def test_underscore_remote_on_functions_actors_and_methods(ray_shared):
+    @ray.remote
+    def add(a, b=0):
+        return a + b
+
+    @ray.remote
+    class Pair:
+        def __init__(self, left):
+            self.left = left
+
+        def both(self, right):
+            return self.left, right
+
+    # 0.8 code spells every option out, None meaning "not set".
+    assert ray.get(add._remote(args=[1], kwargs={"b": 2}, num_return_vals=None,
+                               num_cpus=None, resources=None)) == 3
+    pair = Pair._remote(args=["l"], kwargs={}, num_cpus=None, detached=None)
+    assert ray.get(pair.both._remote(args=["r"], kwargs={})) == ("l", "r")
+    first, second = pair.both._remote(args=["x"], num_return_vals=2)
+    assert ray.get([first, second]) == ["l", "x"]
+    with pytest.raises(TypeError, match="missing a required argument"):
+        add._remote(args=[], kwargs={})
+
+
+def test_0_8_names_of_the_timeout_error_and_the_error_table(ray_shared):
+    assert RayTimeoutError is GetTimeoutError
+    assert ray.exceptions.RayTimeoutError is GetTimeoutError
+
+    @ray.remote
+    def fails():
+        raise ValueError("recorded")
+
+    with pytest.raises(ValueError):
+        ray.get(fails.remote())
+    assert ray.errors() == ray.error_info()
+
+
+def test_workers_get_one_omp_thread_unless_the_user_set_it(ray_shared):
+    @ray.remote
+    def omp():
+        return os.environ.get("OMP_NUM_THREADS")
+
+    expected = os.environ.get("OMP_NUM_THREADS", "1")
+    assert ray.get(omp.remote()) == expected
+
+
+def test_memory_resources_reported_in_bytes(ray_shared):
+    total = ray.cluster_resources()
+    assert total["object_store_memory"] > 0 and total["memory"] >= 0
+    available = ray.available_resources()
+    assert available["object_store_memory"] == total["object_store_memory"]
+    assert ray.nodes()[0]["Resources"]["object_store_memory"] == total["object_store_memory"]
+
+
+def test_nodes_name_an_ip_address_and_a_port(ray_shared):
+    import ipaddress
+    (node,) = ray.nodes()
+    ipaddress.ip_address(node["NodeManagerAddress"])      # raises unless an IP
+    assert isinstance(node["NodeManagerPort"], int)
+
+
+def test_small_and_large_arrays_from_get_are_read_only(ray_shared):
+    @ray.remote
+    def make(n):
+        return np.arange(n)
+
+    @ray.remote
+    def writable(array):
+        return array.flags.writeable
+
+    for n in (3, 100_000):
+        for array in (ray.get(ray.put(np.arange(n))), ray.get(make.remote(n))):
+            assert not array.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                array[0] = 1
+        assert ray.get(writable.remote(np.arange(n))) is False
+    # A strided view comes back equal, read-only too.
+    strided = np.arange(12).reshape(3, 4)[:, ::2]
+    got = ray.get(ray.put(strided))
+    assert np.array_equal(got, strided) and not got.flags.writeable
