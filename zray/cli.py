@@ -16,12 +16,16 @@ import click
 import psutil
 
 from . import __version__
+from .launcher.cli import add_commands as _add_launcher_commands
 
 
 @click.group()
 @click.version_option(__version__, prog_name="zray")
 def main():
     """zray: the Ray API on a broker-less ZeroMQ runtime."""
+
+
+_add_launcher_commands(main)     # up, down, exec, attach, get_head_ip: zray/launcher/
 
 
 @main.command()
@@ -89,6 +93,9 @@ def _parse_resources(text):
 
 def _check_port_free(host, port):
     probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # As the kv's own listener does: a port left in TIME_WAIT by the previous
+    # head (`zray stop; zray start --head`) is free; one with a listener is not.
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         probe.bind((host, port))
     except OSError as exc:

@@ -1,0 +1,213 @@
+"""``zray up / down / exec / attach / get_head_ip``: what each one does.
+
+Each takes the checked config (``config.load_config``), prints through
+``say`` and asks through ``confirm``; ``cli.py`` turns them into click
+commands. They hold the state-file lock (``state.py``) for their whole run.
+"""
+import secrets
+import shlex
+import sys
+import time
+
+from .provider import make_provider
+from .state import LauncherState
+from .updater import NodeUpdater, StepFailed
+
+SSH_WAIT_S = 120.0
+
+
+class LauncherError(RuntimeError):
+    """A launcher command cannot go on; the message says why and what to do."""
+
+
+def apply_overrides(config, cluster_name=None, min_workers=None, max_workers=None):
+    if cluster_name:
+        config["cluster_name"] = cluster_name
+    if min_workers is not None:
+        config["min_workers"] = min_workers
+    if max_workers is not None:
+        config["max_workers"] = max_workers
+    if config["provider"]["type"] == "local":
+        hosts = len(config["provider"]["worker_ips"])
+        if config["max_workers"] > hosts:
+            raise LauncherError(f"--max-workers {config['max_workers']} is more than the "
+                                f"{hosts} hosts in provider.worker_ips")
+    if config["min_workers"] > config["max_workers"]:
+        raise LauncherError(f"min_workers ({config['min_workers']}) is more than max_workers "
+                            f"({config['max_workers']})")
+    return config
+
+
+def node_env(head_address):
+    # Ray's name and ours, for the commands every node runs.
+    return {"RAY_HEAD_IP": head_address, "ZRAY_HEAD_IP": head_address}
+
+
+# == up ============================================================================
+def up(config, say, confirm, no_restart=False, restart_only=False, state_dir=None):
+    """Create or update the cluster; return True if anything ran."""
+    if no_restart and restart_only:
+        raise LauncherError("--restart-only skips setup and restarts zray; --no-restart "
+                            "skips the restart: pass one of them")
+    name = config["cluster_name"]
+    with LauncherState(state_dir) as state:
+        known = state.cluster(name) is not None
+        record = state.ensure_cluster(name, secrets.token_hex(16))
+        provider = make_provider(config, record, state)
+        head_ids = provider.nodes("head")
+        workers = provider.nodes("worker")
+        want = config["min_workers"]
+        extra = workers[config["max_workers"]:]
+        plan = (f"{'Update' if known else 'Create'} cluster {name!r}: head "
+                f"{config['provider'].get('head_ip') or '(new)'}, {want} worker(s)")
+        say(plan + ".")
+        if not confirm("Continue?"):
+            if not known:
+                state.forget(name)
+            raise LauncherError("cancelled; nothing was changed")
+        try:
+            changed = _up_nodes(config, state, provider, say, head_ids, workers, want, extra,
+                                no_restart, restart_only)
+        finally:
+            state.save()
+    head = provider.nodes("head")[0]
+    if changed:
+        say(f"Cluster {name!r} is up: head {provider.address(head)}, "
+            f"{len(provider.nodes('worker'))} worker(s).")
+    else:
+        say(f"Cluster {name!r}: nothing changed; every node is up to date and zray was "
+            f"left running (--restart-only restarts it).")
+    path = shlex.quote(config["config_path"])
+    say(f"  Run a command on the head:  zray exec {path} 'zray status'")
+    say(f"  Open a shell there:         zray attach {path}")
+    say(f"  Tear it down:               zray down {path}")
+    return changed
+
+
+def _up_nodes(config, state, provider, say, head_ids, workers, want, extra, no_restart,
+              restart_only):
+    record = provider.record
+    for node_id in extra:          # more workers than max_workers allows
+        _updater(provider, node_id, config, say, state).stop(record["token"])
+        provider.terminate(node_id)
+    if not head_ids:
+        head_ids = provider.create("head", 1)
+    new_workers = provider.create("worker", want - len(workers)) if len(workers) < want else []
+    head = head_ids[0]
+    changed = bool(extra)
+    head_restarted = False
+    for node_id in [head] + [w for w in provider.nodes("worker")]:
+        updater = _updater(provider, node_id, config, say, state)
+        updater.wait_ready(SSH_WAIT_S)
+        ran = updater.setup(restart_only)
+        is_new = node_id in new_workers or updater.node.get("start") is None
+        restart = restart_only or ran or is_new or updater.needs_start() or head_restarted
+        changed = changed or bool(ran)
+        if restart and no_restart and not is_new:
+            say(f"{updater.tag} --no-restart: zray left running")
+        elif restart:
+            updater.start(record["token"])
+            changed = True
+            head_restarted = head_restarted or node_id == head
+        else:
+            say(f"{updater.tag} up to date")
+    return changed
+
+
+def _updater(provider, node_id, config, say, state):
+    kind = provider.record["nodes"][node_id]["kind"]
+    head = provider.nodes("head")
+    env = node_env(provider.address(head[0])) if head else {}
+    return NodeUpdater(provider, node_id, kind, config, env, say, state.save)
+
+
+# == down ===========================================================================
+def down(config, say, confirm, workers_only=False, state_dir=None):
+    name = config["cluster_name"]
+    with LauncherState(state_dir) as state:
+        record = state.cluster(name)
+        if record is None:
+            say(f"Cluster {name!r} is not up (nothing recorded in {state.path}); nothing to do.")
+            return
+        provider = make_provider(config, record, state)
+        targets = provider.nodes("worker") + ([] if workers_only else provider.nodes("head"))
+        hosts = ", ".join(provider.address(n) for n in targets) or "no nodes"
+        what = "its workers" if workers_only else "the whole cluster"
+        if not confirm(f"Stop zray on {hosts} and forget {what} of {name!r}. Continue?"):
+            raise LauncherError("cancelled; nothing was changed")
+        try:
+            for node_id in targets:
+                _updater(provider, node_id, config, say, state).stop(record["token"])
+                provider.terminate(node_id)
+            if not workers_only:
+                state.forget(name)
+        finally:
+            state.save()
+    say(f"Cluster {name!r}: stopped zray on {len(targets)} node(s)"
+        f"{'; the head keeps running' if workers_only else ' and forgot the cluster'}.")
+
+
+# == exec, attach, get_head_ip ========================================================
+def head_runner(config, say, confirm, start=False, state_dir=None):
+    """The head's SSH runner and address; with ``start``, bring the cluster up first."""
+    name = config["cluster_name"]
+    with LauncherState(state_dir) as state:
+        record = state.cluster(name)
+        provider = make_provider(config, record, state) if record else None
+        heads = provider.nodes("head") if provider else []
+    if not heads:
+        if not start:
+            raise LauncherError(f"cluster {name!r} is not up: run `zray up "
+                                f"{shlex.quote(config['config_path'])}` first, or pass --start")
+        up(config, say, confirm=lambda _question: True, state_dir=state_dir)
+        return head_runner(config, say, confirm, start=False, state_dir=state_dir)
+    return provider.runner(heads[0]), provider.address(heads[0])
+
+
+def get_head_ip(config, state_dir=None):
+    _runner, address = head_runner(config, say=None, confirm=None, state_dir=state_dir)
+    return address
+
+
+def exec_on_head(config, command, say, start=False, stop=False, tmux=False, screen=False,
+                 port_forward=(), state_dir=None):
+    """Run ``command`` on the head; return its exit status."""
+    if tmux and screen:
+        raise LauncherError("--tmux and --screen both run the command detached: pass one")
+    runner, address = head_runner(config, say, None, start=start, state_dir=state_dir)
+    env = node_env(address)
+    if tmux or screen:
+        session = f"zray-exec-{time.strftime('%H%M%S')}"
+        inner = "bash --login -c " + shlex.quote(command + "; exec bash")
+        detached = (f"tmux new-session -d -s {session} {shlex.quote(inner)}" if tmux
+                    else f"screen -dmS {session} {inner}")
+        status, output = runner.run(detached, env=env)
+        if status != 0:
+            raise LauncherError(f"could not start {'tmux' if tmux else 'screen'} on {address} "
+                                f"(status {status}): {output.strip()}")
+        how = (f"zray attach {shlex.quote(config['config_path'])} --tmux" if tmux
+               else f"ssh there and run `screen -r {session}`")
+        say(f"Running `{command}` detached on {address} in {'tmux' if tmux else 'screen'} "
+            f"session {session}; see it with: {how}")
+    else:
+        tty = sys.stdin.isatty() and sys.stdout.isatty()
+        status = runner.run_interactive(command, env=env, tty=tty, port_forward=port_forward)
+    if stop:
+        down(config, say, confirm=lambda _question: True, state_dir=state_dir)
+    return status
+
+
+def attach(config, say, start=False, tmux=False, new=False, state_dir=None):
+    if new and not tmux:
+        raise LauncherError("--new opens a new tmux session: use it with --tmux")
+    runner, _address = head_runner(config, say, None, start=start, state_dir=state_dir)
+    command = None
+    if tmux:
+        command = "tmux new-session" if new else "tmux attach || tmux new-session"
+    return runner.run_interactive(command, tty=True)
+
+
+def failure_message(exc):
+    if isinstance(exc, StepFailed):
+        return f"{exc}. Fix it and run `zray up` again: it resumes from the failed step."
+    return str(exc)
