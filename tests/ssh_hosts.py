@@ -53,6 +53,11 @@ class SSHHosts:
         self.process = None
 
     def start(self, sshd):
+        self.prepare(sshd)
+        self.launch()
+
+    def prepare(self, sshd):
+        """Keys, directories and sshd_config; sshd not started yet."""
         keygen = ["ssh-keygen", "-q", "-t", "ed25519", "-N", ""]
         host_key = os.path.join(self.directory, "host_key")
         subprocess.run(keygen + ["-f", host_key], check=True)
@@ -83,9 +88,13 @@ class SSHHosts:
         check = subprocess.run([sshd, "-t", "-f", config], capture_output=True, text=True)
         if check.returncode != 0:
             raise RuntimeError(f"sshd refused the test config: {check.stderr}")
+        self.command = [sshd, "-D", "-e", "-f", config]
         self.log = os.path.join(self.directory, "sshd.log")
+
+    def launch(self):
+        """Start sshd; return once it accepts connections on every address."""
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([sshd, "-D", "-e", "-f", config],
+            self.process = subprocess.Popen(self.command,
                                             stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True)
         deadline = time.monotonic() + 20

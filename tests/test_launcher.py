@@ -18,13 +18,16 @@ from cluster_util import ROOT, env_for, wait_for, zray
 from ssh_hosts import ADDRESSES, SSHHosts, find_sshd, zray_processes_under
 
 from zray.launcher.config import ConfigError, load_config
+from zray.launcher.ssh import SSHRunner
 
 PASSWORD = "launcher-test-pw"
 HEAD, WORKER = ADDRESSES
 
 
 @pytest.fixture
-def hosts(tmp_path):
+def prepared_hosts(tmp_path):
+    """The two hosts' sshd, configured but not started; stopped (with all zray
+    and tmux processes on the hosts) at the end, pass or fail."""
     sshd = find_sshd()
     missing = [name for name, path in (("sshd", sshd), ("ssh", shutil.which("ssh")),
                                        ("ssh-keygen", shutil.which("ssh-keygen")),
@@ -35,12 +38,18 @@ def hosts(tmp_path):
     hosts = SSHHosts(tmp_path / "ssh")
     os.makedirs(hosts.directory)
     try:
-        hosts.start(sshd)
+        hosts.prepare(sshd)
         yield hosts
     finally:
         _stop_zray_on(hosts)
         _kill_tmux(os.path.join(hosts.tmux_dir, f"tmux-{os.getuid()}", "default"))
         hosts.stop()
+
+
+@pytest.fixture
+def hosts(prepared_hosts):
+    prepared_hosts.launch()
+    return prepared_hosts
 
 
 def _stop_zray_on(hosts):
@@ -169,6 +178,8 @@ def test_up_exec_attach_down_over_ssh(hosts, tmp_path):
                  "the command run in tmux on the head")
 
         _attach_and_type(config, env, tmp_path, hosts)
+        # --tmux: into the head's tmux, where the detached command ran.
+        _attach_and_type(config, env, tmp_path, hosts, "--tmux")
 
         gone = launcher("down", "-y", config, env=env).stdout
         assert f"[{HEAD} head] stop zray" in gone and f"[{WORKER} worker] stop zray" in gone
@@ -178,13 +189,13 @@ def test_up_exec_attach_down_over_ssh(hosts, tmp_path):
         assert missing.returncode != 0 and "is not up" in missing.stderr
 
 
-def _attach_and_type(config, env, tmp_path, hosts):
+def _attach_and_type(config, env, tmp_path, hosts, *options):
     """`zray attach` in a terminal (a local tmux): a shell on the head answers."""
     socket_path = str(tmp_path / "local-tmux.sock")
     command = " ".join(["env", f"PYTHONPATH={shlex.quote(env['PYTHONPATH'])}",
                         f"ZRAY_HOME={shlex.quote(env['ZRAY_HOME'])}",
                         shlex.quote(sys.executable), "-m", "zray.cli", "attach",
-                        shlex.quote(config)])
+                        *options, shlex.quote(config)])
     tmux = ["tmux", "-S", socket_path]
     try:
         subprocess.run(tmux + ["new-session", "-d", "-x", "160", "-y", "40", command],
@@ -194,9 +205,9 @@ def _attach_and_type(config, env, tmp_path, hosts):
             done = subprocess.run(tmux + ["capture-pane", "-p"], capture_output=True,
                                   text=True)
             return done.stdout
-        subprocess.run(tmux + ["send-keys", 'echo "attach-$((6*7)) $SSH_CONNECTION"',
-                               "Enter"], check=True)
-        expected = f"attach-42 {HEAD} "
+        typed = 'echo "attach-$((6*7)) ${TMUX:+tmux}" $SSH_CONNECTION'
+        subprocess.run(tmux + ["send-keys", typed, "Enter"], check=True)
+        expected = f"attach-42 {'tmux' if options else ''} {HEAD} "
         wait_for(lambda: any(line.startswith(expected) and line.endswith(f" {hosts.port}")
                              for line in screen().splitlines()), 30,
                  f"the shell on the head to answer (screen: {screen()!r})")
@@ -275,3 +286,52 @@ def test_cli_refuses_bad_config_and_inapplicable_options(tmp_path):
     not_up = zray("get_head_ip", good, check=False, env=env)
     assert not_up.returncode != 0 and "is not up" in not_up.stderr
     assert not os.path.exists(tmp_path / "clusters.json")       # nothing was recorded
+
+
+def test_config_confirmation_refused_changes_nothing(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    result = subprocess.run([sys.executable, "-m", "zray.cli", "up", str(good)], input="n\n",
+                            capture_output=True, text=True, timeout=60,
+                            env=env_for(extra={"ZRAY_HOME": str(tmp_path)}))
+    assert result.returncode != 0 and "Create cluster 'demo'" in result.stdout
+    assert "cancelled" in result.stderr
+    assert not os.path.exists(tmp_path / "clusters.json")
+
+
+# == the SSH layer ===================================================================
+def _runner(hosts, tmp_path, key=None):
+    auth = {"ssh_user": hosts.user, "ssh_private_key": key or hosts.key,
+            "ssh_port": hosts.port}
+    return SSHRunner(HEAD, auth, known_hosts=str(tmp_path / "known_hosts"))
+
+
+def test_ssh_waits_for_a_host_that_comes_up(prepared_hosts, tmp_path):
+    runner = _runner(prepared_hosts, tmp_path)
+    retries = []
+
+    def on_retry(attempt, last_words):
+        retries.append(last_words[0])
+        if attempt == 1:
+            prepared_hosts.launch()      # the machine finishes booting
+    runner.wait_ready(60, on_retry)
+    assert retries and "refused" in retries[0]
+    status, output = runner.run('echo "[$GREETING]" "$ZRAY_TEMP_DIR"; exit 4',
+                                env={"GREETING": "it's  here"})
+    assert status == 4
+    assert output.split("\n")[0] == f"[it's  here] {prepared_hosts.temp_dirs[HEAD]}"
+    source = tmp_path / "one-file"
+    source.write_text("copied")
+    target = os.path.join(prepared_hosts.directory, "deep", "dir", "renamed")
+    assert runner.copy(str(source), target)[0] == 0
+    with open(target) as f:
+        assert f.read() == "copied"
+
+
+def test_ssh_refused_key_fails_at_once_with_ssh_words(hosts, tmp_path):
+    stranger = str(tmp_path / "stranger_key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", stranger], check=True)
+    retries = []
+    with pytest.raises(ConnectionError, match="Permission denied.*authorized_keys"):
+        _runner(hosts, tmp_path, key=stranger).wait_ready(60, lambda *a: retries.append(a))
+    assert retries == []

@@ -2,12 +2,13 @@
 
 ::
 
-    cluster.yaml ──config.py──► checked config ──commands.py──► provider.py ──ssh.py──► nodes
-                   (key + line                    up/down/...     nodes, create,   ssh, tar
-                    in every error)                    │          terminate,
-                                                       ▼          address
-                                             state.py: ~/.zray/clusters.json
-                                             (which hosts, what ran: hashes)
+    cluster.yaml ─config.py─► checked config ─commands.py─► provider.py ─ssh.py─► nodes
+                  (key + line in                up, down,     nodes, create,  ssh, tar
+                   every error)                 exec, ...     terminate,
+                                                    │         address
+                                                    ▼
+                                      state.py: ~/.zray/clusters.json
+                                      (which hosts, what ran: hashes)
 
 - ``config.py``: Ray's cluster YAML checked against a small schema.
 - ``provider.py``: the provider interface and ``local`` (hosts by address).

@@ -8,6 +8,7 @@ import secrets
 import shlex
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .provider import make_provider
 from .state import LauncherState
@@ -57,7 +58,6 @@ def up(config, say, confirm, no_restart=False, restart_only=False, state_dir=Non
         head_ids = provider.nodes("head")
         workers = provider.nodes("worker")
         want = config["min_workers"]
-        extra = workers[config["max_workers"]:]
         plan = (f"{'Update' if known else 'Create'} cluster {name!r}: head "
                 f"{config['provider'].get('head_ip') or '(new)'}, {want} worker(s)")
         say(plan + ".")
@@ -66,7 +66,7 @@ def up(config, say, confirm, no_restart=False, restart_only=False, state_dir=Non
                 state.forget(name)
             raise LauncherError("cancelled; nothing was changed")
         try:
-            changed = _up_nodes(config, state, provider, say, head_ids, workers, want, extra,
+            changed = _up_nodes(config, state, provider, say, head_ids, workers, want,
                                 no_restart, restart_only)
         finally:
             state.save()
@@ -84,34 +84,60 @@ def up(config, say, confirm, no_restart=False, restart_only=False, state_dir=Non
     return changed
 
 
-def _up_nodes(config, state, provider, say, head_ids, workers, want, extra, no_restart,
+def _up_nodes(config, state, provider, say, head_ids, workers, want, no_restart,
               restart_only):
-    record = provider.record
-    for node_id in extra:          # more workers than max_workers allows
-        _updater(provider, node_id, config, say, state).stop(record["token"])
+    """Head first, then the workers side by side; return True if anything ran."""
+    token = provider.record["token"]
+    for node_id in head_ids:
+        if not provider.is_configured(node_id):
+            raise LauncherError(
+                f"the cluster's head is {provider.address(node_id)}, which the config no "
+                f"longer names: bring the cluster down with the config it was brought up "
+                f"with (`zray down`), then run `zray up` again")
+    extra = [w for w in workers if not provider.is_configured(w)] + \
+        [w for w in workers if provider.is_configured(w)][config["max_workers"]:]
+    for node_id in extra:        # removed from the config, or beyond max_workers
+        _updater(provider, node_id, config, say, state).stop(token)
         provider.terminate(node_id)
     if not head_ids:
         head_ids = provider.create("head", 1)
-    new_workers = provider.create("worker", want - len(workers)) if len(workers) < want else []
-    head = head_ids[0]
-    changed = bool(extra)
-    head_restarted = False
-    for node_id in [head] + [w for w in provider.nodes("worker")]:
-        updater = _updater(provider, node_id, config, say, state)
-        updater.wait_ready(SSH_WAIT_S)
-        ran = updater.setup(restart_only)
-        is_new = node_id in new_workers or updater.node.get("start") is None
-        restart = restart_only or ran or is_new or updater.needs_start() or head_restarted
-        changed = changed or bool(ran)
-        if restart and no_restart and not is_new:
-            say(f"{updater.tag} --no-restart: zray left running")
-        elif restart:
-            updater.start(record["token"])
-            changed = True
-            head_restarted = head_restarted or node_id == head
-        else:
-            say(f"{updater.tag} up to date")
-    return changed
+    have = len(provider.nodes("worker"))
+    if have < want:
+        provider.create("worker", want - have)
+    options = dict(no_restart=no_restart, restart_only=restart_only)
+    changed, head_restarted = _up_node(provider, head_ids[0], config, say, state, token,
+                                       head_restarted=False, **options)
+    workers = provider.nodes("worker")
+    failures = []
+    with ThreadPoolExecutor(max_workers=max(1, min(8, len(workers)))) as pool:
+        futures = [pool.submit(_up_node, provider, node_id, config, say, state, token,
+                               head_restarted=head_restarted, **options)
+                   for node_id in workers]
+        for future in futures:
+            try:
+                changed = future.result()[0] or changed
+            except (StepFailed, ConnectionError) as exc:
+                failures.append(str(exc))
+    if failures:
+        raise StepFailed("; ".join(failures))
+    return changed or bool(extra)
+
+
+def _up_node(provider, node_id, config, say, state, token, head_restarted, no_restart,
+             restart_only):
+    """Set up and (re)start one node; return (anything ran, zray was restarted)."""
+    updater = _updater(provider, node_id, config, say, state)
+    updater.wait_ready(SSH_WAIT_S)
+    ran = updater.setup(restart_only)
+    is_new = updater.node.get("start") is None
+    if not (restart_only or ran or is_new or updater.needs_start() or head_restarted):
+        say(f"{updater.tag} up to date")
+        return False, False
+    if no_restart and not is_new:
+        say(f"{updater.tag} --no-restart: zray left running")
+        return bool(ran), False
+    updater.start(token)
+    return True, True
 
 
 def _updater(provider, node_id, config, say, state):

@@ -39,6 +39,10 @@ class NodeProvider:
     def address(self, node_id):
         raise NotImplementedError
 
+    def is_configured(self, node_id):
+        """False for a node the config no longer describes (up then removes it)."""
+        return True
+
     # -- commands and files, over SSH ------------------------------------------
     def runner(self, node_id):
         return SSHRunner(self.address(node_id), self.config["auth"], self.known_hosts)
@@ -90,6 +94,12 @@ class LocalNodeProvider(NodeProvider):
 
     def address(self, node_id):
         return self.record["nodes"][node_id]["address"]
+
+    def is_configured(self, node_id):
+        node = self.record["nodes"][node_id]
+        if node["kind"] == "head":
+            return node["address"] == self.provider_config["head_ip"]
+        return node["address"] in self.provider_config["worker_ips"]
 
 
 PROVIDER_TYPES = {"local": LocalNodeProvider}

@@ -16,6 +16,9 @@ import tarfile
 import time
 
 SSH_UNREACHABLE = 255       # ssh's own exit status: it could not connect
+# ssh's words for a refusal that waiting will not cure.
+_PERMANENT = ("Permission denied", "Host key verification failed",
+              "REMOTE HOST IDENTIFICATION HAS CHANGED", "Too many authentication failures")
 
 
 class SSHRunner:
@@ -74,7 +77,8 @@ class SSHRunner:
             status, output = self.run("true", timeout_s=self.connect_timeout_s + 20)
             if status == 0:
                 return
-            if status != SSH_UNREACHABLE or time.monotonic() + delay_s > deadline:
+            permanent = any(words in output for words in _PERMANENT)
+            if status != SSH_UNREACHABLE or permanent or time.monotonic() + delay_s > deadline:
                 raise ConnectionError(
                     f"cannot run commands on {self.address} over SSH (exit status {status}): "
                     f"{output.strip() or 'no output'}. Check that sshd runs there, that "

@@ -15,6 +15,7 @@ so two ``zray up`` at once cannot hand the same host to two clusters.
 import fcntl
 import json
 import os
+import threading
 
 
 def zray_home():
@@ -27,6 +28,7 @@ class LauncherState:
         self.path = os.path.join(self.directory, "clusters.json")
         self._lock_file = None
         self._clusters = {}
+        self._save_lock = threading.Lock()      # workers are set up in threads
 
     # -- locking and persistence --------------------------------------------
     def __enter__(self):
@@ -51,11 +53,12 @@ class LauncherState:
                                f"afresh (the clusters it lists are then forgotten)") from None
 
     def save(self):
-        tmp = self.path + ".tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump({"clusters": self._clusters}, f, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        with self._save_lock:
+            tmp = self.path + ".tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump({"clusters": self._clusters}, f, indent=1, sort_keys=True)
+            os.replace(tmp, self.path)
 
     # -- queries and changes --------------------------------------------------
     def cluster(self, name):
