@@ -16,7 +16,7 @@ from conftest import assert_no_leftovers
 from zray.exceptions import ObjectStoreFullError
 from zray.plasma import shm
 from zray.plasma.report import memory_summary
-from zray.plasma.store import ObjectTable
+from zray.plasma.store import IN_MEMORY, ON_DISK, ObjectTable
 from zray.serialization import serialize
 from zray.transport import protocol as P
 
@@ -240,6 +240,8 @@ def test_put_drop_50mb_1000_times_under_500mb(start_ray):
 def test_full_store_spills_oldest_and_restores_on_get(start_ray):
     info = start_ray(object_store_memory=64 * MiB)
     refs = [ray.put(np.full(16 * MiB // 8, i, dtype=np.float64)) for i in range(8)]
+    # Copies to disk finish in the background; until then memory runs over by them.
+    assert wait_for(lambda: store_stats()["spilling_bytes"] == 0)
     stats = store_stats()
     assert stats["shm_bytes"] <= 64 * MiB
     assert stats["spilled_objects"] >= 4
@@ -283,20 +285,51 @@ def test_store_full_when_disk_cannot_take_spill(start_ray):
                 if f.startswith(f"zray-{info['session_name']}-")]) == 2
     os.unlink(spill_dir)           # the disk can take it again
     late = ray.put(np.full(16 * MiB // 8, 9.0))
-    assert float(ray.get(late)[0]) == 9.0 and store_stats()["spilled_objects"] >= 1
+    assert float(ray.get(late)[0]) == 9.0
+    assert wait_for(lambda: store_stats()["spilled_objects"] >= 1)
 
 
-def test_task_result_too_big_for_store_fails_the_task(start_ray):
+def test_object_bigger_than_store_goes_to_disk(start_ray):
     start_ray(object_store_memory=8 * MiB)
 
     @ray.remote
-    def big():
-        return np.zeros(16 * MiB // 8)
+    def big(i):
+        return np.full(16 * MiB // 8, i, dtype=np.float64)
 
-    with pytest.raises(ObjectStoreFullError, match=r"16\.0 MiB.*8\.0 MiB"):
-        ray.get(big.remote())
-    with pytest.raises(ObjectStoreFullError, match="larger than the whole object store"):
-        ray.put(np.zeros(16 * MiB // 8))
+    refs = [big.remote(3), ray.put(np.full(16 * MiB // 8, 5.0))]
+    result, put = ray.get(refs)
+    assert (result == 3).all() and (put == 5).all()
+    spill_dir = store_stats()["spill_dir"]
+    for value in (result, put):        # zero-copy views of the files on disk
+        path, permissions = mapping_of(value.ctypes.data)
+        assert os.path.dirname(path) == spill_dir and permissions.startswith("r-")
+    stats = store_stats()
+    assert stats["shm_bytes"] == 0 and stats["spilled_objects"] == 2
+    del result, put, refs
+    assert wait_for(lambda: store_stats()["objects"] == 0)
+    assert os.listdir(spill_dir) == []
+
+
+def test_object_spilling_directory_is_honoured(start_ray, tmp_path):
+    spill_dir = tmp_path / "spill here"
+    info = start_ray(object_store_memory=32 * MiB, object_spilling_directory=str(spill_dir))
+    assert store_stats()["spill_dir"] == str(spill_dir)
+    refs = [ray.put(np.full(12 * MiB // 8, i, dtype=np.float64)) for i in range(4)]
+    refs.append(ray.put(np.zeros(40 * MiB // 8)))      # bigger than the store
+    assert wait_for(lambda: store_stats()["spilled_objects"] >= 2)
+    names = os.listdir(spill_dir)
+    assert os.path.basename(object_file(info, refs[0])) in names
+    assert os.path.basename(object_file(info, refs[-1])) in names
+    assert [float(ray.get(r)[0]) for r in refs] == [0.0, 1.0, 2.0, 3.0, 0.0]
+    ray.shutdown()
+    assert os.listdir(spill_dir) == []
+
+
+def test_object_spilling_directory_must_be_usable(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="object_spilling_directory"):
+        ray.init(num_cpus=1, object_spilling_directory=str(tmp_path / "file" / "spill"))
+    assert not ray.is_initialized()
 
 
 # == options ====================================================================
@@ -381,8 +414,13 @@ def test_object_table_reserve_spill_free(tmp_path):
     assert table.shm_bytes == 3000 and table.reserved_bytes == 0
     contents = open(paths[0], "rb").read()
     table.expect(ids[3]).refcount = 1
-    table.reserve(ids[3], 1500, owner=b"w2")        # needs two spills
+    assert table.reserve(ids[3], 1500, owner=b"w2") == IN_MEMORY     # needs two spills
+    # The copies run in a thread; until the loop applies them the originals stay.
+    assert table.spilling_bytes == 2000 and os.path.exists(paths[0])
+    assert table.get(ids[0]).location == (paths[0], 1000)
+    table.finish_spills(wait=True)
     assert table.reserved_bytes == 1500 and table.shm_bytes == 1000
+    assert table.spilling_bytes == 0
     assert sorted(os.listdir(spill)) == sorted(i.hex() for i in ids[:2])
     assert not os.path.exists(paths[0])
     assert open(spill / ids[0].hex(), "rb").read() == contents
@@ -391,12 +429,55 @@ def test_object_table_reserve_spill_free(tmp_path):
     assert table.reserved_bytes == 0
     table.remove_ref(ids[0])
     assert not (spill / ids[0].hex()).exists() and table.spilled_bytes == 1000
-    with pytest.raises(ObjectStoreFullError, match="larger than the whole object store"):
-        table.reserve(ids[3], 4000)
+    assert table.reserve(ids[3], 4000) == ON_DISK     # bigger than the store: to disk
+    assert table.disk_reserved_bytes == 4000 and table.reserved_bytes == 0
+    on_disk = _sealed_file(spill, shm.object_file_name("s", ids[3]), 4000)
+    table.seal((ids[3], P.SHM, 0, (on_disk, 4000), (), False), [])
+    assert table.disk_reserved_bytes == 0 and table.spilled_bytes == 5000
+    table.remove_ref(ids[3])
+    assert not os.path.exists(on_disk) and table.spilled_bytes == 1000
     rows = {r["object_id"]: r for r in table.listing({ids[1]: ["driver pid 1"]})}
     assert rows[ids[1].hex()]["where"] == "spilled"
     assert rows[ids[1].hex()]["holders"] == ["driver pid 1"]
     assert rows[ids[2].hex()]["where"] == "shm"
+    table.unlink_all()
+
+
+def test_object_table_disk_full_names_sizes_and_paths(tmp_path):
+    table = ObjectTable(capacity_bytes=1000, spill_dir=str(tmp_path / "spill"))
+    too_big = shm.free_bytes(str(tmp_path)) + (1 << 30)
+    with pytest.raises(ObjectStoreFullError) as caught:
+        table.reserve(b"a" * 20, too_big)
+    message = str(caught.value)
+    assert "larger than the whole object store (1000 B)" in message
+    assert str(tmp_path / "spill") in message and "free" in message
+    assert table.disk_reserved_bytes == 0 and table.reserved == {}
+    table.unlink_all()
+
+
+def test_object_table_spill_freed_in_flight_or_failed(tmp_path):
+    memory, spill = tmp_path / "mem", tmp_path / "spill"
+    memory.mkdir()
+    table = ObjectTable(capacity_bytes=2000, spill_dir=str(spill))
+    ids = [bytes([i]) * 20 for i in range(3)]
+    paths = [_sealed_file(memory, i.hex(), 1000) for i in ids]
+    # A directory where the copy of ids[1] should go: its rename fails.
+    (spill / ids[1].hex() / "x").mkdir(parents=True)
+    for object_id, path in zip(ids[:2], paths):
+        table.expect(object_id).refcount = 1
+        table.seal((object_id, P.SHM, 0, (path, 1000), (), False), [])
+    table.expect(ids[2]).refcount = 1
+    assert table.reserve(ids[2], 2000) == IN_MEMORY      # spills both
+    table.remove_ref(ids[0])                              # freed while being copied
+    table.finish_spills(wait=True)
+    assert not os.path.exists(paths[0]) and not (spill / ids[0].hex()).exists()
+    # The failed copy left the object in memory, readable, and said why.
+    assert table.get(ids[1]).location == (paths[1], 1000) and os.path.exists(paths[1])
+    assert table.shm_bytes == 1000 and table.spilling_bytes == 0
+    assert "it stays in memory" in table.spill_failure
+    assert next(iter(table.in_memory)) == ids[1]
+    assert not [n for n in os.listdir(spill) if n.endswith(".partial")]
+    table.unlink_all()
 
 
 def test_object_table_reports_why_it_is_full(tmp_path):
@@ -411,6 +492,7 @@ def test_object_table_reports_why_it_is_full(tmp_path):
     assert "1000 B" in message and "1.5 KiB" in message and "2.0 KiB" in message
     assert "spilling the oldest object" in message
     assert os.path.exists(path) and table.shm_bytes == 1500 and table.reserved_bytes == 0
+    table.unlink_all()
 
 
 # == zray memory ================================================================
@@ -418,6 +500,7 @@ def test_zray_memory_lists_objects_and_holders(start_ray):
     info = start_ray(object_store_memory=32 * MiB)
     refs = [ray.put(np.zeros(12 * MiB // 8)) for _ in range(3)]
     small = ray.put("small")
+    assert wait_for(lambda: store_stats()["spilling_bytes"] == 0)
     text = memory_summary(info["node_address"])
     lines = text.splitlines()
     for ref in refs + [small]:

@@ -87,7 +87,7 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         else:
             _session = _start_local(num_cpus, num_gpus, resources, object_store_memory,
                                     plasma_directory, huge_pages, temp_dir, password,
-                                    log_to_driver)
+                                    log_to_driver, options.get("object_spilling_directory"))
         _register_exit_hook()
         return dict(_session.info)
 
@@ -113,9 +113,11 @@ def _check_resources(num_cpus, num_gpus, resources, object_store_memory):
 
 
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_directory,
-                 huge_pages, temp_dir, password, log_to_driver):
+                 huge_pages, temp_dir, password, log_to_driver, spill_dir=None):
     import psutil
     from . import session
+    if spill_dir is not None:
+        spill_dir = session.check_spill_dir(spill_dir)
     plasma_dir = plasma_directory or "/dev/shm"
     if not os.path.isdir(plasma_dir):
         raise ValueError(f"plasma_directory {plasma_dir!r} is not a directory")
@@ -131,7 +133,8 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
         num_cpus=psutil.cpu_count() if num_cpus is None else num_cpus,
         num_gpus=num_gpus, gpu_ids=gpu_ids, resources=resources,
         object_store_memory=object_store_memory or session.default_object_store_memory(),
-        plasma_dir=plasma_dir, temp_dir=temp_dir, password=password, owner_pid=os.getpid())
+        plasma_dir=plasma_dir, temp_dir=temp_dir, password=password, owner_pid=os.getpid(),
+        spill_dir=spill_dir)
     try:
         runtime = Runtime(daemons.node_address, "driver", password=password,
                           log_to_driver=log_to_driver)

@@ -85,7 +85,8 @@ class LocalDaemons:
             if process is None:
                 continue
             _terminate(process, timeout_s)
-        remove_session_files(self.session_dir, self.info.get("plasma_dir"), self.session_name)
+        remove_session_files(self.session_dir, self.info.get("plasma_dir"), self.session_name,
+                             self.info.get("spill_dir"))
 
 
 def _terminate(process, timeout_s):
@@ -101,23 +102,37 @@ def _terminate(process, timeout_s):
         process.wait()
 
 
-def remove_session_files(session_dir, plasma_dir, session_name):
-    if plasma_dir and os.path.isdir(plasma_dir):
-        prefix = f"zray-{session_name}-"
-        for name in os.listdir(plasma_dir):
-            if name.startswith(prefix):
-                try:
-                    os.unlink(os.path.join(plasma_dir, name))
-                except OSError:
-                    pass
+def remove_session_files(session_dir, plasma_dir, session_name, spill_dir=None):
+    prefix = f"zray-{session_name}-"
+    for directory in (plasma_dir, spill_dir):
+        if directory and os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name.startswith(prefix):
+                    try:
+                        os.unlink(os.path.join(directory, name))
+                    except OSError:
+                        pass
     shutil.rmtree(session_dir, ignore_errors=True)
+
+
+def check_spill_dir(path):
+    """``object_spilling_directory``, made absolute; created if missing."""
+    path = os.path.abspath(os.path.expanduser(str(path)))
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"object_spilling_directory {path!r} cannot be created: {exc}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"object_spilling_directory {path!r} is not writable by this user; "
+                         f"pick a directory you own")
+    return path
 
 
 def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory,
                   plasma_dir, temp_dir=None, password="", owner_pid=None, head=True,
                   kv_address=None, kv_pub_address=None, node_address=None,
                   max_workers=None, prestart_workers=None, node_ip_address=None, kv_port=None,
-                  detach=False):
+                  detach=False, spill_dir=None):
     """Start kv (when head) and a node; return once both said READY.
 
     With ``node_ip_address`` the daemons also listen on tcp there (the kv on
@@ -165,6 +180,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "remove_session_dir_on_orphan": True,
             "tcp_address": f"tcp://{node_ip_address}:*" if node_ip_address else None,
             "head": head, "node_ip_address": node_ip_address,
+            "spill_dir": spill_dir,      # None: <session_dir>/spill
         }
         node_log = os.path.join(session_dir, "logs", "node.log")
         node_process = _spawn([sys.executable, "-m", "zray.sched", "--config", json.dumps(config)],
@@ -183,7 +199,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "kv_pub_address": kv_info.get("pub_address", kv_pub_address),
             "node_address": node_info["address"], "node_id": node_info["node_id"],
             "node_tcp_address": node_info.get("tcp_address"),
-            "plasma_dir": plasma_dir, "kv_pid": kv_process.pid if kv_process else None,
+            "plasma_dir": plasma_dir, "spill_dir": spill_dir, "kv_pid": kv_process.pid if kv_process else None,
             "node_pid": node_process.pid}
     return LocalDaemons(session_name, session_dir, kv_process, node_process, info)
 

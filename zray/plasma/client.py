@@ -14,6 +14,7 @@ import os
 from ..exceptions import ObjectLostError, ObjectStoreFullError
 from ..transport import protocol as P
 from . import shm
+from .store import ON_DISK
 
 # Below this the reservation round trip costs more than the write itself.
 RESERVE_MIN_BYTES = 1 << 20
@@ -23,18 +24,22 @@ def write(runtime, object_id, data, is_error=False):
     """Write ``data`` as a shared-memory object; return its header tuple."""
     size = shm.object_size(data.meta, data.buffers)
     reserved = size >= RESERVE_MIN_BYTES
+    directory = runtime.plasma_dir
     if reserved:
-        runtime.request("reserve", object_id, size)     # raises ObjectStoreFullError
-    path = os.path.join(runtime.plasma_dir, shm.object_file_name(runtime.session_name, object_id))
+        # Raises ObjectStoreFullError; ON_DISK: too big for memory, straight to disk.
+        if runtime.request("reserve", object_id, size) == ON_DISK:
+            directory = runtime.spill_dir
+    path = os.path.join(directory, shm.object_file_name(runtime.session_name, object_id))
     try:
         size = shm.write_object(path, data.meta, data.buffers, is_error)
     except OSError as exc:
         if reserved:
             runtime.send_message(P.REQUEST, 0, "unreserve", (object_id,))
         raise ObjectStoreFullError(
-            f"could not write an object of {size} bytes to {runtime.plasma_dir}: {exc}. "
-            f"Free space there (drop ObjectRefs you no longer need), or start zray with a "
-            f"smaller object_store_memory or another plasma_directory") from exc
+            f"could not write an object of {size} bytes to {path}: {exc}. Free space in "
+            f"{directory} (drop ObjectRefs you no longer need), or start zray with a "
+            f"smaller object_store_memory, another plasma_directory or another "
+            f"object_spilling_directory") from exc
     return (object_id, P.SHM, 0, (path, size), data.contained, is_error)
 
 

@@ -8,7 +8,8 @@
 The node looks up ``request_<op>`` here after its own methods. Ops:
 
 - ``reserve`` / ``unreserve``: admit a large object before it is written
-  (spilling to make room), or give the room back when the write failed.
+  (spilling to make room; the answer says memory or disk), or give the room
+  back when the write failed.
 - ``store_stats``: the table's counters (bytes in memory, spilled, created).
 - ``memory``: one row per object with who holds it (``zray memory``).
 - ``register_serializer``: a driver's ``register_custom_serializer``; kept
@@ -24,8 +25,7 @@ class ObjectStoreRequests:
         self.serializers = []       # (blob, sys_path) in registration order
 
     def request_reserve(self, client, object_id, size):
-        self.node.objects.reserve(object_id, size, owner=client.identity)
-        return True
+        return self.node.objects.reserve(object_id, size, owner=client.identity)
 
     def request_unreserve(self, _client, object_id):
         self.node.objects.release_reservation(object_id)

@@ -2,7 +2,7 @@
 
 Connects to a node as a ``tool`` client (``cluster.NodeClient``), asks for
 ``store_stats`` and ``memory``, and formats the answer:
-one row per object with its size, where it lives (shm, spilled, inline,
+one row per object with its size, where it lives (shm, spilling, spilled, inline,
 pending) and who holds a reference to it.
 """
 import time

@@ -141,12 +141,13 @@ def parse(mapping):
     return meta, buffers, is_error
 
 
-def spill_file(path, spill_dir):
-    """Move an object file into ``spill_dir``; return its new path.
+def copy_to_spill(path, spill_dir):
+    """Copy an object file into ``spill_dir``; return the copy's path.
 
-    Copy under a temporary name, rename into place, then unlink the
-    original, so a reader always finds one complete file. Raises OSError
-    (disk full, not writable) with nothing left behind.
+    Copies under a temporary name and renames into place, so a reader always
+    finds one complete file; the caller unlinks the original once it has
+    recorded the new place. Raises OSError (disk full, not writable) with
+    nothing left behind.
     """
     target = os.path.join(spill_dir, os.path.basename(path))
     partial = target + ".partial"
@@ -158,8 +159,13 @@ def spill_file(path, spill_dir):
     except BaseException:
         unlink_quietly(partial)
         raise
-    unlink_quietly(path)
     return target
+
+
+def free_bytes(directory):
+    """Bytes an unprivileged writer can still put under ``directory``."""
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
 
 
 def _copy_file(src_fd, dst_fd):

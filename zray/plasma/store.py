@@ -13,25 +13,38 @@ nothing to "evict": an unreferenced object is already gone.
 
 Capacity: shared-memory bytes are summed against ``capacity_bytes``. A
 writer of a large object first *reserves* its size; to make room the oldest
-sealed objects are moved to the spill directory, from where readers map them
-the same way (the page cache serves them; nothing is copied back). If room
-cannot be made (the object is bigger than the store, or the spill directory
-cannot take a file) the reservation fails with ``ObjectStoreFullError``
-naming the sizes. Small objects are admitted without asking and accounted
-when sealed, so the store may run over by the small objects in flight.
+sealed objects are copied to the spill directory by a background thread
+(``spiller``) while readers go on mapping the shared-memory file; the loop
+applies each finished copy (``finish_spills``, called when ``spill_done_fd``
+is readable) and unlinks the original. Bytes being spilled count as free, so
+shared memory may run over by the copies in flight. An object that cannot be
+given room in memory (larger than the store, or everything else is reserved)
+is written straight to the spill directory instead (fallback allocation, as
+Ray): ``reserve`` says where. Only when the disk cannot take it either does
+the reservation fail with ``ObjectStoreFullError`` naming the sizes and
+paths. Small objects are admitted without asking and accounted when sealed,
+so the store may also run over by the small objects in flight.
 """
 import logging
+import os
 import time
 from collections import OrderedDict
 
 from ..exceptions import ObjectStoreFullError
 from ..transport.protocol import INLINE, SHM
 from . import shm
+from .spiller import Spiller
 
 log = logging.getLogger("zray.store")
 
 PENDING = 0
 READY = 1
+
+# Where a reserved object is to be written (``reserve``'s answer).
+IN_MEMORY = "memory"
+ON_DISK = "disk"
+
+SPILL_RETRY_S = 1.0       # after a failed copy, write to disk rather than retry at once
 
 
 class ObjectEntry:
@@ -73,7 +86,12 @@ class ObjectTable:
         self.created_objects = 0        # shared-memory objects ever sealed
         self.created_bytes = 0
         self.spill_failure = None       # last reason spilling failed, for status
+        self.spill_failed_at = -SPILL_RETRY_S
         self.in_memory = OrderedDict()  # shm objects, oldest first, for spilling
+        self.spilling = {}              # object_id -> entry whose copy is in flight
+        self.spilling_bytes = 0
+        self.disk_reserved_bytes = 0    # admitted straight to the spill directory
+        self.spiller = Spiller()
 
     # -- lifecycle ----------------------------------------------------------
     def expect(self, object_id):
@@ -84,39 +102,52 @@ class ObjectTable:
         return entry
 
     def reserve(self, object_id, size, owner=None):
-        """Admit a shared-memory object of ``size`` bytes before it is written.
+        """Admit an object of ``size`` bytes before it is written; return where
+        to write it: IN_MEMORY (plasma directory) or ON_DISK (spill directory).
 
-        Spills the oldest objects to make room; raises ObjectStoreFullError
-        (with the sizes) when no room can be made.
+        Starts spilling the oldest objects to make room in memory; falls back
+        to the disk when memory cannot hold it; raises ObjectStoreFullError
+        (with sizes and paths) when neither can.
         """
-        if size > self.capacity_bytes:
-            raise ObjectStoreFullError(
-                f"an object of {format_bytes(size)} is larger than the whole object store "
-                f"({format_bytes(self.capacity_bytes)}). Start zray with "
-                f"object_store_memory of at least {format_bytes(size)}, or store the data "
-                f"in smaller pieces")
         self.release_reservation(object_id)      # a retried writer reserves again
-        reason = self._make_room(size)
-        if reason is not None:
+        if size > self.capacity_bytes:
+            why_not_memory = (f"it is larger than the whole object store "
+                              f"({format_bytes(self.capacity_bytes)})")
+        else:
+            why_not_memory = self._make_room(size)
+            if why_not_memory is None:
+                self.reserved[object_id] = (size, owner, IN_MEMORY)
+                self.reserved_bytes += size
+                return IN_MEMORY
+        why_not_disk = self._disk_problem(size)
+        if why_not_disk is not None:
             raise ObjectStoreFullError(
                 f"the object store cannot take an object of {format_bytes(size)}: "
                 f"{format_bytes(self.shm_bytes)} of its {format_bytes(self.capacity_bytes)} "
                 f"hold {len(self.in_memory)} objects that are still referenced "
                 f"({format_bytes(self.reserved_bytes)} more is being written, "
-                f"{format_bytes(self.spilled_bytes)} already spilled to disk), and {reason}. "
-                f"Drop ObjectRefs you no longer need, free disk space under {self.spill_dir}, "
-                f"or start zray with a larger object_store_memory")
-        self.reserved[object_id] = (size, owner)
-        self.reserved_bytes += size
+                f"{format_bytes(self.spilled_bytes)} already spilled to disk); in memory "
+                f"not, because {why_not_memory}; on disk not, because {why_not_disk}. "
+                f"Drop ObjectRefs you no longer need, free disk space under {self.spill_dir} "
+                f"(or pick another object_spilling_directory), or start zray with a larger "
+                f"object_store_memory")
+        log.info("object %s (%s) goes straight to %s: %s", object_id.hex(),
+                 format_bytes(size), self.spill_dir, why_not_memory)
+        self.reserved[object_id] = (size, owner, ON_DISK)
+        self.disk_reserved_bytes += size
+        return ON_DISK
 
     def release_reservation(self, object_id):
         reservation = self.reserved.pop(object_id, None)
         if reservation is not None:
-            self.reserved_bytes -= reservation[0]
+            if reservation[2] == ON_DISK:
+                self.disk_reserved_bytes -= reservation[0]
+            else:
+                self.reserved_bytes -= reservation[0]
 
     def release_reservations_of(self, owner):
         """A writer left before sealing: give back what it reserved."""
-        for object_id in [i for i, (_, o) in self.reserved.items() if o == owner]:
+        for object_id in [i for i, r in self.reserved.items() if r[1] == owner]:
             self.release_reservation(object_id)
 
     def seal(self, header, frames):
@@ -140,7 +171,14 @@ class ObjectTable:
         entry.contained = tuple(contained)
         for inner in entry.contained:
             self.add_ref(inner)
-        if kind == SHM:
+        if kind == SHM and self._on_disk(location[0]):
+            entry.size = location[1]         # written straight to disk (fallback)
+            entry.spilled = True
+            self.spilled_bytes += entry.size
+            self.spilled_objects += 1
+            self.created_objects += 1
+            self.created_bytes += entry.size
+        elif kind == SHM:
             entry.size = location[1]
             self.shm_bytes += entry.size
             self.created_objects += 1
@@ -175,6 +213,8 @@ class ObjectTable:
         if entry.state == READY:
             if entry.kind == SHM:
                 self.in_memory.pop(entry.object_id, None)
+                if self.spilling.pop(entry.object_id, None) is not None:
+                    self.spilling_bytes -= entry.size    # its copy is unlinked when done
                 if entry.spilled:
                     self.spilled_bytes -= entry.size
                     self.spilled_objects -= 1
@@ -195,36 +235,86 @@ class ObjectTable:
 
     # -- capacity -----------------------------------------------------------
     def _make_room(self, size):
-        """Spill oldest-first until ``size`` more bytes fit; None, or why not."""
-        while self.shm_bytes + self.reserved_bytes + size > self.capacity_bytes:
+        """Start spilling oldest-first until ``size`` more bytes fit; None, or why not."""
+        while (self.shm_bytes - self.spilling_bytes + self.reserved_bytes + size
+               > self.capacity_bytes):
             if not self.in_memory:
                 return ("nothing is left to spill (the rest is reserved by objects "
                         "being written)")
+            if time.monotonic() - self.spill_failed_at < SPILL_RETRY_S:
+                return self.spill_failure
             victim = next(iter(self.in_memory.values()))
-            try:
-                self._spill(victim)
-            except OSError as exc:
-                return (f"spilling the oldest object ({format_bytes(victim.size)}) to "
-                        f"{self.spill_dir} failed: {exc}")
+            problem = self._disk_problem(victim.size)
+            if problem is not None:
+                self._spill_failed(f"spilling the oldest object ({format_bytes(victim.size)}) "
+                                   f"to {self.spill_dir} failed: {problem}")
+                return self.spill_failure
+            del self.in_memory[victim.object_id]
+            self.spilling[victim.object_id] = victim
+            self.spilling_bytes += victim.size
+            self.spiller.start(victim.object_id, victim.location[0], self.spill_dir)
         return None
 
-    def _spill(self, entry):
-        path, size = entry.location
-        target = shm.spill_file(path, self.spill_dir)
-        del self.in_memory[entry.object_id]
-        entry.location = (target, size)
-        entry.spilled = True
-        self.shm_bytes -= size
-        self.spilled_bytes += size
-        self.spilled_objects += 1
-        log.info("spilled object %s (%s) to %s", entry.object_id.hex(), format_bytes(size),
-                 target)
+    def _disk_problem(self, size):
+        """Why the spill directory cannot take ``size`` more bytes now, or None."""
+        try:
+            os.makedirs(self.spill_dir, exist_ok=True)
+            free = shm.free_bytes(self.spill_dir)
+        except OSError as exc:
+            return f"the spill directory {self.spill_dir} cannot be used ({exc})"
+        needed = size + self.disk_reserved_bytes + self.spilling_bytes
+        if free < needed:
+            return (f"{self.spill_dir} has {format_bytes(free)} free and "
+                    f"{format_bytes(needed)} would go there")
+        return None
+
+    def _on_disk(self, path):
+        return os.path.dirname(path) == self.spill_dir
+
+    def _spill_failed(self, reason):
+        if reason != self.spill_failure:
+            log.error("%s", reason)
+        self.spill_failure = reason
+        self.spill_failed_at = time.monotonic()
+
+    @property
+    def spill_done_fd(self):
+        """Readable when copies to the spill directory have finished: call
+        ``finish_spills`` then (the node polls it with its sockets)."""
+        return self.spiller.done_fd
+
+    def finish_spills(self, wait=False):
+        """Apply finished copies (all in flight, if ``wait``)."""
+        for object_id, path, target, error in self.spiller.finished(wait):
+            entry = self.spilling.pop(object_id, None)
+            if entry is None or entry.location[0] != path:
+                if target is not None:
+                    shm.unlink_quietly(target)    # freed while it was being copied
+                continue
+            self.spilling_bytes -= entry.size
+            if error is not None:
+                self._spill_failed(f"spilling object {object_id.hex()} "
+                                   f"({format_bytes(entry.size)}) to {self.spill_dir} failed: "
+                                   f"{error}; it stays in memory")
+                self.in_memory[object_id] = entry
+                self.in_memory.move_to_end(object_id, last=False)
+                continue
+            entry.location = (target, entry.size)
+            entry.spilled = True
+            shm.unlink_quietly(path)      # readers that mapped it keep their view
+            self.shm_bytes -= entry.size
+            self.spilled_bytes += entry.size
+            self.spilled_objects += 1
+            self.spill_failure = None
+            log.info("spilled object %s (%s) to %s", object_id.hex(),
+                     format_bytes(entry.size), target)
 
     # -- reporting ----------------------------------------------------------
     def stats(self):
         return {"objects": len(self.entries), "shm_bytes": self.shm_bytes,
                 "shm_objects": len(self.in_memory), "reserved_bytes": self.reserved_bytes,
                 "spilled_bytes": self.spilled_bytes, "spilled_objects": self.spilled_objects,
+                "spilling_bytes": self.spilling_bytes,
                 "inline_bytes": self.inline_bytes, "capacity_bytes": self.capacity_bytes,
                 "created_objects": self.created_objects, "created_bytes": self.created_bytes,
                 "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
@@ -239,7 +329,8 @@ class ObjectTable:
         rows = []
         for entry in self.entries.values():
             where = "pending" if entry.state == PENDING else (
-                "spilled" if entry.spilled else ("shm" if entry.kind == SHM else "inline"))
+                "spilled" if entry.spilled else "spilling" if entry.object_id in self.spilling
+                else ("shm" if entry.kind == SHM else "inline"))
             named = list(holders.get(entry.object_id, ()))
             named += [f"object {outer.hex()[:16]}" for outer in contained_in.get(entry.object_id, ())]
             others = entry.refcount - len(named)
@@ -253,6 +344,9 @@ class ObjectTable:
         return rows
 
     def unlink_all(self):
+        for _, _, target, _ in self.spiller.close():
+            if target is not None:
+                shm.unlink_quietly(target)      # copies in flight are nobody's now
         for entry in list(self.entries.values()):
             if entry.kind == SHM and entry.state == READY:
                 shm.unlink_quietly(entry.location[0])

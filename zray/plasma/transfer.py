@@ -36,6 +36,7 @@ from ..serialization import serialize
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
 from . import shm
+from .store import ON_DISK
 
 log = logging.getLogger("zray.transfer")
 
@@ -104,8 +105,9 @@ class Transfers:
                             shm.object_file_name(self.node.session_name, object_id))
         try:
             reserve = getattr(self.node.objects, "reserve", None)
-            if reserve is not None:
-                reserve(object_id, size)     # makes room by spilling, or raises
+            # Makes room by spilling, or says to write to disk, or raises.
+            if reserve is not None and reserve(object_id, size) == ON_DISK:
+                path = os.path.join(self.node.objects.spill_dir, os.path.basename(path))
             try:
                 os.unlink(path)              # a copy a dead transfer left behind
             except FileNotFoundError:

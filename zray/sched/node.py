@@ -77,7 +77,8 @@ class NodeDaemon(NodeRequests):
         self.resources = R.NodeResources(totals, config.get("gpu_ids"))
         self.scheduler = Scheduler(self.resources)
         self.objects = ObjectTable(config["object_store_memory"],
-                                   os.path.join(self.session_dir, "spill"))
+                                   config.get("spill_dir")
+                                   or os.path.join(self.session_dir, "spill"))
         self.store_requests = ObjectStoreRequests(self)
         cpus = max(1, -(-self.resources.totals.get("CPU", 0) // R.UNIT))
         # Start at most as many workers at once as there are cores (as Ray's
@@ -94,6 +95,8 @@ class NodeDaemon(NodeRequests):
             from ..kv.client import KvClient
             self.kv = KvClient(config["kv_address"], self.password, self.context)
         self.watched = {}              # extra sockets polled by the loop -> callback
+        # Spill copies run in a thread; the loop applies them when they finish.
+        self.watched[self.objects.spill_done_fd] = self.objects.finish_spills
         self.peers = None              # other nodes of a multi-node cluster (peers.py)
         if self.tcp_address and self.kv is not None:
             from .peers import Peers
@@ -637,7 +640,8 @@ class NodeDaemon(NodeRequests):
         self.router.close(0)
         if self.orphaned and self.config.get("remove_session_dir_on_orphan"):
             from ..session import remove_session_files
-            remove_session_files(self.session_dir, self.config["plasma_dir"], self.session_name)
+            remove_session_files(self.session_dir, self.config["plasma_dir"], self.session_name,
+                                 self.config.get("spill_dir"))
 
 
 def _pid_alive(pid):
