@@ -13,6 +13,10 @@
 - Reference counts are per process: the node hears ADD_REF when a borrowed
   ref first appears here and REMOVE_REF when the last local one dies, in
   order with everything else this process sends.
+- A driver watches its connection (ZeroMQ heartbeats and a socket monitor,
+  read by the I/O thread): once the node has been unreachable for
+  NODE_LOST_GRACE_S, waiting calls and new submissions raise instead of
+  waiting forever. Nothing is added to the hot path but one flag test.
 """
 import itertools
 import logging
@@ -24,6 +28,7 @@ import weakref
 from collections import deque
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError
 from ..plasma import client as object_store
@@ -39,6 +44,11 @@ RELEASE_BATCH = 512
 API_GRACE_S = 0.005
 EVENT_FLUSH_S = 0.5
 ERROR_PRINT_DELAY_S = 0.5
+# A driver's node is gone when its connection has been down this long (a
+# killed process closes its sockets at once; a dead machine misses heartbeats).
+NODE_LOST_GRACE_S = 2.0
+HEARTBEAT_IVL_MS = 1000
+HEARTBEAT_TIMEOUT_MS = 3000
 
 
 class Runtime:
@@ -53,6 +63,14 @@ class Runtime:
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.identity = identity or b"d" + os.urandom(7)
         self.socket.setsockopt(zmq.IDENTITY, self.identity)
+        self.monitor = None         # drivers: connection events, read by the I/O thread
+        if kind == "driver":
+            self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
+            self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            self.monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED
+                                                          | zmq.EVENT_DISCONNECTED)
+        self.disconnected_at = None
+        self.node_lost = None       # why the node is unreachable, once it is
         self.socket.connect(node_address)
         self.node_address = node_address
         self.node_info = self._handshake(password, connect_timeout_s)
@@ -125,6 +143,8 @@ class Runtime:
     # only polls while no API call is active (plus a short grace period, so a
     # tight loop of calls keeps the socket to itself).
     def send(self, frames):
+        if self.node_lost:
+            raise RaySystemError(self.node_lost)
         if self.drops or self.borrowed:
             # Ref changes made before this message go out before it (program
             # order): a put after `del ref` finds the room already freed.
@@ -212,6 +232,8 @@ class Runtime:
 
     def _check_node_alive(self):
         """Never wait forever on a node that is gone."""
+        if self.node_lost:
+            raise RaySystemError(self.node_lost)
         if self.node_alive is not None and not self.node_alive():
             raise RaySystemError(
                 f"the zray node daemon at {self.node_address} has died, so this call can never "
@@ -250,6 +272,8 @@ class Runtime:
                     self._print_unretrieved_errors(now)
                     if self.watch is not None and self.watch.gone():
                         os._exit(1)
+                if self.monitor is not None and not self.node_lost:
+                    self._watch_connection(now)
             with self.sock_lock:
                 self._flush_events_now_locked()
                 self._pump(0)
@@ -257,6 +281,27 @@ class Runtime:
             pass
         except Exception:
             log.exception("zray I/O thread failed")
+
+    def _watch_connection(self, now):
+        """I/O thread: note connection drops; past the grace, the node is lost."""
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                break
+            if event == zmq.EVENT_DISCONNECTED:
+                self.disconnected_at = self.disconnected_at or now
+            elif event == zmq.EVENT_CONNECTED:
+                self.disconnected_at = None
+        if self.disconnected_at is not None and now - self.disconnected_at >= NODE_LOST_GRACE_S:
+            self.node_lost = (
+                f"lost the connection to the zray node at {self.node_address} "
+                f"{now - self.disconnected_at:.1f} s ago and it did not come back: the node "
+                f"died (or its machine is unreachable), so this call can never finish. Its "
+                f"log is in {self.node_info.get('session_dir')}/logs/node.log on that "
+                f"machine; `zray status` shows the cluster")
+            with self.cond:
+                self.cond.notify_all()
 
     def _flush_outbox(self):
         outbox = self.outbox
@@ -520,7 +565,10 @@ class Runtime:
     def close(self):
         if self.closing:
             return
-        self.send_message(P.BYE)
+        try:
+            self.send_message(P.BYE)
+        except RaySystemError:
+            pass                    # the node is gone: nobody to say goodbye to
         self.closing = True
         with self.api_lock:
             self.api_lock.notify_all()
@@ -530,6 +578,9 @@ class Runtime:
             self.kv.close()
         with self.cond:
             self.cond.notify_all()
+        if self.monitor is not None:
+            self.socket.disable_monitor()
+            self.monitor.close(0)
         # A short linger: a worker's last DONE must reach the node even as it exits.
         self.socket.close(linger=500)
         self.context.term()
