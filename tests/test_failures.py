@@ -103,3 +103,19 @@ def test_worker_logs_are_written_to_session_dir(ray_shared):
         time.sleep(0.1)
     raise AssertionError(f"{log_path} does not hold the worker's output")
 
+
+@pytest.mark.parametrize("count", [40, pytest.param(300, marks=pytest.mark.slow)])
+def test_max_calls_workers_never_rerun_or_crash(ray_shared, tmp_path, count):
+    # Each worker sends DONE and leaves: its exit must never be taken for a
+    # crash (a retry would append a second line, a failure would raise).
+    path = str(tmp_path / "ran")
+
+    @ray.remote(max_calls=1)
+    def once(path, i):
+        with open(path, "a") as f:
+            f.write(f"{i}\n")
+        return i
+
+    assert ray.get([once.remote(path, i) for i in range(count)], timeout=300) == list(range(count))
+    with open(path) as f:
+        assert sorted(int(line) for line in f.read().split()) == list(range(count))

@@ -41,7 +41,7 @@ class Worker:
         self.calls = {}              # function_id -> calls run here
         self.actor = None
         self.actor_executor = None   # thread pool or event loop for concurrent actors
-        self.stopping = False        # the actor called exit_actor(): run nothing more
+        self.stopping = False        # leaving (exit_actor, max_calls): run nothing more, wait for EXIT
         self.resource_ids = {}
         self.current_task = threading.local()
 
@@ -58,11 +58,10 @@ class Worker:
             if spec.kind == P.ACTOR_METHOD and self.actor_executor is not None:
                 self.actor_executor.submit(fields, frames)
             elif self.execute(fields, frames):
-                if spec.kind == P.TASK:
-                    break
-                # An actor leaving (exit_actor, __init__ raised) waits for the
-                # node's EXIT: its DONE is then surely handled before the node
-                # sees the process go.
+                # Leaving (max_calls, exit_actor, __init__ raised): wait for the
+                # node's EXIT, its answer to our DONE, so the DONE is surely
+                # handled before the node sees the process go (else it would
+                # take the exit for a crash and run the task again).
                 self.stopping = True
         if self.actor_executor is not None:
             # EXIT (last handle dropped): calls already here still run.

@@ -408,6 +408,8 @@ class NodeDaemon(NodeRequests):
         if worker is not None:
             worker.task = None
             if exiting or worker.exiting:
+                if exiting and not worker.exiting:
+                    self.send(worker.worker_id, P.EXIT)    # DONE handled: it may go now
                 worker.exiting = True
                 worker.state = BUSY      # leaving; reaped when it exits
             else:
