@@ -17,10 +17,15 @@
   read by the I/O thread): once the node has been unreachable for
   NODE_LOST_GRACE_S, waiting calls and new submissions raise instead of
   waiting forever. Nothing is added to the hot path but one flag test.
+- A driver's Ctrl-C never lands halfway through moving a message between
+  the socket and the tables (a result received but not recorded, a request
+  dequeued but not sent): while the main thread is in such a section, SIGINT
+  is held and delivered right after it (``_critical``).
 """
 import itertools
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -115,6 +120,13 @@ class Runtime:
         self.closing = False
         self.node_alive = None      # set by whoever started the node: () -> bool
         self.next_node_check = 0.0
+        self.main_ident = threading.main_thread().ident
+        self.main_critical = 0      # depth of the main thread's critical sections
+        self.sigint_held = None     # the frame of a SIGINT held until they end
+        self.previous_sigint = None
+        if kind == "driver" and threading.get_ident() == self.main_ident:
+            self.previous_sigint = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._on_sigint)
         self.io_thread = threading.Thread(target=self._io_loop, name="zray-io", daemon=True)
         self.io_thread.start()
         ship_registrations(self)    # custom serializers registered before init
@@ -145,18 +157,19 @@ class Runtime:
     def send(self, frames):
         if self.node_lost:
             raise RaySystemError(self.node_lost)
-        if self.drops or self.borrowed:
-            # Ref changes made before this message go out before it (program
-            # order): a put after `del ref` finds the room already freed.
-            self._flush_refs()
-        self.outbox.append(frames)
-        if self.sock_lock.acquire(blocking=False):
-            try:
-                self._pump(0)
-            finally:
-                self.sock_lock.release()
-        else:
-            self._wake()        # the holder flushes the outbox when its poll returns
+        with _Critical(self):
+            if self.drops or self.borrowed:
+                # Ref changes made before this message go out before it (program
+                # order): a put after `del ref` finds the room already freed.
+                self._flush_refs()
+            self.outbox.append(frames)
+            if self.sock_lock.acquire(blocking=False):
+                try:
+                    self._pump_now(0)
+                finally:
+                    self.sock_lock.release()
+            else:
+                self._wake()    # the holder flushes the outbox when its poll returns
 
     def send_message(self, msg_type, *fields, frames=()):
         self.send(P.pack(msg_type, *fields) + list(frames))
@@ -173,8 +186,35 @@ class Runtime:
             except OSError:
                 pass
 
+    # == Ctrl-C ===============================================================
+    def _on_sigint(self, signum, frame):
+        if self.main_critical:
+            self.sigint_held = frame or True
+        else:
+            self._deliver_sigint(frame)
+
+    def _deliver_sigint(self, frame):
+        previous = self.previous_sigint
+        if callable(previous):
+            previous(signal.SIGINT, frame)
+        elif previous == signal.SIG_DFL:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    def _critical(self):
+        """``with self._critical():`` a section SIGINT must not split."""
+        return _Critical(self)
+
     def _pump(self, timeout_ms):
         """Flush, wait up to timeout_ms for input, dispatch it. Needs sock_lock."""
+        if threading.get_ident() != self.main_ident:
+            return self._pump_now(timeout_ms)
+        with _Critical(self):
+            self._pump_now(timeout_ms)
+
+    def _pump_now(self, timeout_ms):
         self._flush_refs()
         self._flush_outbox()
         if timeout_ms:
@@ -210,11 +250,14 @@ class Runtime:
                     self.next_node_check = now + 1.0
                     self._check_node_alive()
                 slice_ms = 50 if remaining is None else max(1, min(50, int(remaining * 1000)))
-                if self.sock_lock.acquire(timeout=0.002):
-                    try:
-                        self._pump(slice_ms)
-                    finally:
-                        self.sock_lock.release()
+                with _Critical(self):   # SIGINT must not leave the lock taken
+                    pumped = self.sock_lock.acquire(timeout=0.002)
+                    if pumped:
+                        try:
+                            self._pump_now(slice_ms)
+                        finally:
+                            self.sock_lock.release()
+                if pumped:
                     with self.cond:
                         self.cond.notify_all()
                 else:
@@ -460,11 +503,13 @@ class Runtime:
             ready = {i for i in object_ids if i in self.objects}
             if len(ready) >= num_returns:
                 return ready
-            ask = [i for i in object_ids
-                   if i not in ready and i not in self.owned_pending and i not in self.requested]
-            self.requested.update(ask)
-        if ask:
-            self.send_message(P.SUBSCRIBE, ask)
+        with self._critical():      # asked for means SUBSCRIBE sent: never one alone
+            with self.cond:
+                ask = [i for i in object_ids if i not in ready and i not in self.owned_pending
+                       and i not in self.requested]
+                self.requested.update(ask)
+            if ask:
+                self.send_message(P.SUBSCRIBE, ask)
         blocked = in_task
         if blocked:
             self.send_message(P.BLOCKED)
@@ -562,6 +607,16 @@ class Runtime:
             self._enqueue(P.EVENTS, events)
 
     # == stop =================================================================
+    def _restore_sigint(self):
+        if self.previous_sigint is None:
+            return
+        try:
+            if signal.getsignal(signal.SIGINT) == self._on_sigint:   # nobody replaced ours
+                signal.signal(signal.SIGINT, self.previous_sigint)
+        except ValueError:
+            pass                    # not the main thread: it goes with the process
+        self.previous_sigint = None
+
     def close(self):
         if self.closing:
             return
@@ -581,11 +636,33 @@ class Runtime:
         if self.monitor is not None:
             self.socket.disable_monitor()
             self.monitor.close(0)
+        self._restore_sigint()
         # A short linger: a worker's last DONE must reach the node even as it exits.
         self.socket.close(linger=500)
         self.context.term()
         os.close(self.wake_r)
         os.close(self.wake_w)
+
+
+class _Critical:
+    """Holds SIGINT while the main thread is inside; delivers it on the way out."""
+    __slots__ = ("runtime", "main")
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.main = threading.get_ident() == runtime.main_ident
+
+    def __enter__(self):
+        if self.main:
+            self.runtime.main_critical += 1
+
+    def __exit__(self, *_exc):
+        if self.main:
+            runtime = self.runtime
+            runtime.main_critical -= 1
+            if not runtime.main_critical and runtime.sigint_held is not None:
+                frame, runtime.sigint_held = runtime.sigint_held, None
+                runtime._deliver_sigint(None if frame is True else frame)
 
 
 class _Raise:
