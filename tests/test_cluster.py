@@ -200,6 +200,33 @@ def test_errors_of_remote_tasks_reach_the_driver(driver):
     assert "on node c" in str(info.value)
 
 
+class Thermometer:
+    """Does not pickle, even with dill (a generator): only a custom
+    serializer moves it."""
+
+    def __init__(self, degrees):
+        self.degrees = degrees
+        self.readings = (degrees for _ in range(1))
+
+
+def test_custom_serializers_reach_workers_on_every_node(driver):
+    ray.register_custom_serializer(Thermometer, serializer=lambda t: t.degrees,
+                                   deserializer=Thermometer)
+
+    def made_on(resource):
+        @ray.remote(resources={resource: 1})
+        def make(degrees):
+            return Thermometer(degrees), here()
+        return make
+
+    nodes = set()
+    for degrees, resource in enumerate(["head_only", "node_b", "node_c"]):
+        thermometer, node = ray.get(made_on(resource).remote(degrees), timeout=60)
+        assert type(thermometer) is Thermometer and thermometer.degrees == degrees
+        nodes.add(node)
+    assert len(nodes) == 3
+
+
 def test_task_needing_an_absent_resource_waits_and_status_shows_it(driver, cluster):
     from cluster_util import zray
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import zray as ray
+from conftest import run_script
 from zray.exceptions import GetTimeoutError, RayTimeoutError
 
 
@@ -190,3 +191,167 @@ def test_small_and_large_arrays_from_get_are_read_only(ray_shared):
     strided = np.arange(12).reshape(3, 4)[:, ::2]
     got = ray.get(ray.put(strided))
     assert np.array_equal(got, strided) and not got.flags.writeable
+
+
+# == classes from __main__ and function bodies keep their identity ==============
+MAIN_CLASSES = """
+import dataclasses
+import zray as ray
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+@dataclasses.dataclass
+class Pair:
+    a: int
+    b: str
+
+class MyError(Exception):
+    pass
+
+@ray.remote
+def make(x):
+    return Point(x), Pair(x, "b")
+
+@ray.remote
+def check(point, pair):
+    return isinstance(point, Point) and pair == Pair(1, "b")
+
+@ray.remote
+def fail():
+    raise MyError("from the task")
+
+ray.init(num_cpus=1)
+assert isinstance(ray.get(ray.put(Point(4))), Point)
+assert ray.get(ray.put(Pair(1, "b"))) == Pair(1, "b")
+point, pair = ray.get(make.remote(2))
+assert type(point) is Point and pair == Pair(2, "b"), (type(point), pair)
+assert ray.get(check.remote(Point(1), Pair(1, "b")))
+assert ray.get(check.remote(ray.put(Point(1)), ray.put(Pair(1, "b"))))
+try:
+    ray.get(fail.remote())
+except MyError as exc:
+    assert isinstance(exc, ray.exceptions.RayTaskError) and "from the task" in str(exc)
+    print("CAUGHT")
+ray.shutdown()
+"""
+
+
+def test_main_classes_come_back_as_the_drivers_own():
+    result = run_script(MAIN_CLASSES, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "CAUGHT" in result.stdout
+
+
+def test_function_local_classes_come_back_as_the_callers_own(ray_shared):
+    class Local:
+        def __init__(self, value):
+            self.value = value
+
+    class LocalError(ValueError):
+        pass
+
+    @ray.remote
+    def roundtrip(obj):
+        assert type(obj).__name__ == "Local"
+        return Local(obj.value + 1)
+
+    @ray.remote
+    def fails():
+        raise LocalError("local")
+
+    assert type(ray.get(ray.put(Local(1)))) is Local
+    assert type(ray.get(roundtrip.remote(Local(1)))) is Local
+    with pytest.raises(LocalError, match="local"):
+        ray.get(fails.remote())
+
+
+def test_put_of_a_local_class_whose_method_closes_over_its_instance(ray_shared):
+    class Foo:
+        def __init__(self):
+            self.val = ray.put(0)
+
+        def method(self):
+            return f          # the enclosing variable: the instance itself
+
+    f = Foo()
+    back = ray.get(ray.put(f))
+    assert type(back) is Foo and ray.get(back.val) == 0
+
+
+# == refs captured by code are counted ==========================================
+CAPTURED_REF = """
+import numpy as np
+import zray as ray
+
+ray.init(num_cpus=1)
+ref = ray.put(np.arange(100_000))
+
+@ray.remote
+def total():
+    return int(ray.get(ref).sum())
+
+out = total.remote()
+del ref                 # the task's code still holds it
+print("TOTAL", ray.get(out, timeout=60))
+print("AGAIN", ray.get(total.remote(), timeout=60))
+ray.shutdown()
+"""
+
+
+def test_ref_captured_by_a_remote_function_outlives_the_callers_ref():
+    result = run_script(CAPTURED_REF, timeout=120)
+    assert result.returncode == 0, result.stderr
+    expected = sum(range(100_000))
+    assert f"TOTAL {expected}" in result.stdout and f"AGAIN {expected}" in result.stdout
+
+
+def test_refs_captured_by_code_the_caller_dropped_are_counted(ray_shared):
+    import gc
+
+    def make():
+        table = ray.put({"k": "v"})
+
+        @ray.remote
+        class Reader:
+            def read(self):
+                return ray.get(table)["k"]
+
+        @ray.remote
+        def read():
+            return ray.get(table)["k"]
+        return Reader, read
+
+    # The classes, functions and the only ObjectRef die with these lines:
+    # what the tasks need is what their code holds.
+    reader = make()[0].remote()
+    out = make()[1].remote()
+    gc.collect()
+    assert ray.get(reader.read.remote(), timeout=60) == "v"
+    assert ray.get(out, timeout=60) == "v"
+
+
+# == custom serializers =========================================================
+class BadlySerialized:
+    def __init__(self, value):
+        self.value = value
+
+
+def _broken_serializer(obj):
+    raise RuntimeError("serializer broke")
+
+
+def test_a_raising_custom_serializer_raises_naming_the_class(ray_shared):
+    from zray.serialization import SerializationError
+    ray.register_custom_serializer(BadlySerialized, serializer=_broken_serializer,
+                                   deserializer=BadlySerialized)
+    with pytest.raises(SerializationError, match="BadlySerialized.*serializer broke"):
+        ray.put(BadlySerialized(1))
+
+    @ray.remote
+    def echo(x):
+        return x
+
+    with pytest.raises(SerializationError, match="BadlySerialized"):
+        echo.remote([BadlySerialized(2)])

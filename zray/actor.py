@@ -160,7 +160,7 @@ class ActorClass:
                  "hold_resources": explicit, "handle_meta": handle_meta,
                  "detached": options.get("lifetime") == "detached"}
         spec = make_spec(P.ACTOR_CREATE, new_task_id(), function_id, self._cls.__name__, 1,
-                         deps, contained, demand, n_arg_frames=len(frames), actor_id=actor_id,
+                         deps, contained + self._code.contained, demand, n_arg_frames=len(frames), actor_id=actor_id,
                          options=extra, returns=(actor_id,))
         ref = ObjectRef(actor_id, _runtime=runtime)
         runtime.expect_results([actor_id])

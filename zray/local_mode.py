@@ -5,13 +5,14 @@ The same API, no processes: a task runs at ``.remote()`` time, its result
 debugger and pdb.
 """
 import asyncio
-import copy
 import inspect
 import os
 import traceback
+import weakref
 
 from .exceptions import RayActorError, RayTaskError
 from .object_ref import ObjectRef
+from .serialization import deserialize, serialize
 
 
 class LocalRuntime:
@@ -34,7 +35,7 @@ class LocalRuntime:
 
     def put(self, value):
         # Objects are immutable: the caller may change its copy afterwards.
-        return self.store("ok", copy.deepcopy(value))
+        return self.store("ok", through_store(value))
 
     def get(self, object_ids):
         out = []
@@ -53,6 +54,13 @@ class LocalRuntime:
         return handle
 
 
+def through_store(value):
+    """``value`` as a task or ``ray.get`` would see it on a cluster: written
+    and read back, so custom serializers run and arrays come back read-only."""
+    data = serialize(value)
+    return deserialize(data.meta, [bytes(b) for b in data.buffers])
+
+
 def _runtime():
     from . import api
     return api._runtime()
@@ -62,7 +70,7 @@ def _resolve(args, kwargs):
     runtime = _runtime()
 
     def value(v):
-        return runtime.get([v.id])[0] if isinstance(v, ObjectRef) else v
+        return runtime.get([v.id])[0] if isinstance(v, ObjectRef) else through_store(v)
     return [value(a) for a in args], {k: value(v) for k, v in kwargs.items()}
 
 
@@ -80,6 +88,7 @@ def _results(name, call, n_returns):
                              f"{result!r}; return a tuple of {n_returns} values")
         else:
             values = list(result)
+        values = [through_store(v) for v in values]
     except RayActorError as exc:
         values, error = None, exc
     except Exception as exc:
@@ -117,8 +126,20 @@ class LocalActorHandle:
     def __repr__(self):
         return f"Actor({self._class_name}, {self._actor_id.hex()[:12]}, local mode)"
 
+    def __reduce__(self):
+        # A handle passed to a task stays the same actor, not a copy of it.
+        _handles[self._actor_id] = self
+        return _handle_by_id, (self._actor_id,)
+
     def _kill(self):
         self._dead = self._dead or "it was killed by ray.kill()"
+
+
+_handles = weakref.WeakValueDictionary()     # actor id -> handle, for pickling
+
+
+def _handle_by_id(actor_id):
+    return _handles[actor_id]
 
 
 def local_actor(cls, args, kwargs, handle_meta, options):

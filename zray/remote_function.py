@@ -63,7 +63,7 @@ class RemoteFunction:
         max_retries = options.get("max_retries")
         task_id = new_task_id()
         spec = make_spec(P.TASK, task_id, function_id, self._code.name, n_returns, deps,
-                         contained, demand,
+                         contained + self._code.contained, demand,
                          max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
                          max_calls=options.get("max_calls") or 0, n_arg_frames=len(frames))
         refs = [ObjectRef(object_id, _runtime=runtime) for object_id in spec.return_ids]

@@ -6,6 +6,10 @@
   and read back as views of that memory.
 - Code and classes that cannot be imported by name in another process
   (defined in ``__main__``, lambdas, closures) are pickled by value with dill.
+  A class pickled by value carries a tracking id: the process that loads
+  it again with an id it has seen (the driver that defined it, a worker that
+  met it before) gets the very same class back, so ``isinstance``, ``==`` of
+  dataclasses and ``except MyError:`` work on values that made a round trip.
 - ``ObjectRef``s met while pickling are collected, so the runtime knows which
   objects a serialized value keeps alive.
 - ``register_custom_serializer`` hooks in per class. A registration made in
@@ -17,10 +21,12 @@
 import functools
 import io
 import logging
+import os
 import pickle
 import sys
 import threading
 import types
+import weakref
 
 from .exceptions import RayError
 
@@ -69,6 +75,46 @@ def _load_by_value(blob):
     return dill.loads(blob)
 
 
+# Classes pickled by value, by tracking id, both ways; weak, so a class
+# nothing else uses can still go.
+_class_ids = weakref.WeakKeyDictionary()      # class -> tracking id
+_classes_by_id = weakref.WeakValueDictionary()  # tracking id -> class
+_tracking_lock = threading.Lock()
+
+
+def _tracking_id(cls):
+    with _tracking_lock:
+        class_id = _class_ids.get(cls)
+        if class_id is None:
+            class_id = _class_ids[cls] = os.urandom(16)
+            _classes_by_id[class_id] = cls
+        return class_id
+
+
+def _reduce_class_by_value(cls, contained):
+    return _load_class_by_value, (_tracking_id(cls), dumps_by_value(cls, contained, top=cls))
+
+
+def _load_class_by_value(class_id, blob):
+    """The class this process already knows under ``class_id``, else the one
+    ``blob`` holds (remembered under that id from now on)."""
+    with _tracking_lock:
+        known = _classes_by_id.get(class_id)
+    if known is not None:
+        return known
+    cls = loads_function(blob)
+    with _tracking_lock:
+        known = _classes_by_id.get(class_id)
+        if known is not None:       # another thread loaded it meanwhile
+            return known
+        try:
+            _class_ids[cls] = class_id
+            _classes_by_id[class_id] = cls
+        except TypeError:           # not weak-referenceable: cannot be tracked
+            pass
+    return cls
+
+
 def _take_buffer(buffers, pickle_buffer):
     if pickle_buffer.raw().nbytes < OUT_OF_BAND_MIN_BYTES:
         return True          # small: keep it in the stream
@@ -99,13 +145,20 @@ class _Pickler(pickle.Pickler):
             # The deserializer travels with the value, so a reader needs no
             # registration; writers in other processes get it shipped.
             serializer, deserializer = custom
-            return deserializer, (serializer(obj),)
+            try:
+                return deserializer, (serializer(obj),)
+            except Exception as exc:
+                raise SerializationError(
+                    f"the custom serializer registered for {cls.__qualname__} raised "
+                    f"{type(exc).__name__}: {exc}. Fix the serializer passed to "
+                    f"ray.register_custom_serializer({cls.__name__}, ...)") from exc
         hook = getattr(cls, "__zray_reduce__", None)
         if hook is not None:
             return hook(obj, self._contained)
-        if isinstance(obj, (types.FunctionType, type)) and _needs_value_pickling(obj):
-            import dill
-            return _load_by_value, (dill.dumps(obj, recurse=True),)
+        if isinstance(obj, type) and _needs_value_pickling(obj):
+            return _reduce_class_by_value(obj, self._contained)
+        if isinstance(obj, types.FunctionType) and _needs_value_pickling(obj):
+            return _load_by_value, (dumps_by_value(obj, self._contained),)
         return NotImplemented
 
 
@@ -159,6 +212,8 @@ def serialize(value):
     stream = io.BytesIO()
     try:
         _Pickler(stream, buffers, contained).dump(value)
+    except SerializationError:
+        raise                     # a custom serializer failed: never bypass it
     except Exception as exc:
         try:                      # dill copes with more (nested closures, ...)
             import dill
@@ -205,6 +260,19 @@ def _make_code_pickler():
     class CodePickler(dill.Pickler):
         dispatch = dill.Pickler.dispatch.copy()
 
+        def reducer_override(self, obj):
+            # ObjectRefs met inside code are collected: the code keeps them alive.
+            hook = getattr(type(obj), "__zray_reduce__", None)
+            if hook is not None:
+                return hook(obj, self.contained)
+            # Classes met inside code go with their tracking id (see
+            # _load_class_by_value), except those already being pickled
+            # further up (classes that refer to each other): dill inlines those.
+            if (isinstance(obj, type) and _needs_value_pickling(obj)
+                    and obj not in _classes_being_pickled()):
+                return _reduce_class_by_value(obj, self.contained)
+            return NotImplemented
+
     default_save_module = CodePickler.dispatch[types.ModuleType]
 
     def save_module(pickler, module):
@@ -216,15 +284,38 @@ def _make_code_pickler():
     return CodePickler
 
 
-def dumps_function(fn):
-    """Code is pickled with dill so closures and __main__ code travel."""
+def dumps_by_value(obj, contained, top=None):
+    """``obj`` (code or a class) pickled by value with dill; modules by name.
+    Classes inside go by tracking id, except ``top`` (the class ``obj``
+    itself); the ids of ObjectRefs inside are appended to ``contained``."""
     global _code_pickler
     if _code_pickler is None:
         _code_pickler = _make_code_pickler()
+    stream = io.BytesIO()
+    pickler = _code_pickler(stream, protocol=5, recurse=True)
+    pickler.contained = contained
+    stack = _classes_being_pickled()
+    stack.append(top)
     try:
-        stream = io.BytesIO()
-        _code_pickler(stream, protocol=5, recurse=True).dump(fn)
-        return stream.getvalue()
+        pickler.dump(obj)
+    finally:
+        stack.pop()
+    return stream.getvalue()
+
+
+def _classes_being_pickled():
+    stack = getattr(_local, "classes_being_pickled", None)
+    if stack is None:
+        stack = _local.classes_being_pickled = []
+    return stack
+
+
+def dumps_function(fn):
+    """Code is pickled with dill so closures and __main__ code travel.
+    Returns (blob, ids of the ObjectRefs the code holds)."""
+    contained = []
+    try:
+        return dumps_by_value(fn, contained), contained
     except Exception as exc:
         raise SerializationError(
             f"could not serialize remote function or class {_describe(fn)}: "

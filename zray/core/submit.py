@@ -76,19 +76,29 @@ def function_id_of(blob):
 
 
 class FunctionBlob:
-    """The pickled code of a function or class, made once, shipped once."""
+    """The pickled code of a function or class, made once, shipped once.
+
+    ObjectRefs the code holds (globals, closures) are counted like refs in
+    arguments: this process keeps them while the function lives, and every
+    task of it lists them in ``contained_ids``, so the node keeps them until
+    the task is done (the worker then holds its own borrowed refs).
+    """
 
     def __init__(self, target):
         self.target = target
         self._blob = None
         self._id = None
+        self.contained = ()
+        self._refs = ()
         qualname = getattr(target, "__qualname__", getattr(target, "__name__", repr(target)))
         self.name = qualname.split("<locals>.")[-1]
 
     def ensure(self, runtime):
         if self._blob is None:
-            self._blob = dumps_function(self.target)
-            self._id = function_id_of(self._blob)
+            blob, contained = dumps_function(self.target)
+            self.contained = tuple(dict.fromkeys(contained))
+            self._refs = [ObjectRef(object_id, _runtime=runtime) for object_id in self.contained]
+            self._blob, self._id = blob, function_id_of(blob)
         runtime.register_function(self._id, self.name, self._blob)
         return self._id
 

@@ -13,8 +13,9 @@ The node looks up ``request_<op>`` here after its own methods. Ops:
 - ``store_stats``: the table's counters (bytes in memory, spilled, created).
 - ``memory``: one row per object with who holds it (``zray memory``).
 - ``register_serializer``: a driver's ``register_custom_serializer``; kept
-  and pushed to every worker (now and when it connects), never unpickled
-  here, so user code never runs in the node.
+  and pushed to every worker (now and when it connects) and to every other
+  node (now and when it joins), never unpickled here, so user code never
+  runs in the node.
 """
 from ..transport import protocol as P
 
@@ -44,11 +45,18 @@ class ObjectStoreRequests:
                 holders.setdefault(object_id, []).append(name)
         return self.node.objects.listing(holders)
 
-    def request_register_serializer(self, _client, blob, sys_path):
+    def request_register_serializer(self, client, blob, sys_path):
+        if (blob, sys_path) in self.serializers:
+            return True          # heard it already (from another peer)
         self.serializers.append((blob, sys_path))
-        for client in self.node.clients.values():
-            if client.kind == "worker":
-                self.node.send(client.identity, P.SERIALIZERS, [(blob, sys_path)])
+        for other in self.node.clients.values():
+            if other.kind == "worker":
+                self.node.send(other.identity, P.SERIALIZERS, [(blob, sys_path)])
+        peers = getattr(self.node, "peers", None)
+        if client.kind != "peer" and peers is not None:
+            # Every node hears a driver's registration once, from its node.
+            for peer in peers.peers.values():
+                tell_peer(peer, [(blob, sys_path)])
         return True
 
     def client_joined(self, client):
@@ -56,5 +64,16 @@ class ObjectStoreRequests:
         if client.kind == "worker" and self.serializers:
             self.node.send(client.identity, P.SERIALIZERS, list(self.serializers))
 
+    def peer_connected(self, peer):
+        """A node we just connected to hears every registration we know."""
+        tell_peer(peer, self.serializers)
+
     def client_left(self, client):
         self.node.objects.release_reservations_of(client.identity)
+
+
+def tell_peer(peer, registrations):
+    """Registrations to another node, as its own ``register_serializer``
+    requests (id 0: no answer); it pushes them to its workers."""
+    for blob, sys_path in registrations:
+        peer.send(P.REQUEST, 0, "register_serializer", (blob, sys_path))

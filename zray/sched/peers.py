@@ -195,6 +195,7 @@ class Peers:
         sock.connect(info["tcp_address"])
         peer = Peer(node_id, sock)
         peer.send(P.HELLO, "peer", os.getpid(), self.node.password, P.PROTOCOL_VERSION, [], None)
+        self.node.store_requests.peer_connected(peer)
         self.peers[node_id] = peer
         self.gone.pop(node_id, None)
         self.node.watched[sock] = lambda: self._on_peer_socket(peer)
