@@ -62,16 +62,17 @@ def run(size_mb, repeat, n_tasks, lz4="auto"):
         _zray("start", "--head", "--port", 0, "--num-cpus", 1, "--resources", '{"node_a": 100}',
               "--object-store-memory", store, "--temp-dir", root, env=env)
         with open(os.path.join(root, "cluster.json")) as f:
-            address = json.load(f)["address"]
+            recorded = json.load(f)
+        address, token = recorded["address"], recorded.get("token", "")
         _zray("start", "--address", address, "--num-cpus", 1,
               "--resources", '{"node_b": 100}', "--object-store-memory", store,
               "--temp-dir", root, env=env)
         deadline = time.monotonic() + 20
-        while len(list_nodes(address)[2]) < 2:
+        while len(list_nodes(address, token)[2]) < 2:
             if time.monotonic() > deadline:
                 raise RuntimeError("the second node did not join within 20 s")
             time.sleep(0.1)
-        ray.init(address=address)
+        ray.init(address=address, redis_password=token)
 
         @ray.remote(resources={"node_b": 1})
         def nbytes_on_b(array):

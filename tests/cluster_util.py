@@ -41,6 +41,12 @@ def cluster_address(root):
         return json.load(f)["address"]
 
 
+def cluster_token(root):
+    """The token `zray start --head` made (or was given), as recorded for this machine."""
+    with open(os.path.join(root, "cluster.json")) as f:
+        return json.load(f)["token"]
+
+
 def records(root):
     """The daemon records of `zray start` under root (see zray.session)."""
     directory = os.path.join(root, "procs")
@@ -119,6 +125,7 @@ class Cluster:
         self.password = password
         self.env = env_for(extra=env)      # for the daemons `zray start` starts
         self.address = None
+        self.token = password       # the cluster's: given, or made by `zray start --head`
 
     def _password_args(self):
         return ["--redis-password", self.password] if self.password else []
@@ -127,14 +134,15 @@ class Cluster:
         zray("start", "--head", "--port", "0", "--temp-dir", self.root, *self._password_args(),
              *args, env=self.env)
         self.address = cluster_address(self.root)
+        self.token = cluster_token(self.root)
         return self.address
 
     def add_node(self, *args, root=None):
         zray("start", "--address", self.address, "--temp-dir", root or self.root,
-             *self._password_args(), *args, env=self.env)
+             "--redis-password", self.token, *args, env=self.env)
 
     def wait_nodes(self, count, timeout_s=20.0):
-        return wait_for(lambda: len(live_nodes(self.address, self.password)) == count,
+        return wait_for(lambda: len(live_nodes(self.address, self.token)) == count,
                         timeout_s, f"{count} live nodes")
 
     def snapshot(self, *roots):

@@ -26,8 +26,12 @@ def test_start_status_stop_round_trip_leaves_nothing(tmp_path):
         address = cluster_address(tmp_path)
         cluster.address = address
         assert address.startswith("127.0.0.1:")
-        assert f"zray start --address={address}" in out        # the command for other nodes
-        assert f'ray.init(address="{address}")' in out
+        token = json.loads((tmp_path / "cluster.json").read_text())["token"]
+        cluster.token = token
+        assert oct((tmp_path / "cluster.json").stat().st_mode & 0o777) == "0o600"
+        # The commands for other nodes and drivers, with the token made for this cluster.
+        assert f"zray start --address={address} --redis-password={token}" in out
+        assert f'ray.init(address="{address}", redis_password={token!r})' in out
         roles = sorted(r["role"] for r in records(tmp_path))
         assert roles == ["kv", "node"]
         cluster.add_node("--num-cpus", 1)
@@ -37,7 +41,8 @@ def test_start_status_stop_round_trip_leaves_nothing(tmp_path):
         assert f"zray cluster at {address}: 2 nodes" in status
         assert "CPU              3 / 3" in status and "Custom           3 / 3" in status
         assert "(head)" in status and "0 running, 0 queued, 0 infeasible" in status
-        raw = json.loads(zray("status", "--address", address, "--json").stdout)
+        raw = json.loads(zray("status", "--address", address, "--json",
+                              "--redis-password", token).stdout)
         assert len(raw["nodes"]) == 2 and all("status" in n for n in raw["nodes"])
     finally:
         pids, sessions = cluster.snapshot()
@@ -75,8 +80,8 @@ def test_password_protects_the_cluster(tmp_path):
     try:
         cluster.start_head("--num-cpus", 1)
         # A driver without the password, or with a wrong one, is refused.
-        for wrong in (None, "guess"):
-            with pytest.raises(ConnectionRefusedError, match="wrong password"):
+        for wrong, message in ((None, "needs its token"), ("guess", "wrong password")):
+            with pytest.raises(ConnectionRefusedError, match=message):
                 ray.init(address=cluster.address, redis_password=wrong)
             assert not ray.is_initialized()
         # So is a node.
@@ -86,7 +91,7 @@ def test_password_protects_the_cluster(tmp_path):
         # And the node daemon itself checks, not only the kv service.
         from zray.cluster import NodeClient
         (node,) = live_nodes(cluster.address, "s3cret").values()
-        with pytest.raises(ConnectionRefusedError, match="wrong cluster password"):
+        with pytest.raises(ConnectionRefusedError, match="wrong password"):
             NodeClient(node["tcp_address"], "guess")
         # The right password works, for nodes and drivers alike.
         cluster.add_node("--num-cpus", 1, "--resources", '{"joined": 1}')
@@ -98,7 +103,8 @@ def test_password_protects_the_cluster(tmp_path):
         finally:
             ray.shutdown()
         assert "2 nodes" in zray("status", "--temp-dir", tmp_path, "--password", "s3cret").stdout
-        refused = zray("status", "--temp-dir", tmp_path, check=False)
+        refused = zray("status", "--address", cluster.address, "--password", "guess",
+                       check=False)
         assert refused.returncode == 1 and "wrong password" in refused.stderr
     finally:
         cluster.stop()
@@ -108,7 +114,7 @@ def test_timeline_writes_chrome_tracing_json(tmp_path):
     cluster = Cluster(tmp_path)
     try:
         cluster.start_head("--num-cpus", 1)
-        ray.init(address=cluster.address)
+        ray.init(address=cluster.address, redis_password=cluster.token)
         try:
             @ray.remote
             def traced(i):
@@ -118,7 +124,8 @@ def test_timeline_writes_chrome_tracing_json(tmp_path):
         finally:
             ray.shutdown()
         output = tmp_path / "trace.json"
-        result = zray("timeline", "--address", cluster.address, "--output", output)
+        result = zray("timeline", "--address", cluster.address, "--temp-dir", tmp_path,
+                      "--output", output)
         assert result.stdout.strip() == str(output)
         events = json.loads(output.read_text())
         names = [e["name"] for e in events if e.get("ph") == "X"]
@@ -173,7 +180,7 @@ def test_start_on_a_port_in_use_and_join_to_nothing(tmp_path):
         result = zray("start", "--head", "--port", port, "--temp-dir", tmp_path, check=False)
         assert result.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
         result = zray("start", "--address", f"127.0.0.1:{port}", "--temp-dir", tmp_path,
-                      check=False, timeout=60)
+                      "--redis-password", "anything", check=False, timeout=60)
     assert result.returncode == 1 and "could not reach a zray cluster" in result.stderr
     assert not records(tmp_path)
 

@@ -39,7 +39,7 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture
 def driver(cluster):
-    info = ray.init(address=cluster.address)
+    info = ray.init(address=cluster.address, redis_password=cluster.token)
     try:
         yield info
     finally:
@@ -72,15 +72,15 @@ def test_driver_sees_every_node_and_their_resources(driver):
 
 def test_connecting_starts_and_stops_nothing(cluster):
     before = {r["pid"] for r in records(cluster.root)}
-    ray.init(address=cluster.address)
+    ray.init(address=cluster.address, redis_password=cluster.token)
     ray.shutdown()
     assert {r["pid"] for r in records(cluster.root)} == before
-    assert len(live_nodes(cluster.address)) == 3
+    assert len(live_nodes(cluster.address, cluster.token)) == 3
 
 
 def test_connecting_rejects_resource_options(cluster):
     with pytest.raises(ValueError, match="fixed when the cluster was started"):
-        ray.init(address=cluster.address, num_cpus=2)
+        ray.init(address=cluster.address, redis_password=cluster.token, num_cpus=2)
     with pytest.raises(ValueError, match="fixed when the cluster was started"):
         ray.init(redis_address=cluster.address, resources={"x": 1})
     assert not ray.is_initialized()
@@ -237,7 +237,7 @@ def test_task_needing_an_absent_resource_waits_and_status_shows_it(driver, clust
     ref = never.remote()
     ready, _ = ray.wait([ref], timeout=0.5)
     assert not ready
-    out = zray("status", "--address", cluster.address).stdout
+    out = zray("status", "--address", cluster.address, "--temp-dir", cluster.root).stdout
     assert "3 nodes" in out and "1 infeasible" in out and "never" in out
 
 
@@ -266,7 +266,7 @@ def test_node_killed_is_noticed_and_its_work_placed_elsewhere(driver, cluster, t
         wait_for(lambda: not any(n["NodeID"] == node_d and n["Alive"] for n in ray.nodes()),
                  15, "the killed node to be noticed")
         assert set(ray.get(refs, timeout=60)) == {node_of("node_c")}
-        assert len(live_nodes(cluster.address)) == 3
+        assert len(live_nodes(cluster.address, cluster.token)) == 3
     finally:
         cluster.stop(tmp_path)
 
@@ -306,7 +306,7 @@ def test_lz4_compressed_transfers_keep_contents(tmp_path):
         lz4_cluster.add_node("--num-cpus", 1, "--resources", '{"far": 1}',
                              "--object-store-memory", STORE)
         lz4_cluster.wait_nodes(2)
-        ray.init(address=lz4_cluster.address)
+        ray.init(address=lz4_cluster.address, redis_password=lz4_cluster.token)
         try:
             @ray.remote(resources={"far": 1})
             def echo(array):
@@ -321,8 +321,8 @@ def test_lz4_compressed_transfers_keep_contents(tmp_path):
         finally:
             ray.shutdown()
         sent = sent_wire = 0
-        for node in live_nodes(lz4_cluster.address).values():
-            client = NodeClient(node["tcp_address"])
+        for node in live_nodes(lz4_cluster.address, lz4_cluster.token).values():
+            client = NodeClient(node["tcp_address"], lz4_cluster.token)
             try:
                 stats = client.request("status")["peers"]
             finally:

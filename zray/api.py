@@ -136,7 +136,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
         plasma_dir=plasma_dir, temp_dir=temp_dir, password=password, owner_pid=os.getpid(),
         spill_dir=spill_dir)
     try:
-        runtime = Runtime(daemons.node_address, "driver", password=password,
+        runtime = Runtime(daemons.node_address, "driver", password=daemons.token,
                           log_to_driver=log_to_driver)
     except BaseException:
         daemons.stop()
@@ -149,7 +149,8 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
 
 
 def _connect(address, password, log_to_driver):
-    from .cluster import find_cluster
+    from .cluster import current_token, find_cluster
+    password = current_token(address, password)
     node_address, info = find_cluster(address, password)
     runtime = Runtime(node_address, "driver", password=password, log_to_driver=log_to_driver)
     context.set_current(runtime)

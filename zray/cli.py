@@ -32,13 +32,15 @@ _add_launcher_commands(main)     # up, down, exec, attach, get_head_ip: zray/lau
 @click.option("--address", default="auto", show_default=True,
               help="cluster address HOST:PORT (the head's kv service), or 'auto' for the "
                    "cluster started on this machine")
-@click.option("--redis-password", "password", default="", help="the cluster's password")
+@click.option("--redis-password", "password", default="",
+              help="the cluster's token (default: the one recorded on this machine)")
 def memory(address, password):
     """List the objects in the object store: id, size, where, who holds them."""
-    from .cluster import find_cluster
+    from .cluster import current_token, find_cluster
     from .plasma.report import memory_summary
     from .exceptions import RayError
     try:
+        password = current_token(address, password)
         node_address, _info = find_cluster(address, password)
         click.echo(memory_summary(node_address, password))
     except (ConnectionError, OSError, ValueError, RayError) as exc:
@@ -126,7 +128,9 @@ def _check_port_free(host, port):
 @click.option("--temp-dir", default=None,
               help="root directory for sessions, logs and process records")
 @click.option("--redis-password", "--password", "password", default="",
-              help="password that drivers and nodes must give to connect")
+              help="the cluster token drivers and nodes must hold to connect (default: a "
+                   "random one for --head, recorded 0600 on this machine and printed; for "
+                   "--address, the one recorded here)")
 @click.option("--plasma-directory", default=None,
               help="directory for object files (default /dev/shm)")
 @click.option("--huge-pages", is_flag=True, help="plasma-directory is a hugetlbfs mount")
@@ -138,8 +142,8 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
           node_ip_address, temp_dir, password, plasma_directory, huge_pages, max_workers, block):
     """Start a cluster's head node (--head), or join a node to one (--address)."""
     from . import session
-    from .cluster import (kv_call, local_ip_towards, read_cluster_file, resolve_address,
-                          write_cluster_file)
+    from .cluster import (current_token, kv_call, local_ip_towards, read_cluster_file,
+                          resolve_address, write_cluster_file)
     if head and address:
         raise click.UsageError("--head starts a new cluster and --address joins one: pass one")
     if not head and not address:
@@ -149,6 +153,12 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
         raise click.UsageError("--port is the head's kv port; a joining node takes --address")
     resources = _parse_resources(resources)
     root = _temp_root(temp_dir)
+    try:
+        session.check_temp_root(root)
+        if not head:
+            password = current_token(address, password, root)
+    except OSError as exc:
+        raise click.ClickException(str(exc)) from None
     plasma_dir = plasma_directory or "/dev/shm"
     if not os.path.isdir(plasma_dir):
         raise click.BadParameter(f"{plasma_dir!r} is not a directory",
@@ -188,20 +198,23 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
     session.record_daemons(root, daemons)
     if head or read_cluster_file(root) is None:
         write_cluster_file(root, {"address": address, "kv_address": kv_address,
-                                  "temp_dir": root, "password_protected": bool(password)})
-    _print_started(head, address, daemons.info, root, temp_dir, password)
+                                  "temp_dir": root, "token": daemons.token})
+    _print_started(head, address, daemons.info, root, temp_dir, daemons.token)
     if block:
         _block(daemons, root)
 
 
-def _print_started(head, address, info, root, temp_dir, password):
+def _print_started(head, address, info, root, temp_dir, token):
+    from .cluster import cluster_file
     from .session import default_temp_root
-    pw_arg = f" --redis-password={shlex.quote(password)}" if password else ""
-    pw_kw = f", redis_password={password!r}" if password else ""
+    pw_arg = f" --redis-password={shlex.quote(token)}"
+    pw_kw = f", redis_password={token!r}"
     td_arg = f" --temp-dir={shlex.quote(root)}" if temp_dir and root != default_temp_root() else ""
     what = "head node (kv service + node daemon)" if head else "node"
     click.echo(f"Started a zray {what}: node {info['node_id']} at {info['node_tcp_address']}.")
     click.echo(f"  Cluster address:   {address}")
+    click.echo(f"  Cluster token:     {token}   (the one secret: kept 0600 in "
+               f"{cluster_file(root)}, where commands on this machine find it)")
     click.echo(f"  Connect a driver:  ray.init(address=\"{address}\"{pw_kw})"
                f"   (or address=\"auto\" on this machine)")
     click.echo(f"  Add a node:        zray start --address={address}{pw_arg}")
@@ -244,7 +257,10 @@ def stop(temp_dir):
     from . import session
     from .cluster import cluster_file
     root = _temp_root(temp_dir)
-    stopped = session.stop_recorded(root)
+    try:
+        stopped = session.stop_recorded(root)
+    except OSError as exc:      # a temp root that is not ours: touch nothing in it
+        raise click.ClickException(str(exc)) from None
     if not session.recorded_daemons(root):
         try:
             os.unlink(cluster_file(root))
@@ -264,7 +280,8 @@ def _cluster_options(command):
                            help="the --temp-dir the cluster was started with "
                                 "(to find it with 'auto')")(command)
     command = click.option("--redis-password", "--password", "password", default="",
-                           help="the cluster's password")(command)
+                           help="the cluster's token (default: the one recorded on this "
+                                "machine by `zray start`)")(command)
     command = click.option("--address", "--redis-address", "address", default="auto",
                            show_default=True,
                            help="cluster address HOST:PORT, or 'auto' for the one started on "
@@ -295,9 +312,11 @@ def _node_statuses(address, password, temp_dir):
 @click.option("--json", "as_json", is_flag=True, help="print the raw status as JSON")
 def status(address, password, temp_dir, as_json):
     """Nodes, resources, work and object store of a running cluster."""
+    from .cluster import current_token
     try:
+        password = current_token(address, password, temp_dir)
         address, _kv, rows = _node_statuses(address, password, temp_dir)
-    except (ConnectionError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(json.dumps({"address": address, "nodes": rows}, indent=1, default=str))
@@ -381,15 +400,16 @@ def _size(nbytes):
               help="where to write the trace (default: a new file in the temp directory)")
 def timeline(address, password, temp_dir, output):
     """Write the cluster's task timeline as chrome-tracing JSON; print its path."""
-    from .cluster import kv_call
+    from .cluster import current_token, kv_call
     try:
+        password = current_token(address, password, temp_dir)
         address, kv_address, rows = _node_statuses(address, password, temp_dir)
         # Nodes batch events for a moment: have them send what they hold.
         for row in rows:
             if "error" not in row:
                 _flush_node_events(row["info"], password)
         stored = kv_call(kv_address, password, "scan", "event:", address=address)
-    except (ConnectionError, ValueError) as exc:
+    except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     events = [stored[key] for key in sorted(stored)]
     if output is None:

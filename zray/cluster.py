@@ -1,12 +1,12 @@
 """Finding a running cluster from an address: ``"auto"`` or ``"HOST:PORT"``.
 
 ``zray start`` writes the cluster's address to ``<temp root>/cluster.json``;
-``"auto"`` reads it. ``"HOST:PORT"`` is the kv service; the node to talk to
+``"auto"`` reads it, and so does any client on that machine that was given
+no token: the file (0600) holds the cluster token. ``"HOST:PORT"`` is the kv service; the node to talk to
 is one on this machine if there is one (over ipc when its socket is here),
 else the head node. ``NodeClient`` is the small blocking client the command
 line uses to ask each node for its status.
 """
-import json
 import os
 import socket
 
@@ -14,7 +14,9 @@ import zmq
 
 from .exceptions import RaySystemError
 from .kv.client import KvClient
-from .session import default_temp_root
+from .kv.records import valid_node_record
+from .session import check_temp_root, default_temp_root, read_private_json, write_private_json
+from .transport import auth
 from .transport import protocol as P
 
 WRONG_PASSWORD = "wrong cluster password"
@@ -25,20 +27,45 @@ def cluster_file(temp_dir=None):
 
 
 def write_cluster_file(temp_dir, record):
+    """Record the cluster (with its token: the file is 0600 in our own root)."""
     path = cluster_file(temp_dir)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(path + ".tmp", path)
+    check_temp_root(os.path.dirname(path))
+    write_private_json(path, record)
     return path
 
 
 def read_cluster_file(temp_dir=None):
     path = cluster_file(temp_dir)
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    check_temp_root(os.path.dirname(path), create=False)
+    record = read_private_json(path)
+    return record if isinstance(record, dict) else None
+
+
+def current_token(address="auto", password="", temp_dir=None):
+    """The token of the cluster at ``address`` (default: the current one):
+    ``password`` if given; else that of the cluster this process is connected
+    to (ray.init), if it is that one; else the one `zray start` recorded on
+    this machine for it; "" if none is known. The one place to ask."""
+    if password:
+        return password
+    from .core import context
+    runtime = context.current()
+    token = getattr(runtime, "password", None)
+    if token and isinstance(getattr(runtime, "node_info", None), dict):
+        here = runtime.node_info.get("kv_address") or ""
+        if address in (None, "", "auto") or _bare(address) == _bare(here):
+            return token
+    record = read_cluster_file(temp_dir)
+    if record is None:
+        return ""
+    if address not in (None, "", "auto") and _bare(address) != record.get("address"):
+        return ""
+    token = record.get("token")
+    return token if isinstance(token, str) else ""
+
+
+def _bare(address):
+    return address.strip().split("://", 1)[-1] if isinstance(address, str) else ""
 
 
 def resolve_address(address, temp_dir=None):
@@ -63,7 +90,12 @@ def resolve_address(address, temp_dir=None):
 def kv_call(kv_address, password, op, *args, timeout_s=5.0, address=None):
     """One kv call with the errors a user can act on."""
     address = address or kv_address
-    kv = KvClient(kv_address, password)
+    try:
+        kv = KvClient(kv_address, password)
+    except auth.NeedsToken:
+        raise
+    except ConnectionError as exc:
+        raise ConnectionError(f"could not reach a zray cluster at {address}: {exc}") from None
     try:
         return kv.call(op, *args, timeout_s=timeout_s)
     except RaySystemError as exc:
@@ -79,9 +111,12 @@ def kv_call(kv_address, password, op, *args, timeout_s=5.0, address=None):
 
 def list_nodes(address, password="", temp_dir=None):
     """``(address, kv_address, {node_id: info})`` of the live nodes."""
+    password = current_token(address, password, temp_dir)
     address, kv_address = resolve_address(address, temp_dir)
     nodes = kv_call(kv_address, password, "scan", "node:", address=address)
-    return address, kv_address, {key[len("node:"):]: info for key, info in nodes.items()}
+    nodes = {key[len("node:"):]: info for key, info in nodes.items()}
+    return address, kv_address, {node_id: info for node_id, info in nodes.items()
+                                 if valid_node_record(node_id, info)}
 
 
 def find_cluster(address, password="", temp_dir=None):
@@ -129,7 +164,13 @@ class NodeClient:
         self.context = zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(address)
+        self.socket.setsockopt(zmq.IDENTITY, b"t" + os.urandom(7))
+        try:
+            auth.connect(self.socket, address, password, check_s=min(timeout_s,
+                                                                     auth.HANDSHAKE_TIMEOUT_S))
+        except BaseException:
+            self.socket.close(0)
+            raise
         self.next_id = 0
         self.socket.send_multipart(P.pack(P.HELLO, "tool", os.getpid(), password,
                                           P.PROTOCOL_VERSION, [], None))

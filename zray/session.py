@@ -8,10 +8,17 @@ Daemons started by ``zray start`` have no owner: they run in their own
 process group, outlive the command, and are recorded in
 ``<temp root>/procs/<pid>.json`` so that ``zray stop`` can find exactly them
 (never by process name) and clean up after them.
+
+The temp root holds sockets, the cluster token and those records, so zray
+uses it only when it is a real directory of this user that nobody else can
+write (``check_temp_root``); records are written without following links
+and renamed into place whole.
 """
 import json
 import os
+import re
 import shutil
+import stat
 import signal
 import subprocess
 import sys
@@ -20,6 +27,7 @@ import time
 
 import psutil
 
+from .transport import auth
 from .transport.sockets import wait_ready
 
 START_TIMEOUT_S = 20.0
@@ -31,13 +39,98 @@ def default_temp_root():
                                                            f"zray-{os.getuid()}")
 
 
+class UnsafeTempRoot(PermissionError):
+    """The temp root is not a private directory of this user."""
+
+
+def check_temp_root(root, create=True):
+    """Make sure ``root`` is a directory of ours that only we can write
+    (creating it 0700 if missing); raise UnsafeTempRoot naming the fix if not."""
+    if create:
+        try:
+            os.makedirs(os.path.dirname(root) or ".", exist_ok=True)
+            os.mkdir(root, 0o700)
+        except FileExistsError:
+            pass
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        return root
+    problem = None
+    if stat.S_ISLNK(info.st_mode):
+        problem = "a symbolic link"
+    elif not stat.S_ISDIR(info.st_mode):
+        problem = "not a directory"
+    elif info.st_uid != os.getuid():
+        problem = f"owned by another user (uid {info.st_uid}, you are {os.getuid()})"
+    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        problem = f"writable by other users (mode {stat.S_IMODE(info.st_mode):o})"
+    if problem:
+        raise UnsafeTempRoot(
+            f"zray's temp root {root} is {problem}. zray keeps its sockets, the cluster "
+            f"token and its process records there, so it must be a directory of yours that "
+            f"nobody else can write. Fix: remove it if it is not yours, or `chmod 700 {root}` "
+            f"if it is; or choose another with ZRAY_TEMP_DIR / --temp-dir / temp_dir=")
+    return root
+
+
+def write_private_json(path, record):
+    """Write ``record`` to ``path`` mode 0600, whole or not at all, without
+    following a link planted at either name."""
+    tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def read_private_json(path):
+    """The record at ``path``, or None (missing, a link, unreadable, or not JSON)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+SESSION_NAME = re.compile(r"[0-9a-f]{8}")
+
+
 def new_session_dir(temp_dir=None):
-    root = temp_dir or default_temp_root()
-    os.makedirs(root, mode=0o700, exist_ok=True)
+    root = check_temp_root(temp_dir or default_temp_root())
     name = os.urandom(4).hex()
     path = os.path.join(root, f"s-{name}")
-    os.makedirs(os.path.join(path, "logs"))
+    os.mkdir(path, 0o700)
+    os.mkdir(os.path.join(path, "logs"), 0o700)
     return name, path
+
+
+def is_own_session_dir(root, session_dir, session_name):
+    """Is ``session_dir`` one that zray made under ``root``: named s-<8 hex> as
+    its session, directly in root, a real directory of ours? (Anything else a
+    record names is not deleted.)"""
+    if not isinstance(session_name, str) or not SESSION_NAME.fullmatch(session_name):
+        return False
+    if not isinstance(session_dir, str) or os.path.basename(session_dir) != f"s-{session_name}":
+        return False
+    if os.path.realpath(os.path.dirname(session_dir)) != os.path.realpath(root):
+        return False
+    try:
+        info = os.lstat(session_dir)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
 
 
 def detect_gpus():
@@ -69,7 +162,8 @@ def default_object_store_memory():
 class LocalDaemons:
     """The kv service and node daemon processes of a session on this machine."""
 
-    def __init__(self, session_name, session_dir, kv_process, node_process, info):
+    def __init__(self, session_name, session_dir, kv_process, node_process, info, token):
+        self.token = token          # the cluster's: kept out of info, which users print
         self.session_name = session_name
         self.session_dir = session_dir
         self.kv_process = kv_process
@@ -112,7 +206,8 @@ def remove_session_files(session_dir, plasma_dir, session_name, spill_dir=None):
                         os.unlink(os.path.join(directory, name))
                     except OSError:
                         pass
-    shutil.rmtree(session_dir, ignore_errors=True)
+    if session_dir:
+        shutil.rmtree(session_dir, ignore_errors=True)
 
 
 def check_spill_dir(path):
@@ -141,8 +236,11 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
     so they outlive the caller (``zray start``).
     """
     session_name, session_dir = new_session_dir(temp_dir)
+    # No cluster listens without a token: none given, a random one. It goes
+    # to the daemons by environment, never argv (`ps` shows argv to all).
+    token = password or auth.new_token()
     env = dict(os.environ)
-    env["ZRAY_PASSWORD"] = password or ""
+    env[auth.TOKEN_ENV] = token
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     kv_process = None
@@ -201,7 +299,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "node_tcp_address": node_info.get("tcp_address"),
             "plasma_dir": plasma_dir, "spill_dir": spill_dir, "kv_pid": kv_process.pid if kv_process else None,
             "node_pid": node_process.pid}
-    return LocalDaemons(session_name, session_dir, kv_process, node_process, info)
+    return LocalDaemons(session_name, session_dir, kv_process, node_process, info, token)
 
 
 def _spawn(command, log_path, env, detach=False):
@@ -233,7 +331,11 @@ def procs_dir(root):
 
 def record_daemons(root, daemons):
     """Write one file per daemon process so `zray stop` can find it later."""
-    os.makedirs(procs_dir(root), mode=0o700, exist_ok=True)
+    check_temp_root(root)
+    try:
+        os.mkdir(procs_dir(root), 0o700)
+    except FileExistsError:
+        pass
     info = daemons.info
     for role, process in (("kv", daemons.kv_process), ("node", daemons.node_process)):
         if process is None:
@@ -245,25 +347,23 @@ def record_daemons(root, daemons):
         record = {"pid": process.pid, "role": role, "create_time": created,
                   "session_dir": info["session_dir"], "session_name": info["session_name"],
                   "plasma_dir": info.get("plasma_dir"), "node_id": info.get("node_id")}
-        path = os.path.join(procs_dir(root), f"{process.pid}.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(record, f)
-        os.replace(path + ".tmp", path)
+        write_private_json(os.path.join(procs_dir(root), f"{process.pid}.json"), record)
 
 
 def recorded_daemons(root):
     """The records under ``root``, each with ``process``: a psutil.Process if
     that very process (same pid, start time and command) still runs, else None."""
+    check_temp_root(root, create=False)
     directory = procs_dir(root)
     records = []
-    for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    if os.path.islink(directory) or not os.path.isdir(directory):
+        return records
+    for name in sorted(os.listdir(directory)):
         if not name.endswith(".json"):
             continue
         path = os.path.join(directory, name)
-        try:
-            with open(path) as f:
-                record = json.load(f)
-        except (OSError, ValueError):
+        record = read_private_json(path)
+        if not isinstance(record, dict):
             continue
         record["file"] = path
         record["process"] = _verified_process(record)
@@ -314,8 +414,12 @@ def stop_recorded(root, timeout_s=10.0):
         _signal(process, signal.SIGKILL)
     psutil.wait_procs(still, timeout=2.0)
     for record in records:
-        remove_session_files(record["session_dir"], record.get("plasma_dir"),
-                             record["session_name"])
+        name = record.get("session_name")
+        if isinstance(name, str) and SESSION_NAME.fullmatch(name):
+            # Only a session directory verified as ours is deleted.
+            own = is_own_session_dir(root, record.get("session_dir"), name)
+            remove_session_files(record["session_dir"] if own else None,
+                                 record.get("plasma_dir"), name, record.get("spill_dir"))
         try:
             os.unlink(record["file"])
         except OSError:

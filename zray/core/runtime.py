@@ -38,6 +38,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..exceptions import GetTimeoutError, RaySystemError, RayTaskError
 from ..plasma import client as object_store
 from ..serialization import deserialize, install_shipped_registrations, ship_registrations
+from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch, send_frames
 
@@ -73,10 +74,21 @@ class Runtime:
             self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
             self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
             self.monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED
-                                                          | zmq.EVENT_DISCONNECTED)
+                                                          | zmq.EVENT_DISCONNECTED
+                                                          | auth.HANDSHAKE_EVENTS)
         self.disconnected_at = None
         self.node_lost = None       # why the node is unreachable, once it is
-        self.socket.connect(node_address)
+        try:    # over tcp a wrong token fails here, in seconds, not in a silent wait
+            auth.connect(self.socket, node_address, password,
+                         check_s=min(connect_timeout_s, auth.HANDSHAKE_TIMEOUT_S),
+                         monitor=self.monitor)
+        except BaseException:
+            if self.monitor is not None:
+                self.socket.disable_monitor()
+                self.monitor.close(0)
+            self.socket.close(0)
+            self.context.term()
+            raise
         self.node_address = node_address
         self.node_info = self._handshake(password, connect_timeout_s)
         self.session_name = self.node_info["session_name"]

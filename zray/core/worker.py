@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ..exceptions import RayActorError, RayTaskError
 from ..serialization import SerializationError, deserialize, loads_function, serialize
+from ..transport import auth
 from ..transport import protocol as P
 from . import context
 from .runtime import Runtime
@@ -336,7 +337,7 @@ def _short(value):
 def main():
     node_address, worker_id = sys.argv[1], sys.argv[2]
     runtime = Runtime(node_address, "worker", identity=worker_id.encode(),
-                      password=os.environ.get("ZRAY_PASSWORD", ""), watch_parent=True)
+                      password=os.environ.pop(auth.TOKEN_ENV, ""), watch_parent=True)
     context.set_current(runtime)
     worker = Worker(runtime)
     context.set_worker(worker)

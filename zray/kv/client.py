@@ -11,6 +11,7 @@ import threading
 import zmq
 
 from ..exceptions import RaySystemError
+from ..transport import auth
 from ..transport import protocol as P
 
 
@@ -21,7 +22,11 @@ class KvClient:
         self.context = context or zmq.Context.instance()
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(address)
+        try:    # a wrong token is an error now, not a call that never returns
+            auth.connect(self.socket, address, password, check_s=auth.HANDSHAKE_TIMEOUT_S)
+        except BaseException:
+            self.socket.close(0)
+            raise
         self.lock = threading.Lock()
         self.ids = itertools.count(1)
 
@@ -72,14 +77,14 @@ class KvClient:
             self.socket.close(0)
 
 
-def subscribe(pub_address, prefixes, context=None):
+def subscribe(pub_address, prefixes, token, context=None):
     """A SUB socket on the kv change feed, filtered by key prefixes."""
     context = context or zmq.Context.instance()
     sub = context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     for prefix in prefixes:
         sub.setsockopt(zmq.SUBSCRIBE, prefix.encode())
-    sub.connect(pub_address)
+    auth.connect(sub, pub_address, token)
     return sub
 
 

@@ -12,6 +12,10 @@
   published, when not refreshed within their ttl: that is how every node
   learns that a peer died, without a failure detector of its own.
 - One thread owns the state and both sockets; nothing else touches them.
+- Over tcp both sockets are CURVE servers of the cluster token
+  (``transport/auth.py``): only token holders connect, read the feed or
+  reach a decoder. Whatever an authenticated client sends, the loop goes on:
+  a bad request gets an error reply or is dropped, and is logged (rarely).
 """
 import logging
 import os
@@ -20,8 +24,9 @@ import time
 
 import zmq
 
+from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, authorize
+from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize
 
 log = logging.getLogger("zray.kv")
 
@@ -31,12 +36,11 @@ MAX_EVENTS = 1_000_000
 class KvServer:
     def __init__(self, router_address, pub_address, password="", owner_pid=None):
         self.context = zmq.Context.instance()
-        self.router = self.context.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.bind(router_address)
-        self.publisher = self.context.socket(zmq.PUB)
-        self.publisher.setsockopt(zmq.LINGER, 0)
-        self.publisher.bind(pub_address)
+        self.gatekeeper = None
+        if auth.is_tcp(router_address) or auth.is_tcp(pub_address):
+            self.gatekeeper = auth.start_gatekeeper(self.context, password)
+        self.router = self._listen(zmq.ROUTER, router_address, password)
+        self.publisher = self._listen(zmq.PUB, pub_address, password)
         self.router_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_address = self.publisher.getsockopt_string(zmq.LAST_ENDPOINT)
         self.password = password
@@ -46,15 +50,27 @@ class KvServer:
         self.sequence = 0
         self.event_sequence = 0
         self.running = True
+        self.complaints = RateLimitedLog(log)
+
+    def _listen(self, kind, address, token):
+        sock = self.context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if auth.is_tcp(address):
+            auth.serve_securely(sock, token)
+        sock.bind(address)
+        return sock
 
     # -- operations: each takes the args tuple, returns the reply value ----
     def op_put(self, key, value):
+        if not isinstance(key, str):
+            raise TypeError(f"kv keys are strings, got {type(key).__name__}")
         self.data[key] = value
         self.expiry.pop(key, None)
         self._publish(key, value)
 
     def op_put_ttl(self, key, value, ttl_s):
         """Put a value that disappears unless put again within ttl_s."""
+        ttl_s = float(ttl_s)
         self.op_put(key, value)
         self.expiry[key] = time.monotonic() + ttl_s
 
@@ -102,6 +118,9 @@ class KvServer:
     def op_shutdown(self):
         self.running = False
 
+    OPS = frozenset(["put", "put_ttl", "put_many", "add_events", "get", "delete", "scan",
+                     "ping", "info", "shutdown"])
+
     def _publish(self, key, value):
         self.sequence += 1
         self.publisher.send_multipart(
@@ -118,36 +137,49 @@ class KvServer:
                         frames = self.router.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(frames)
-            self._expire()
+                    try:
+                        self._handle(frames)
+                    except Exception as exc:    # nothing a client sends stops the service
+                        self.complaints.warn("request", "dropped a bad kv request: %r", exc)
+            try:
+                self._expire()
+            except Exception as exc:
+                self.complaints.warn("expire", "expiring keys failed: %r", exc)
             if self.owner.gone():
                 log.info("owner process gone; kv service exits")
                 break
         self.router.close(0)
         self.publisher.close(0)
+        if self.gatekeeper is not None:
+            self.gatekeeper.stop()
 
     def _handle(self, frames):
+        if len(frames) < 2:
+            return
         try:
             identity = frames[0]
             msg_type, (request_id, op, args, password) = P.unpack(frames[1])
         except Exception:       # not a kv request: ignore it, never crash on it
+            self.complaints.warn("malformed", "dropped a malformed kv message")
             return
         if msg_type != P.KV_REQUEST:
             return
-        if not authorize(self.password, password):
+        if not isinstance(password, str) or not authorize(self.password, password):
             reply = (request_id, False, "wrong cluster password: pass the --redis-password "
                                         "the cluster was started with")
+        elif not isinstance(op, str) or op not in self.OPS or not isinstance(args, tuple):
+            reply = (request_id, False, f"unknown kv operation {op!r}")
         else:
-            handler = getattr(self, "op_" + op, None)
-            if handler is None:
-                reply = (request_id, False, f"unknown kv operation {op!r}")
-            else:
-                try:
-                    reply = (request_id, True, handler(*args))
-                except Exception as exc:    # a bad request must not kill the service
-                    log.exception("kv operation %s failed", op)
-                    reply = (request_id, False, f"{type(exc).__name__}: {exc}")
-        self.router.send_multipart([identity] + P.pack(P.RESPONSE, *reply))
+            try:
+                reply = (request_id, True, getattr(self, "op_" + op)(*args))
+            except Exception as exc:    # a bad request must not kill the service
+                self.complaints.warn(op, "kv operation %s failed: %r", op, exc)
+                reply = (request_id, False, f"{type(exc).__name__}: {exc}")
+        try:
+            head = P.pack(P.RESPONSE, *reply)
+        except Exception as exc:        # a value (or request id) that cannot be pickled
+            head = P.pack(P.RESPONSE, None, False, f"the reply could not be sent: {exc!r}")
+        self.router.send_multipart([identity] + head)
 
 
 def main(argv=None):
@@ -155,13 +187,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m zray.kv")
     parser.add_argument("--address", required=True)
     parser.add_argument("--pub-address", required=True)
-    # From the environment by default: a password on the command line shows in `ps`.
-    parser.add_argument("--password", default=os.environ.get("ZRAY_PASSWORD", ""))
+    # From the environment only: a token on the command line shows in `ps`.
     parser.add_argument("--owner-pid", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s kv: %(message)s")
-    server = KvServer(args.address, args.pub_address, args.password, args.owner_pid)
+    server = KvServer(args.address, args.pub_address, os.environ.pop(auth.TOKEN_ENV, ""),
+                      args.owner_pid)
     from ..transport.sockets import announce_ready
     announce_ready({"address": server.router_address, "pub_address": server.pub_address})
     started = time.time()

@@ -12,8 +12,8 @@ from .store import format_bytes
 
 def memory_summary(node_address, password=""):
     """The formatted listing of the node at ``node_address``."""
-    from ..cluster import NodeClient
-    client = NodeClient(node_address, password)
+    from ..cluster import NodeClient, current_token
+    client = NodeClient(node_address, current_token(password=password))
     try:
         stats = client.request("store_stats")
         rows = client.request("memory")

@@ -262,7 +262,7 @@ class Transfers:
         return served, None
 
     def _reply(self, client, object_id, offset, length, compressed, error, data):
-        send_frames(self.node.router, [client.identity]
+        send_frames(self.node.socket_for(client.identity), [client.identity]
                     + P.pack(P.CHUNK, object_id, offset, length, compressed, error) + [data])
 
     # == both =================================================================

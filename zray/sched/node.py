@@ -15,6 +15,10 @@
 - A task runs once its argument objects exist and the node's free
   resources fit it; workers start on demand.
 - Worker output is read from pipes, logged and forwarded to drivers.
+- Local clients come over ipc (the session directory, this user's only);
+  peers and remote drivers over a second ROUTER on tcp, a CURVE server of
+  the cluster token (``transport/auth.py``), so the ipc hot path pays
+  nothing for encryption. A client is answered on the socket it came in on.
 """
 import logging
 import os
@@ -25,8 +29,9 @@ import zmq
 
 from ..exceptions import WorkerCrashedError
 from ..serialization import serialize
+from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, authorize
+from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize
 from ..plasma.control import ObjectStoreRequests
 from ..plasma.store import READY as OBJECT_READY, ObjectTable
 from . import resources as R
@@ -58,7 +63,8 @@ class NodeDaemon(NodeRequests):
         self.node_id = os.urandom(8).hex()
         self.session_dir = config["session_dir"]
         self.session_name = config["session_name"]
-        self.password = config.get("password") or os.environ.get("ZRAY_PASSWORD", "")
+        # The token comes by environment (never argv) and leaves it at once.
+        self.password = config.get("password") or os.environ.pop(auth.TOKEN_ENV, "")
         self.context = zmq.Context.instance()
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
@@ -68,9 +74,17 @@ class NodeDaemon(NodeRequests):
         self.router.bind(config["address"])
         self.address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.tcp_address = None        # for peers and remote drivers (zray start)
+        self.tcp_router = self.gatekeeper = None
+        self.remote_clients = set()    # identities that came in on tcp_router
         if config.get("tcp_address"):
-            self.router.bind(config["tcp_address"])
-            self.tcp_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+            self.gatekeeper = auth.start_gatekeeper(self.context, self.password)
+            self.tcp_router = self.context.socket(zmq.ROUTER)
+            self.tcp_router.setsockopt(zmq.LINGER, 0)
+            self.tcp_router.setsockopt(zmq.ROUTER_MANDATORY, 0)
+            self.tcp_router.setsockopt(zmq.SNDHWM, 0)
+            auth.serve_securely(self.tcp_router, self.password)
+            self.tcp_router.bind(config["tcp_address"])
+            self.tcp_address = self.tcp_router.getsockopt_string(zmq.LAST_ENDPOINT)
         totals = R.totals_from_options(config["num_cpus"], config["num_gpus"],
                                        config.get("resources"))
         totals.update(R.memory_totals(config["object_store_memory"]))
@@ -85,7 +99,8 @@ class NodeDaemon(NodeRequests):
         # maximum_startup_concurrency); keep that many warm when idle.
         self.pool = WorkerPool(self.address, self.session_dir, config["max_workers"],
                                max_starting=config.get("max_starting_workers") or cpus,
-                               soft_limit=max(cpus, config.get("prestart_workers") or 0))
+                               soft_limit=max(cpus, config.get("prestart_workers") or 0),
+                               env_extra={auth.TOKEN_ENV: self.password})
         self.actors = ActorTable(self)
         self.clients = {}
         self.functions = {}            # function_id -> (name, blob, sys_path)
@@ -109,11 +124,14 @@ class NodeDaemon(NodeRequests):
         self.next_event_flush = time.monotonic() + EVENT_FLUSH_S
         self.next_client_check = time.monotonic() + 1.0
         self.warned_pool_exhausted = False
+        self.complaints = RateLimitedLog(log)
 
     # == the loop ============================================================
     def serve_forever(self):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
+        if self.tcp_router is not None:
+            poller.register(self.tcp_router, zmq.POLLIN)
         registered_fds, registered_sockets = set(), set()
         for _ in range(self.config.get("prestart_workers", 0)):
             self.pool.start()
@@ -132,32 +150,43 @@ class NodeDaemon(NodeRequests):
                     poller.register(sock, zmq.POLLIN)
                 registered_sockets = set(self.watched)
             for sock, _ in poller.poll(int(TICK_S * 1000)):
-                if sock is self.router:
-                    self._drain_router()
-                elif sock in self.watched:
-                    self.watched[sock]()
-                else:
-                    self._forward_output(sock)
-            self._tick()
+                # Nothing that arrives may stop the loop: every step is guarded.
+                try:
+                    if sock is self.router or sock is self.tcp_router:
+                        self._drain_router(sock)
+                    elif sock in self.watched:
+                        self.watched[sock]()
+                    else:
+                        self._forward_output(sock)
+                except Exception as exc:
+                    self.complaints.warn("loop", "error in the node loop: %r", exc)
+                    log.debug("error in the node loop", exc_info=True)
+            try:
+                self._tick()
+            except Exception as exc:
+                self.complaints.warn("tick", "error in the node's timers: %r", exc)
+                log.debug("error in the node's timers", exc_info=True)
         self._stop()
 
-    def _drain_router(self):
+    def _drain_router(self, router):
         try:
-            self._drain_batch()
+            self._drain_batch(router)
         finally:
             self._flush_pushes()
 
-    def _drain_batch(self):
-        router = self.router
+    def _drain_batch(self, router):
+        remote = router is self.tcp_router
         for _ in range(1000):      # bounded, so ticks still happen under load
             # Asking EVENTS is cheaper than the zmq.Again of an empty recv.
             if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
             frames = router.recv_multipart()
             try:
-                self._handle(frames)
-            except Exception:      # one bad message must not take the node down
-                log.exception("error handling %r", frames[1][:20] if len(frames) > 1 else frames)
+                self._handle(frames, remote)
+            except Exception as exc:      # one bad message must not take the node down
+                self.complaints.warn("message", "error handling a message (%r): %r",
+                                     frames[1][:20] if len(frames) > 1 else frames, exc)
+                log.debug("error handling a message", exc_info=True)
 
     def _tick(self):
         now = time.monotonic()
@@ -186,14 +215,22 @@ class NodeDaemon(NodeRequests):
         self._flush_pushes()
 
     # == messages ============================================================
-    def _handle(self, frames):
+    def _handle(self, frames, remote=False):
         identity = frames[0]
+        if (identity in self.remote_clients) != remote and identity in self.clients:
+            return      # an identity taken on the other socket: not this client's
         msg_type, fields = P.unpack(frames[1])
         payload = frames[2:]
         client = self.clients.get(identity)
         if client is None:
             if msg_type == P.HELLO:
-                self._on_hello(identity, *fields)
+                if remote:
+                    self.remote_clients.add(identity)
+                try:
+                    self._on_hello(identity, *fields)
+                finally:
+                    if identity not in self.clients:
+                        self.remote_clients.discard(identity)
             return
         handler = self.handlers.get(msg_type)
         if handler is None:
@@ -204,7 +241,12 @@ class NodeDaemon(NodeRequests):
     def send(self, identity, msg_type, *fields, frames=()):
         if identity in self.pushes:
             self._flush_pushes_to(identity)     # keep the order the client sees
-        self.router.send_multipart([identity] + P.pack(msg_type, *fields) + list(frames))
+        self.socket_for(identity).send_multipart(
+            [identity] + P.pack(msg_type, *fields) + list(frames))
+
+    def socket_for(self, identity):
+        """The ROUTER a client came in on: its replies go back there."""
+        return self.tcp_router if identity in self.remote_clients else self.router
 
     def _push_object(self, identity, entry):
         """Queue an object for a client; objects leave in one OBJECTS message per
@@ -217,7 +259,8 @@ class NodeDaemon(NodeRequests):
 
     def _flush_pushes_to(self, identity):
         headers, frames = self.pushes.pop(identity)
-        self.router.send_multipart([identity] + P.pack(P.OBJECTS, headers) + frames)
+        self.socket_for(identity).send_multipart(
+            [identity] + P.pack(P.OBJECTS, headers) + frames)
 
     def _flush_pushes(self):
         for identity in list(self.pushes):
@@ -597,6 +640,7 @@ class NodeDaemon(NodeRequests):
 
     def _drop_client(self, client):
         self.clients.pop(client.identity, None)
+        self.remote_clients.discard(client.identity)
         self.store_requests.client_left(client)
         held, client.held = client.held, set()
         for object_id in held:
@@ -640,6 +684,9 @@ class NodeDaemon(NodeRequests):
             except Exception:
                 pass
         self.router.close(0)
+        if self.tcp_router is not None:
+            self.tcp_router.close(0)
+            self.gatekeeper.stop()
         if self.orphaned and self.config.get("remove_session_dir_on_orphan"):
             from ..session import remove_session_files
             remove_session_files(self.session_dir, self.config["plasma_dir"], self.session_name,

@@ -37,7 +37,9 @@ import zmq
 
 from ..exceptions import WorkerCrashedError
 from ..kv.client import subscribe
+from ..kv.records import valid_node_record
 from ..plasma.transfer import Transfers
+from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
 from . import resources as R
@@ -119,10 +121,11 @@ class Peers:
         self.to_drop = {}               # node_id -> when its inbound clients go
         self.last_echo = time.monotonic()   # our heartbeat last seen on the feed
         # Subscribe first, then read the table: no join falls in between.
-        self.sub = subscribe(node.config["kv_pub_address"], ["node:"], node.context)
+        self.sub = subscribe(node.config["kv_pub_address"], ["node:"], node.password,
+                             node.context)
         node.watched[self.sub] = self._on_feed
         for key, info in node.kv.scan("node:").items():
-            self._on_node(key[len("node:"):], info)
+            self._on_record(key, info)
 
     # == membership ===========================================================
     def heartbeat(self):
@@ -157,18 +160,28 @@ class Peers:
     def _on_feed(self):
         for _ in range(1000):
             try:
-                key, _sequence, value = self.sub.recv_multipart(zmq.NOBLOCK)
+                frames = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            node_id = key.decode()[len("node:"):]
-            if node_id == self.node.node_id:
-                self.last_echo = time.monotonic()
-                continue
-            info = pickle.loads(value)
-            if info is None:
-                self._on_node_gone(node_id)
-            else:
-                self._on_node(node_id, info)
+            try:
+                key, _sequence, value = frames
+                self._on_record(key.decode(), pickle.loads(value))
+            except Exception as exc:    # any kv client can write any value there
+                self.node.complaints.warn("feed", "ignored a bad node record on the kv "
+                                          "feed: %r", exc)
+
+    def _on_record(self, key, info):
+        """A ``node:`` record from the kv (None: deleted); malformed ones are ignored."""
+        node_id = key[len("node:"):]
+        if node_id == self.node.node_id:
+            self.last_echo = time.monotonic()
+        elif info is None:
+            self._on_node_gone(node_id)
+        elif valid_node_record(node_id, info):
+            self._on_node(node_id, info)
+        else:
+            self.node.complaints.warn("record", "ignored a malformed record for node %r",
+                                      node_id[:40])
 
     def _on_node(self, node_id, info):
         if node_id == self.node.node_id or not info.get("tcp_address"):
@@ -192,7 +205,7 @@ class Peers:
         sock.setsockopt(zmq.RCVHWM, 0)
         # A nonce: after a reconnect the old identity may still be taken.
         sock.setsockopt(zmq.IDENTITY, b"p" + self.node.node_id.encode() + os.urandom(4))
-        sock.connect(info["tcp_address"])
+        auth.connect(sock, info["tcp_address"], self.node.password)
         peer = Peer(node_id, sock)
         peer.send(P.HELLO, "peer", os.getpid(), self.node.password, P.PROTOCOL_VERSION, [], None)
         self.node.store_requests.peer_connected(peer)
@@ -208,7 +221,7 @@ class Peers:
         if peer is None:        # it heard of us before we heard of it: look it up
             info = self.node.kv.get(f"node:{node_id}")
             if info:
-                self._on_node(node_id, info)
+                self._on_record(f"node:{node_id}", info)
                 peer = self.peers.get(node_id)
         return peer
 

@@ -28,6 +28,27 @@ def send_frames(socket, frames):
                     copy=size < ZERO_COPY_MIN_BYTES)
 
 
+class RateLimitedLog:
+    """Warnings about bad input, at most one per kind every ``interval_s``
+    (with a count of those not shown): a flood of junk must not fill the disk."""
+
+    def __init__(self, logger, interval_s=10.0):
+        self.logger = logger
+        self.interval_s = interval_s
+        self.last = {}          # kind -> (time shown, suppressed since)
+
+    def warn(self, kind, message, *args):
+        now = time.monotonic()
+        shown, suppressed = self.last.get(kind, (None, 0))
+        if shown is not None and now - shown < self.interval_s:
+            self.last[kind] = (shown, suppressed + 1)
+            return
+        if suppressed:
+            message += f" (and {suppressed} more like it since)"
+        self.logger.warning(message, *args)
+        self.last[kind] = (now, 0)
+
+
 def authorize(expected, given):
     return hmac.compare_digest((expected or "").encode(), (given or "").encode())
 

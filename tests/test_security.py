@@ -1,0 +1,318 @@
+"""Safe by default: a `zray start --head` cluster seen from a hostile network.
+
+Real daemons, real sockets. An attacker without the token completes no
+handshake, so nothing it sends is decoded; a client with the token that
+sends junk cannot stop a daemon; the temp root must be ours.
+"""
+import json
+import os
+import pickle
+import random
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import zray as ray
+from zray.kv.client import KvClient, subscribe
+from zray.transport import auth
+from zray.transport import protocol as P
+
+from cluster_util import Cluster, env_for, live_nodes, records, wait_for, zray
+
+
+class _CreatesFile:
+    """Unpickling this creates ``path``: proof that a decoder ran."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = tmp_path_factory.mktemp("secure")
+    cluster = Cluster(root)
+    cluster.start_head("--num-cpus", 1)
+    cluster.wait_nodes(1)
+    (node,) = live_nodes(cluster.address, cluster.token).values()
+    cluster.ports = {"kv": "tcp://" + cluster.address, "kv feed": node["kv_pub_address"],
+                     "node": node["tcp_address"]}
+    cluster.pids = [r["pid"] for r in records(root)]
+    yield cluster
+    cluster.stop()
+
+
+def _assert_daemons_serve(cluster):
+    assert all(psutil.pid_exists(pid) for pid in cluster.pids)
+    kv = KvClient(cluster.ports["kv"], cluster.token)
+    try:
+        assert kv.call("ping") == "pong"
+    finally:
+        kv.close()
+    ray.init(address=cluster.address, redis_password=cluster.token)
+    try:
+        assert ray.get(ray.remote(lambda x: x + 1).remote(41)) == 42
+    finally:
+        ray.shutdown()
+
+
+def _hostile_messages(marker):
+    evil = pickle.dumps(_CreatesFile(marker))
+    head = pickle.dumps((P.KV_REQUEST, (1, "put", ("x", _CreatesFile(marker)), "")))
+    hello = pickle.dumps((P.HELLO, ("driver", 1, _CreatesFile(marker), 1, [], None)))
+    return [[evil], [head], [hello], [b"", evil], [evil, evil, evil], [P.HELLO, evil]]
+
+
+def _raw_tcp(address, data):
+    host, port = address[len("tcp://"):].rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            raw.sendall(data)
+            raw.settimeout(0.5)
+            try:
+                raw.recv(4096)
+            except OSError:
+                pass
+    except OSError:
+        pass
+
+
+def test_pickles_sent_without_the_token_are_never_decoded(cluster, tmp_path):
+    marker = str(tmp_path / "pwned")
+    context = zmq.Context()
+    try:
+        for name, address in cluster.ports.items():
+            for kind in (zmq.DEALER, zmq.REQ, zmq.PUSH, zmq.PUB):
+                for frames in _hostile_messages(marker):
+                    sock = context.socket(kind)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.connect(address)
+                    if kind == zmq.REQ:
+                        frames = [b"".join(frames)]
+                    try:
+                        sock.send_multipart(frames, zmq.NOBLOCK)
+                    except zmq.Again:
+                        pass
+                    sock.close(0)
+            # Same bytes, with a wrong token's CURVE keys: the handshake fails.
+            wrong = context.socket(zmq.DEALER)
+            wrong.setsockopt(zmq.LINGER, 0)
+            with pytest.raises(auth.NeedsToken, match="wrong password"):
+                auth.connect(wrong, address, "not-the-token", check_s=10)
+            wrong.close(0)
+            # And as raw bytes on the port, with and without a ZMTP greeting.
+            greeting = b"\xff" + b"\0" * 8 + b"\x7f\x03\x00NULL" + b"\0" * 16 + b"\0" * 32
+            for data in (pickle.dumps(_CreatesFile(marker)), greeting + b"\x00\x10"
+                         + pickle.dumps(_CreatesFile(marker))[:16]):
+                _raw_tcp(address, data)
+    finally:
+        context.destroy(linger=0)
+    _assert_daemons_serve(cluster)     # runs after everything sent above was handled
+    assert not os.path.exists(marker)
+
+
+def test_a_subscriber_without_the_token_hears_nothing(cluster):
+    context = zmq.Context()
+    feed = cluster.ports["kv feed"]
+    try:
+        outsider = context.socket(zmq.SUB)
+        outsider.setsockopt(zmq.SUBSCRIBE, b"")
+        outsider.connect(feed)
+        wrong = subscribe(feed, [""], "not-the-token", context)
+        member = subscribe(feed, ["probe:"], cluster.token, context)
+        kv = KvClient(cluster.ports["kv"], cluster.token)
+        try:
+            # PUB drops what is sent before a subscriber joined: publish until
+            # the member hears it, then the others had every chance too.
+            def heard():
+                kv.call("put", "probe:x", "secret value")
+                return member.poll(100)
+            wait_for(heard, 20, "the token holder to hear the kv feed")
+        finally:
+            kv.close()
+        assert not outsider.poll(200) and not wrong.poll(0)
+    finally:
+        context.destroy(linger=0)
+
+
+def test_missing_or_wrong_token_fails_fast_with_the_fix(cluster):
+    for token, message in ((None, "needs its token"), ("guess", "wrong password")):
+        started = time.monotonic()
+        with pytest.raises(ConnectionRefusedError, match=message) as info:
+            ray.init(address=cluster.address, redis_password=token)
+        # Bounded by the handshake check, not left to hang.
+        assert time.monotonic() - started < auth.HANDSHAKE_TIMEOUT_S + 1
+        assert "redis_password" in str(info.value) and not ray.is_initialized()
+    result = zray("start", "--address", cluster.address, "--redis-password", "guess",
+                  "--temp-dir", cluster.root, check=False)
+    assert result.returncode == 1 and "wrong password" in result.stderr
+
+
+def test_the_token_stays_out_of_ps(cluster):
+    for pid in cluster.pids:
+        process = psutil.Process(pid)
+        everyone = [process] + process.children(recursive=True)
+        for each in everyone:
+            assert cluster.token not in " ".join(each.cmdline())
+
+
+# == authenticated junk: daemons stay up ========================================
+def _member_socket(context, address, token):
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 100_000)
+    auth.connect(sock, address, token, check_s=10)
+    return sock
+
+
+def _valid_heads(token):
+    return [
+        P.pack(P.KV_REQUEST, 7, "put", ("fuzz:a", 1), token)[0],
+        P.pack(P.KV_REQUEST, 8, "put_ttl", ("node:0123456789abcdef", {"tcp_address": 5}, 1),
+               token)[0],
+        P.pack(P.HELLO, "driver", 1, token, P.PROTOCOL_VERSION, [], None)[0],
+        P.pack(P.SUBMIT, None)[0],
+        P.pack(P.DONE, b"t", [(b"o", P.SHM, 0, ("/etc/passwd", 10), (), False)], False, "", [])[0],
+        P.pack(P.PULL, b"x", -5, 1 << 40, True)[0],
+        P.pack(P.REQUEST, 1, "status", ())[0],
+    ]
+
+
+def _mutate(rng, data):
+    data = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        choice = rng.random()
+        if choice < 0.4 and data:
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        elif choice < 0.7:
+            del data[rng.randrange(len(data) + 1):]
+        else:
+            data[rng.randrange(len(data) + 1):0] = rng.randbytes(rng.randint(1, 8))
+    return bytes(data)
+
+
+class _Fuzzer:
+    def __init__(self, cluster):
+        self.context = zmq.Context()
+        self.sockets = [_member_socket(self.context, cluster.ports[name], cluster.token)
+                        for name in ("kv", "node")]
+        self.heads = _valid_heads(cluster.token)
+
+    def send(self, frames):
+        for sock in self.sockets:
+            sock.send_multipart(frames)
+            while sock.poll(0):         # replies, if any: not piled up
+                sock.recv_multipart()
+
+    def close(self):
+        self.context.destroy(linger=0)
+
+
+def test_thousands_of_junk_and_mutated_messages_leave_daemons_serving(cluster):
+    fuzzer = _Fuzzer(cluster)
+    rng = random.Random(1234)
+    try:
+        for _ in range(2000):
+            if rng.random() < 0.5:
+                frames = [_mutate(rng, rng.choice(fuzzer.heads))]
+            else:
+                frames = [rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(1, 5))]
+            frames += [rng.randbytes(rng.randint(0, 32)) for _ in range(rng.randint(0, 3))]
+            fuzzer.send(frames)
+        for head in fuzzer.heads:       # the unmutated ones too, with junk payloads
+            fuzzer.send([head, b"junk"])
+    finally:
+        fuzzer.close()
+    _assert_daemons_serve(cluster)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.binary(max_size=300), min_size=1, max_size=8))
+def test_hypothesis_multipart_messages_do_not_stop_daemons(cluster, frames):
+    fuzzer = _Fuzzer(cluster)
+    try:
+        fuzzer.send(frames)
+    finally:
+        fuzzer.close()
+    assert all(psutil.pid_exists(pid) for pid in cluster.pids)
+
+
+def test_daemons_serve_after_the_hypothesis_run(cluster):
+    _assert_daemons_serve(cluster)
+
+
+def test_a_bad_node_record_in_the_kv_is_ignored(cluster):
+    kv = KvClient(cluster.ports["kv"], cluster.token)
+    try:
+        kv.call("put", "node:x", 1)
+        kv.call("put", "node:0123456789abcdef", {"tcp_address": "tcp://203.0.113.1:notaport"})
+        kv.call("put", "node:fedcba9876543210", {"tcp_address": "ipc:///tmp/elsewhere"})
+        kv.call("put", "node:00000000000000aa", {"node_id": "00000000000000aa",
+                                                 "resources": "lots"})
+        kv.call("put", "node:00000000000000bb", {"node_id": "00000000000000bb",
+                                                 "tcp_address": 7})
+    finally:
+        kv.close()
+    _assert_daemons_serve(cluster)
+    kv = KvClient(cluster.ports["kv"], cluster.token)
+    try:
+        for key in ("node:x", "node:0123456789abcdef", "node:fedcba9876543210",
+                    "node:00000000000000aa", "node:00000000000000bb"):
+            kv.call("delete", key)
+    finally:
+        kv.close()
+
+
+# == the temp root ===============================================================
+def _start_in(root):
+    return subprocess.run(
+        [sys.executable, "-c", "import zray as ray; ray.init(num_cpus=1); ray.shutdown()"],
+        capture_output=True, text=True, timeout=60, env=env_for(root))
+
+
+def test_a_temp_root_others_can_write_or_own_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir(mode=0o700)
+    if os.getuid() == 0:
+        os.chown(foreign, 65534, 65534)
+    else:
+        foreign = "/"               # owned by root, not by us
+    link = tmp_path / "link"
+    (tmp_path / "mine").mkdir(mode=0o700)
+    link.symlink_to(tmp_path / "mine")
+    for root, why in ((shared, "writable by other users"), (foreign, "owned by another user"),
+                      (link, "a symbolic link")):
+        result = _start_in(root)
+        assert result.returncode != 0
+        assert f"temp root {root} is {why}" in result.stderr, result.stderr
+        assert "chmod 700" in result.stderr
+        for command in ("start --head --port 0", "stop", "status"):
+            cli = zray(*command.split(), "--temp-dir", root, check=False)
+            assert cli.returncode == 1 and f"temp root {root}" in cli.stderr, (command, cli)
+    assert not os.listdir(shared) and not os.listdir(tmp_path / "mine")
+
+
+def test_stop_deletes_only_session_directories_it_verified(tmp_path):
+    root = tmp_path / "root"
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep me")
+    os.makedirs(root / "procs", mode=0o700)
+    os.chmod(root, 0o700)
+    planted = {"pid": os.getpid(), "role": "node", "create_time": 0, "session_dir": str(victim),
+               "session_name": "deadbeef", "plasma_dir": str(tmp_path)}
+    (root / "procs" / "1.json").write_text(json.dumps(planted))
+    zray("stop", "--temp-dir", root)
+    assert (victim / "precious").read_text() == "keep me"

@@ -1,0 +1,32 @@
+"""What a record in the kv must look like before anyone acts on it.
+
+Any client holding the token can write any key; a node or driver that
+connects somewhere, or counts resources, because of a record checks it here
+first, and ignores it if malformed.
+"""
+
+
+def valid_node_record(node_id, info):
+    """Is this a node record one may act on: a 16-hex-digit id (its own),
+    string addresses, a ``tcp://host:port`` to connect to, numeric resources."""
+    if (not isinstance(node_id, str) or len(node_id) != 16
+            or any(c not in "0123456789abcdef" for c in node_id)):
+        return False
+    if not isinstance(info, dict) or info.get("node_id") != node_id:
+        return False
+    if not all(isinstance(info.get(field, ""), str) for field in ("address", "hostname")):
+        return False
+    address = info.get("tcp_address")
+    if address is not None:
+        if not isinstance(address, str) or not address.startswith("tcp://"):
+            return False
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return False
+    for field in ("resources", "available"):
+        table = info.get(field, {})
+        if not isinstance(table, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for k, v in table.items()):
+            return False
+    return isinstance(info.get("queued", 0), int)
