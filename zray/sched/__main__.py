@@ -17,6 +17,9 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s node: %(message)s")
     node = NodeDaemon(config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
+    if node.kv is not None and node.peers is None:
+        # Listed before anyone hears READY: a driver connecting next finds it.
+        node.kv.call("put", f"node:{node.node_id}", node._node_info())
     announce_ready({"address": node.address, "node_id": node.node_id,
                     "tcp_address": node.tcp_address})
     node.serve_forever()
