@@ -30,7 +30,7 @@ def head(tmp_path):
 
 
 def test_connected_driver_raises_when_its_node_is_killed(head, tmp_path):
-    ray.init(address=head.address)
+    ray.init(address=head.address, redis_password=head.token)
     started, release = tmp_path / "started", tmp_path / "release"
 
     @ray.remote
