@@ -163,7 +163,7 @@ def test_options_remote(ray_shared):
     assert ray.get(box.get.remote()) == 7
     with pytest.raises(TypeError, match="unknown option 'num_cpu'"):
         Box.options(num_cpu=1)
-    with pytest.raises(TypeError, match="cannot be instantiated directly"):
+    with pytest.raises(TypeError, match="Actors cannot be instantiated directly"):
         Box(1)
     with pytest.raises(TypeError, match=r"actor.get.remote"):
         box.get()

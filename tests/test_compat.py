@@ -355,3 +355,78 @@ def test_a_raising_custom_serializer_raises_naming_the_class(ray_shared):
 
     with pytest.raises(SerializationError, match="BadlySerialized"):
         echo.remote([BadlySerialized(2)])
+
+
+# == the actor class shows the user's class ====================================
+@ray.remote
+class WithClassAttributes:
+    LIMIT = 3
+
+    @staticmethod
+    def clamp(x):
+        return min(x, WithClassAttributes.LIMIT)
+
+    @classmethod
+    def label(cls, x):
+        return f"{cls.__name__}:{x}"
+
+    def use(self, x):
+        # Class attributes and helpers reached through the actor class's name.
+        return WithClassAttributes.clamp(x), WithClassAttributes.label(x)
+
+
+def test_actor_class_shows_class_attributes_and_helpers(ray_shared):
+    assert WithClassAttributes.LIMIT == 3
+    assert WithClassAttributes.clamp(7) == 3
+    assert WithClassAttributes.label(1) == "WithClassAttributes:1"
+    assert ray.get(WithClassAttributes.remote().use.remote(9)) == (3, "WithClassAttributes:9")
+    with pytest.raises(AttributeError):
+        WithClassAttributes.missing
+
+
+def test_actor_class_cannot_be_instantiated_or_inherited(ray_shared):
+    with pytest.raises(TypeError, match="Actors cannot be instantiated directly"):
+        WithClassAttributes()
+    with pytest.raises(TypeError, match="Inheriting from actor classes is not currently "
+                                        "supported"):
+        class Derived(WithClassAttributes):
+            pass
+
+    class PlainBase:
+        def base(self):
+            return "base"
+
+    @ray.remote
+    class FromPlain(PlainBase):
+        pass
+
+    assert ray.get(FromPlain.remote().base.remote()) == "base"
+
+
+# == ray.get raises as soon as one of its objects failed ========================
+def test_get_of_a_list_raises_once_any_failed_without_waiting_for_the_rest(ray_shared,
+                                                                           tmp_path):
+    release = tmp_path / "release"
+
+    @ray.remote
+    def fails():
+        raise ValueError("failed first")
+
+    @ray.remote
+    def blocked(path):
+        import time
+        while not os.path.exists(path):      # runs until the test lets it go
+            time.sleep(0.05)
+        return "released"
+
+    slow = blocked.remote(str(release))
+    try:
+        # `blocked` cannot finish before the file exists, so ray.get can only
+        # return by raising the failure.
+        with pytest.raises(ValueError, match="failed first"):
+            ray.get([slow, fails.remote()], timeout=120)
+        with pytest.raises(ValueError, match="failed first"):
+            ray.get([fails.remote(), slow], timeout=120)
+    finally:
+        release.touch()
+    assert ray.get(slow, timeout=60) == "released"

@@ -241,7 +241,7 @@ def test_gpu_ids_and_cuda_visible_devices(start_ray, tmp_path):
     assert sorted(a[0] + b[0]) == [0, 1]          # so they hold different GPUs
     for ids, visible, resource_ids, _ in (a, b):
         assert visible == str(ids[0])
-        assert resource_ids == {"GPU": [(ids[0], 1.0)]}
+        assert resource_ids == {"CPU": [(0, 1.0)], "GPU": [(ids[0], 1.0)]}
 
     @ray.remote(num_gpus=2)
     def two_gpus():
@@ -256,7 +256,7 @@ def test_gpu_ids_and_cuda_visible_devices(start_ray, tmp_path):
 
     # Every worker has run a GPU task by now; none keeps those GPUs visible.
     for ids, visible, resource_ids in ray.get([no_gpu.remote() for _ in range(4)]):
-        assert ids == [] and visible == "" and resource_ids == {}
+        assert ids == [] and visible == "" and resource_ids == {"CPU": [(0, 1.0)]}
     assert ray.get_gpu_ids() == []                # the driver holds none
 
 
@@ -443,6 +443,36 @@ def test_default_actors_hold_no_cpu_while_alive(start_ray):
     actors = [Idle.remote() for _ in range(3)]          # more actors than CPUs
     assert len(set(ray.get([a.ping.remote() for a in actors]))) == 3
     assert wait_for(lambda: ray.available_resources().get("CPU") == 2)
+
+
+# == get_resource_ids covers every resource =====================================
+def test_get_resource_ids_lists_cpus_and_custom_resources(start_ray):
+    start_ray(num_cpus=3, resources={"Custom": 2})
+
+    @ray.remote(num_cpus=2, resources={"Custom": 0.5})
+    def held():
+        return ray.get_resource_ids()
+
+    @ray.remote(num_cpus=1.5)
+    def fractional():
+        return ray.get_resource_ids()
+
+    @ray.remote(num_cpus=1)
+    class Holder:
+        def ids(self):
+            return ray.get_resource_ids()
+
+    @ray.remote
+    class Default:
+        def ids(self):
+            return ray.get_resource_ids()
+
+    assert ray.get(held.remote()) == {"CPU": [(0, 1.0), (1, 1.0)], "Custom": [(0, 0.5)]}
+    assert ray.get(fractional.remote()) == {"CPU": [(0, 1.0), (1, 0.5)]}
+    assert ray.get(Holder.remote().ids.remote()) == {"CPU": [(0, 1.0)]}
+    # As Ray: a default actor holds no CPU while it lives.
+    assert ray.get(Default.remote().ids.remote()) == {}
+    assert ray.get_resource_ids() == {}          # the driver holds nothing
 
 
 if __name__ == "__main__":

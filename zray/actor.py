@@ -82,6 +82,10 @@ def _method_table(cls):
     return table, signatures
 
 
+class ActorClassInheritanceError(TypeError):
+    """A class statement named an actor class as a base."""
+
+
 class ActorClass:
     def __init__(self, cls, options):
         check_options(options, ACTOR_OPTIONS, f"actor class {cls.__qualname__}")
@@ -99,8 +103,22 @@ class ActorClass:
         return ActorClass, (self._cls, self._options)
 
     def __call__(self, *args, **kwargs):
-        raise TypeError(f"actor class {self._cls.__qualname__} cannot be instantiated directly; "
-                        f"use {self._cls.__name__}.remote(...) to create an actor")
+        raise TypeError(f"Actors cannot be instantiated directly. Instead of "
+                        f"'{self.__name__}()', use '{self.__name__}.remote()'.")
+
+    def __getattr__(self, name):
+        # The user's class shows through: class attributes, classmethods and
+        # staticmethods (``MyActor.X``, ``MyActor.helper()``), as in Ray.
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(cls, name)
+
+    def __mro_entries__(self, bases):
+        raise ActorClassInheritanceError(
+            f"Inheriting from actor classes is not currently supported: {self.__name__} is "
+            f"an actor class. Inherit from the plain class instead and make the derived "
+            f"class an actor class (with @ray.remote).")
 
     def remote(self, *args, **kwargs):
         return self._create(args, kwargs, self._options)

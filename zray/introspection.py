@@ -70,9 +70,20 @@ def get_gpu_ids():
 
 
 def get_resource_ids():
-    """{'GPU': [(id, fraction), ...]} for the current task or actor."""
+    """{name: [(id, fraction), ...]} of what the current task or actor holds:
+    GPUs as the node assigned them, other resources as whole units 0, 1, ...
+    and a last fractional share ({} in a driver)."""
     worker = context.current_worker()
-    return dict(worker.resource_ids) if worker is not None else {}
+    if worker is None:
+        return {}
+    from .sched.resources import UNIT
+    out = {}
+    for name, amount in sorted(worker.resource_demand.items()):
+        if name != "GPU" and amount > 0:
+            whole, part = divmod(amount, UNIT)
+            out[name] = [(i, 1.0) for i in range(whole)] + ([(whole, part / UNIT)] if part else [])
+    out.update({k: list(v) for k, v in worker.resource_ids.items()})
+    return out
 
 
 def get_webui_url():

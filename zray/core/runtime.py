@@ -507,13 +507,16 @@ class Runtime:
         with self.cond:
             self.owned_pending.update(object_ids)
 
-    def wait_objects(self, object_ids, num_returns, timeout_s, in_task=False):
-        """Block until ``num_returns`` of the ids are here; return the ready set."""
+    def wait_objects(self, object_ids, num_returns, timeout_s, in_task=False,
+                     stop_on_error=False):
+        """Block until ``num_returns`` of the ids are here (or, with
+        ``stop_on_error``, one of them is an error); return the ready set."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         object_ids = list(dict.fromkeys(object_ids))
         with self.cond:
             ready = {i for i in object_ids if i in self.objects}
-            if len(ready) >= num_returns:
+            if len(ready) >= num_returns or (
+                    stop_on_error and any(self.objects[i][0][5] for i in ready)):
                 return ready
         with self._critical():      # asked for means SUBSCRIBE sent: never one alone
             with self.cond:
@@ -533,7 +536,12 @@ class Runtime:
             # Drop arrivals from `missing` as we go: each check costs what is
             # still missing, not the whole list.
             nonlocal missing
-            missing = [i for i in missing if i not in objects]
+            arrived = [i for i in missing if i in objects]
+            if arrived:
+                missing = [i for i in missing if i not in objects]
+                # header[5] is is_error: ray.get raises as soon as one failed.
+                if stop_on_error and any(objects[i][0][5] for i in arrived):
+                    return True
             return len(object_ids) - len(missing) >= num_returns
         try:
             if needed > 0:
@@ -545,8 +553,10 @@ class Runtime:
                 self.send_message(P.UNBLOCKED)
 
     def get_values(self, object_ids, timeout_s=None, in_task=False):
-        ready = self.wait_objects(object_ids, len(set(object_ids)), timeout_s, in_task)
+        ready = self.wait_objects(object_ids, len(set(object_ids)), timeout_s, in_task,
+                                  stop_on_error=True)
         if len(ready) < len(set(object_ids)):
+            self._raise_first_error(object_ids, ready)
             missing = [i.hex() for i in object_ids if i not in ready]
             raise GetTimeoutError(f"ray.get timed out after {timeout_s} s; {len(missing)} of "
                                   f"{len(object_ids)} objects not ready (first: {missing[0]})")
@@ -564,6 +574,16 @@ class Runtime:
                 raise value.error
             values.append(value)
         return values
+
+    def _raise_first_error(self, object_ids, ready):
+        """Raise the error of the first failed object among ``ready``, if any."""
+        for object_id in object_ids:
+            if object_id not in ready:
+                continue
+            with self.cond:
+                entry = self.objects.get(object_id)
+            if entry is not None and entry[0][5]:
+                self.get_values([object_id])
 
     def _decode(self, object_id, entry):
         header, frames = entry

@@ -43,7 +43,8 @@ class Worker:
         self.actor = None
         self.actor_executor = None   # thread pool or event loop for concurrent actors
         self.stopping = False        # leaving (exit_actor, max_calls): run nothing more, wait for EXIT
-        self.resource_ids = {}
+        self.resource_ids = {}       # GPU -> [(id, share)], as the node assigned them
+        self.resource_demand = {}    # what the running task or actor holds (fixed point)
         self.current_task = threading.local()
 
     # -- main loop ------------------------------------------------------------
@@ -79,6 +80,8 @@ class Worker:
         self._install(functions)
         if spec.kind != P.ACTOR_METHOD:
             self._set_resources(resource_ids)
+            held = spec.kind == P.TASK or spec.options.get("hold_resources")
+            self.resource_demand = spec.resources if held else {}
         start = time.time()
         self.current_task.spec = spec
         error_text, exiting = None, False
