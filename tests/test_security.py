@@ -316,3 +316,104 @@ def test_stop_deletes_only_session_directories_it_verified(tmp_path):
     (root / "procs" / "1.json").write_text(json.dumps(planted))
     zray("stop", "--temp-dir", root)
     assert (victim / "precious").read_text() == "keep me"
+
+
+# == clients are who they say they are ===========================================
+class _RawClient:
+    """A bare DEALER on the node's socket speaking the protocol by hand."""
+
+    def __init__(self, address, token, kind="driver", identity=None, secret=None):
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            self.socket.setsockopt(zmq.IDENTITY, identity)
+        auth.connect(self.socket, address, token)
+        self.send(P.HELLO, kind, os.getpid(), token, P.PROTOCOL_VERSION, [], secret)
+        self.greeting = self.receive(lambda t: t in (P.WELCOME, P.REFUSED))
+
+    def send(self, msg_type, *fields, frames=()):
+        self.socket.send_multipart(P.pack(msg_type, *fields) + list(frames))
+
+    def receive(self, wanted, timeout_s=30):
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.socket.poll(100):
+                frames = self.socket.recv_multipart()
+                msg_type, fields = P.unpack(frames[0])
+                if wanted(msg_type):
+                    return msg_type, fields, frames[1:]
+        raise AssertionError("the node did not answer")
+
+    def close(self):
+        self.context.destroy(linger=0)
+
+
+def test_a_client_cannot_pose_as_a_worker_finish_others_tasks_or_name_files(ray_start,
+                                                                            tmp_path):
+    from zray.cluster import current_token
+    from zray.serialization import serialize
+    token, address = current_token(), ray_start["node_address"]
+    impostor = _RawClient(address, token, kind="worker", identity=b"w1-999999")
+    assert impostor.greeting[0] == P.REFUSED
+    assert "not a worker this node started" in impostor.greeting[1][0]
+    impostor.close()
+
+    release = tmp_path / "release"
+
+    @ray.remote
+    def slow():
+        while not os.path.exists(release):
+            time.sleep(0.02)
+        return "real"
+
+    ref = slow.remote()
+    client = _RawClient(address, token)
+    try:
+        assert client.greeting[0] == P.WELCOME
+        fake = serialize("forged")
+        task_id = ref.binary()[:-4]
+        client.send(P.DONE, task_id, [(ref.binary(), P.INLINE, 1, None, (), False)], False,
+                    "", [], frames=[fake.meta])
+        # A PUT naming a file that is not its own object file is refused; a
+        # valid one next to it is stored.
+        planted, good = os.urandom(20), os.urandom(20)
+        client.send(P.PUT, [(planted, P.SHM, 0, ("/etc/passwd", 10), (), False)])
+        client.send(P.PUT, [(good, P.INLINE, 1, None, (), False)], frames=[serialize(1).meta])
+        client.send(P.SUBSCRIBE, [planted, good])
+        _, (entries,), _ = client.receive(lambda t: t == P.OBJECTS)
+        kinds = {header[0]: (header[1], header[3]) for header in entries}
+        assert kinds[good] == (P.INLINE, None)
+        assert kinds.get(planted, (P.INLINE, None))[1] is None      # never /etc/passwd
+    finally:
+        client.close()
+    release.touch()
+    assert ray.get(ref, timeout=60) == "real"
+
+
+def test_admission_rules():
+    from zray.sched import admission
+
+    class Worker:
+        secret = "s3"
+
+    assert admission.hello_refusal(None, False, "driver", None) is None
+    assert admission.hello_refusal(Worker, False, "worker", "s3") is None
+    assert "did not prove" in admission.hello_refusal(Worker, False, "worker", "nope")
+    assert "did not prove" in admission.hello_refusal(Worker, False, "driver", None)
+    assert "over tcp" in admission.hello_refusal(None, True, "worker", None)
+    assert "cannot connect" in admission.hello_refusal(None, False, "peer", None)
+    blob = b"code"
+    assert admission.function_refusal(P.function_id_of(blob), blob) is None
+    assert admission.function_refusal(P.function_id_of(b"other"), blob) is not None
+    oid = b"x" * 20
+    own = os.path.join("/dev/shm", f"zray-abcd1234-{oid.hex()}")
+    check = lambda entries, n=0: admission.object_entries_refusal(  # noqa: E731
+        entries, n, "abcd1234", ("/dev/shm", "/spill"))
+    assert check([(oid, P.SHM, 0, (own, 5), (), False)]) is None
+    assert check([(oid, P.INLINE, 2, None, (), False)], 2) is None
+    assert "not its file" in check([(oid, P.SHM, 0, ("/dev/shm/zray-abcd1234-" + "00" * 20, 5),
+                                     (), False)])
+    assert "payload frames" in check([(oid, P.INLINE, 3, None, (), False)], 2)
+    assert check([(oid, 7, 0, None, (), False)]) is not None
+    assert check("junk") is not None and check([("a",)]) is not None

@@ -59,8 +59,9 @@ HEARTBEAT_TIMEOUT_MS = 3000
 
 class Runtime:
     def __init__(self, node_address, kind, identity=None, password="", log_to_driver=True,
-                 connect_timeout_s=10.0, watch_parent=False):
+                 connect_timeout_s=10.0, watch_parent=False, worker_secret=None):
         self.kind = kind
+        self.worker_secret = worker_secret   # workers: proof that their node started them
         self.pid = os.getpid()
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.DEALER)
@@ -146,7 +147,8 @@ class Runtime:
     # == start-up =============================================================
     def _handshake(self, password, timeout_s):
         self.socket.send_multipart(P.pack(P.HELLO, self.kind, os.getpid(), password,
-                                          P.PROTOCOL_VERSION, list(sys.path), None))
+                                          P.PROTOCOL_VERSION, list(sys.path),
+                                          self.worker_secret))
         if not self.socket.poll(int(timeout_s * 1000)):
             self.socket.close(0)
             self.context.term()

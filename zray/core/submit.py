@@ -5,13 +5,13 @@ they exist and receives their values); refs nested deeper travel as refs.
 A large argument passed by value is put in the object store once for the
 call and passed as a dependency, so it is not copied through the node.
 """
-import hashlib
 import os
 
 from ..object_ref import ObjectRef
 from ..sched.resources import demand_from_options
 from ..serialization import dumps_function, serialize
 from ..transport import protocol as P
+from ..transport.protocol import function_id_of
 from .runtime import INLINE_MAX_BYTES
 from .worker import ArgRef
 
@@ -69,10 +69,6 @@ def new_task_id():
 
 def return_ids(task_id, count):
     return tuple(task_id + index.to_bytes(4, "little") for index in range(count))
-
-
-def function_id_of(blob):
-    return hashlib.sha1(blob).digest()[:16]
 
 
 class FunctionBlob:

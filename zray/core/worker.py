@@ -339,8 +339,10 @@ def _short(value):
 
 def main():
     node_address, worker_id = sys.argv[1], sys.argv[2]
+    # Popped: user code run here (and what it starts) does not inherit them.
     runtime = Runtime(node_address, "worker", identity=worker_id.encode(),
-                      password=os.environ.pop(auth.TOKEN_ENV, ""), watch_parent=True)
+                      password=os.environ.pop(auth.TOKEN_ENV, ""), watch_parent=True,
+                      worker_secret=os.environ.pop(auth.WORKER_SECRET_ENV, None))
     context.set_current(runtime)
     worker = Worker(runtime)
     context.set_worker(worker)

@@ -34,6 +34,7 @@ from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize
 from ..plasma.control import ObjectStoreRequests
 from ..plasma.store import READY as OBJECT_READY, ObjectTable
+from . import admission
 from . import resources as R
 from .actors import ActorTable
 from .node_requests import NodeRequests
@@ -266,14 +267,20 @@ class NodeDaemon(NodeRequests):
         for identity in list(self.pushes):
             self._flush_pushes_to(identity)
 
-    def _on_hello(self, identity, kind, pid, password, version, sys_path, _worker_id):
-        if not authorize(self.password, password):
+    def _on_hello(self, identity, kind, pid, password, version, sys_path, worker_secret):
+        if not isinstance(password, str) or not authorize(self.password, password):
             self.send(identity, P.REFUSED, "wrong cluster password: connect with the "
                       "redis_password/--redis-password the cluster was started with")
             return
         if version != P.PROTOCOL_VERSION:
             self.send(identity, P.REFUSED, f"protocol version {version} does not match the "
                       f"node's {P.PROTOCOL_VERSION}: use the same zray version everywhere")
+            return
+        refusal = admission.hello_refusal(self.pool.workers.get(identity),
+                                          identity in self.remote_clients, kind, worker_secret)
+        if refusal is not None:
+            self.complaints.warn("hello", "refused a client: %s", refusal)
+            self.send(identity, P.REFUSED, refusal)
             return
         client = self.clients[identity] = Client(identity, kind, pid)
         self.send(identity, P.WELCOME, self._node_info())
@@ -296,6 +303,10 @@ class NodeDaemon(NodeRequests):
 
     def _on_function(self, client, fields, _payload):
         function_id, name, blob, sys_path = fields
+        refusal = admission.function_refusal(function_id, blob)
+        if refusal is not None:
+            self.complaints.warn("function", "ignored a function: %s", refusal)
+            return
         self.functions[function_id] = (name, blob, sys_path)
 
     def _on_submit(self, client, fields, payload):
@@ -338,7 +349,17 @@ class NodeDaemon(NodeRequests):
 
     def _on_put(self, client, fields, payload):
         (entries,) = fields
+        if self._refused_objects(entries, payload, "PUT"):
+            return
         self._store_objects(entries, payload, holder=client)
+
+    def _refused_objects(self, entries, payload, what):
+        refusal = admission.object_entries_refusal(
+            entries, len(payload), self.session_name,
+            (self.config["plasma_dir"], self.objects.spill_dir))
+        if refusal is not None:
+            self.complaints.warn(what, "ignored a %s: %s", what, refusal)
+        return refusal is not None
 
     def _store_objects(self, entries, payload, holder=None):
         offset = 0
@@ -432,8 +453,15 @@ class NodeDaemon(NodeRequests):
 
     def _on_done(self, client, fields, payload):
         task_id, entries, exiting, error_text, events = fields
-        self.events.extend(events)
         worker = self.pool.workers.get(client.identity)
+        # Only the worker running a task finishes it (actors: their queue checks).
+        if worker is None or (worker.actor_id is None and (
+                worker.task is None or worker.task.spec.task_id != task_id)):
+            self.complaints.warn("done", "ignored a DONE from a client not running that task")
+            return
+        if self._refused_objects(entries, payload, "DONE"):
+            return
+        self.events.extend(events)
         self._store_objects(entries, payload)
         if worker is not None and worker.actor_id is not None:
             task = self.actors.method_done(worker, task_id, exiting)

@@ -42,6 +42,7 @@ from ..plasma.transfer import Transfers
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
+from . import admission
 from . import resources as R
 
 log = logging.getLogger("zray.peers")
@@ -434,6 +435,9 @@ class Peers:
         node = self.node
         origin = self._peer_of_client(client)
         if function is not None:
+            if admission.function_refusal(spec.function_id, function[1]) is not None:
+                raise ValueError(f"node {client.identity[1:17]!r} forwarded a function whose "
+                                 f"id is not its hash")
             node.functions[spec.function_id] = function
         task_frames, dep_frames = payload[:n_task_frames], payload[n_task_frames:]
         offset = 0

@@ -21,6 +21,8 @@ import subprocess
 import sys
 import time
 
+from ..transport import auth
+
 STARTING = "starting"
 IDLE = "idle"
 BUSY = "busy"
@@ -32,10 +34,11 @@ IDLE_TIMEOUT_S = 10.0
 class Worker:
     __slots__ = ("worker_id", "process", "state", "task", "blocked", "known_functions",
                  "calls", "log_file", "log_pending", "exiting", "actor_id", "started_at",
-                 "idle_since", "held_task")
+                 "idle_since", "held_task", "secret")
 
-    def __init__(self, worker_id, process, log_file):
+    def __init__(self, worker_id, process, log_file, secret=b""):
         self.worker_id = worker_id
+        self.secret = secret         # proves, in its HELLO, that this node started it
         self.process = process
         self.state = STARTING
         self.task = None             # the task it runs (plain workers)
@@ -110,6 +113,9 @@ class WorkerPool:
         env = dict(os.environ)
         env.update(self.env_extra)
         env["PYTHONUNBUFFERED"] = "1"
+        # Its proof of being this worker: by environment, never argv (the id is guessable).
+        secret = os.urandom(16).hex()
+        env[auth.WORKER_SECRET_ENV] = secret
         # As Ray: one OpenMP thread per worker unless the user chose otherwise,
         # so N workers doing numpy do not start N x cores threads.
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -119,7 +125,7 @@ class WorkerPool:
             env=env, close_fds=True)
         os.set_blocking(process.stdout.fileno(), False)
         log_path = os.path.join(self.session_dir, "logs", f"worker-{process.pid}.log")
-        worker = Worker(worker_id, process, open(log_path, "ab", buffering=0))
+        worker = Worker(worker_id, process, open(log_path, "ab", buffering=0), secret)
         self.workers[worker_id] = worker
         self.by_fd[process.stdout.fileno()] = worker
         return worker

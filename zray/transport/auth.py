@@ -28,6 +28,7 @@ import zmq
 from zmq.utils import z85
 
 TOKEN_ENV = "ZRAY_CLUSTER_TOKEN"      # how daemons and workers get it: never argv
+WORKER_SECRET_ENV = "ZRAY_WORKER_SECRET"   # a worker's proof that its node started it
 HANDSHAKE_TIMEOUT_S = 4.0
 # Listening TCP sockets refuse frames bigger than this (the largest zray
 # sends is a 4 MiB transfer chunk or a function blob) and queue at most

@@ -14,6 +14,7 @@ Object entries (in OBJECTS, DONE, PUT, EXECUTE) are header tuples
 kind ``SHM`` means ``location`` is ``(path, size)`` of a sealed shared-memory
 file and there are no payload frames.
 """
+import hashlib
 import pickle
 from collections import namedtuple
 
@@ -81,6 +82,11 @@ TaskSpec = namedtuple("TaskSpec", [
 TASK = 0
 ACTOR_CREATE = 1
 ACTOR_METHOD = 2
+
+
+def function_id_of(blob):
+    """The id a function or class is registered under: the hash of its code."""
+    return hashlib.sha1(blob).digest()[:16]
 
 
 def pack(msg_type, *fields):
