@@ -185,8 +185,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="smoke-test sizes: every row takes a fraction of a second")
     ap.add_argument("--peer-python", metavar="PATH",
                     help=f"interpreter for the peer (default: this one if it has "
-                         f"the peer, else ${peers.ENV_VAR}, else "
-                         f"{peers.DEFAULT_RAY_VENV_PYTHON})")
+                         f"the peer, else ${peers.ENV_VAR})")
     ap.add_argument("--skip-zray", action="store_true",
                     help="run only the peer (e.g. to record its figures)")
     ap.add_argument("--row-timeout", type=int, metavar="S",

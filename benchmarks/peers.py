@@ -13,7 +13,6 @@ import sys
 from typing import List, Optional, Tuple
 
 ENV_VAR = "ZRAY_BENCH_PEER_PYTHON"
-DEFAULT_RAY_VENV_PYTHON = "/work/rayvenv/bin/python"
 
 # Peer name -> module whose import proves the peer is installed.
 PEER_MODULE = {"ray": "ray", "dask": "distributed", "pool": "concurrent.futures"}
@@ -40,10 +39,8 @@ def candidates(peer: str, explicit: Optional[str]) -> List[str]:
     if explicit:
         return [explicit]
     out = [sys.executable]
-    if peer != "pool":
-        if os.environ.get(ENV_VAR):
-            out.append(os.environ[ENV_VAR])
-        out.append(DEFAULT_RAY_VENV_PYTHON)
+    if peer != "pool" and os.environ.get(ENV_VAR):
+        out.append(os.environ[ENV_VAR])
     return list(dict.fromkeys(out))   # drop duplicates, keep order
 
 
@@ -57,4 +54,6 @@ def resolve(peer: str, explicit: Optional[str] = None) -> Tuple[Optional[str], s
         if ok:
             return python, ""
         why.append(reason)
-    return None, f"{peer} not installed ({'; '.join(why)})"
+    return None, (f"{peer} not installed ({'; '.join(why)}); make a venv for it "
+                  f"(python -m venv VENV && VENV/bin/pip install {peer} numpy psutil) and "
+                  f"pass --peer-python VENV/bin/python or set ${ENV_VAR}")

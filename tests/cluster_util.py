@@ -130,8 +130,8 @@ class Cluster:
     def _password_args(self):
         return ["--redis-password", self.password] if self.password else []
 
-    def start_head(self, *args):
-        zray("start", "--head", "--port", "0", "--temp-dir", self.root, *self._password_args(),
+    def start_head(self, *args, port=0):
+        zray("start", "--head", "--port", port, "--temp-dir", self.root, *self._password_args(),
              *args, env=self.env)
         self.address = cluster_address(self.root)
         self.token = cluster_token(self.root)

@@ -553,6 +553,12 @@ class Fragile:
         time.sleep(seconds)
         return "slept"
 
+    def block(self, started):
+        """Say it runs (``started`` appears), then never return."""
+        open(started, "w").close()
+        while True:
+            time.sleep(0.05)
+
     def leave(self):
         ray.exit_actor()
 
@@ -603,10 +609,14 @@ def test_process_death_from_inside(ray_shared):
         ray.get(actor.ok.remote())
 
 
-def test_sigkill_from_outside_fails_pending_and_later_calls(ray_shared):
+def test_sigkill_from_outside_fails_pending_and_later_calls(ray_shared, tmp_path):
     actor = Fragile.remote()
     pid = ray.get(actor.pid.remote())
-    pending = [actor.sleep_then.remote(30), actor.ok.remote()]
+    started = str(tmp_path / "started")
+    pending = [actor.block.remote(started), actor.ok.remote()]
+    # Kill only once the first call runs (the second is queued behind it):
+    # both are in flight when the kill lands.
+    wait_until(lambda: os.path.exists(started), what="the first call to start")
     os.kill(pid, signal.SIGKILL)
     for ref in pending:
         with pytest.raises(RayActorError, match=f"pid {pid}.*SIGKILL"):

@@ -193,3 +193,25 @@ def test_commands_without_a_cluster_explain(tmp_path, monkeypatch):
     with pytest.raises(ConnectionError, match="zray start --head"):
         ray.init(address="auto")
     assert not ray.is_initialized()
+
+
+def test_head_restarts_on_its_port_while_an_old_node_is_still_attached(tmp_path):
+    """`zray stop` of a head, then `zray start --head` on the same port at
+    once: the old head's connections linger on the port (TIME_WAIT, a node
+    of the old cluster still reconnecting), which must not count as in use."""
+    old = Cluster(tmp_path / "old")
+    node_root = tmp_path / "node"
+    new = Cluster(tmp_path / "new")
+    try:
+        old.start_head("--num-cpus", 1)
+        port = int(old.address.rsplit(":", 1)[1])
+        old.add_node("--num-cpus", 1, root=node_root)
+        old.wait_nodes(2)
+        old.stop()                                  # the node stays, attached to the port
+        assert daemon_processes(node_root), "the old cluster's node should still run"
+        new.start_head("--num-cpus", 1, port=port)
+        assert new.address.endswith(f":{port}")
+        new.wait_nodes(1)
+    finally:
+        new.stop()
+        old.stop(node_root)

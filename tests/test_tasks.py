@@ -1,4 +1,5 @@
 """Remote functions, get/put/wait: the task examples of the seeds and more."""
+import os
 import time
 
 import numpy as np
@@ -74,23 +75,34 @@ def test_seed_walkthrough_regular_vs_remote(ray_shared):
     assert ray.get(chained_id) == 2
 
 
-def test_seed_wait(ray_shared):
-    @ray.remote
-    def f(n):
-        time.sleep(n)
-        return n
+@ray.remote
+def held_until(path, value):
+    """Returns ``value`` once ``path`` exists (at once for path None): a task
+    whose end the test decides, not a clock."""
+    while path is not None and not os.path.exists(path):
+        time.sleep(0.02)
+    return value
 
-    results = [f.remote(i * 0.3) for i in range(3)]
-    ready_ids, remaining_ids = ray.wait(results, num_returns=2)
-    assert len(ready_ids) == 2 and len(remaining_ids) == 1
-    assert ray.get(ready_ids) == [0, 0.3]
 
-    results = [f.remote(i) for i in [0, 0, 0, 30, 30]]
-    start = time.monotonic()
-    ready_ids, remaining_ids = ray.wait(results, num_returns=4, timeout=1.5)
-    assert time.monotonic() - start < 10
-    assert len(ready_ids) == 3 and len(remaining_ids) == 2
-    assert set(ready_ids) | set(remaining_ids) == set(results)
+def test_seed_wait(ray_shared, tmp_path):
+    release = str(tmp_path / "release")
+    try:
+        first = [held_until.remote(None, 0), held_until.remote(None, 1),
+                 held_until.remote(release, 2)]
+        ready_ids, remaining_ids = ray.wait(first, num_returns=2)
+        # The third cannot finish before the release: the two ready are the others.
+        assert ray.get(ready_ids) == [0, 1] and remaining_ids == first[2:]
+
+        results = [held_until.remote(None, i) for i in range(3)]
+        ray.get(results)
+        results += [held_until.remote(release, 3), held_until.remote(release, 4)]
+        # 4 cannot be ready before the release: wait returns at its timeout
+        # with what is.
+        ready_ids, remaining_ids = ray.wait(results, num_returns=4, timeout=1.5)
+        assert ready_ids == results[:3] and remaining_ids == results[3:]
+    finally:
+        open(release, "w").close()
+    assert ray.get(first + results) == [0, 1, 2, 0, 1, 2, 3, 4]   # nothing left running
 
 
 def test_seed_wait_loop(ray_shared):
@@ -125,13 +137,15 @@ def test_wait_bad_input(ray_shared):
         ray.wait(ref)
 
 
-def test_get_timeout(ray_shared):
-    @ray.remote
-    def slow():
-        time.sleep(30)
-
-    with pytest.raises(GetTimeoutError):
-        ray.get(slow.remote(), timeout=0.3)
+def test_get_timeout(ray_shared, tmp_path):
+    release = str(tmp_path / "release")
+    slow = held_until.remote(release, "done")
+    try:
+        with pytest.raises(GetTimeoutError):
+            ray.get(slow, timeout=0.3)
+    finally:
+        open(release, "w").close()
+    assert ray.get(slow) == "done"                 # and nothing is left running
 
 
 def test_get_bad_input(ray_shared):
@@ -208,8 +222,12 @@ def test_error_info_and_background_print(ray_shared, capfd):
             break
         time.sleep(0.1)
     assert any("This task failed!!" in e["message"] for e in errors)
-    time.sleep(1.2)
-    assert "This task failed!!" in capfd.readouterr().err
+    # The driver prints an error nobody has ray.get yet, a moment after it came.
+    printed = ""
+    while "This task failed!!" not in printed and time.monotonic() < deadline + 30:
+        printed += capfd.readouterr().err
+        time.sleep(0.1)
+    assert "This task failed!!" in printed
 
 
 def test_nested_tasks_depth_10(ray_shared):
