@@ -407,7 +407,9 @@ def timeline(address, password, temp_dir, output):
         # Nodes batch events for a moment: have them send what they hold.
         for row in rows:
             if "error" not in row:
-                _flush_node_events(row["info"], password)
+                held = _flush_node_events(row["info"], password)
+                if held:
+                    kv_call(kv_address, password, "add_events", held, address=address)
         stored = kv_call(kv_address, password, "scan", "event:", address=address)
     except (OSError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -427,11 +429,11 @@ def _flush_node_events(info, password):
     try:
         client = NodeClient(info.get("tcp_address") or info["address"], password)
         try:
-            client.request("flush_events")
+            return client.request("flush_events")     # its batch: the caller stores it
         finally:
             client.close()
     except Exception:
-        pass
+        return None
 
 
 if __name__ == "__main__":

@@ -97,8 +97,10 @@ def timeline(filename=None):
         events = []
     else:
         runtime._flush_events_now()
-        runtime.request("flush_events")
+        held = runtime.request("flush_events")      # the node's batch, not yet stored
         kv = api._kv()
+        if kv is not None and held:
+            kv.call("add_events", held)
         stored = kv.scan("event:") if kv is not None else {}
         events = [stored[key] for key in sorted(stored)]
     if filename is not None:
