@@ -1,0 +1,140 @@
+"""Fault figures: how fast a dead node is noticed, what spilling costs the node.
+
+    python -m benchmarks.faults detect [--repeat 3]
+    python -m benchmarks.faults spill [--size-mb 400] [--repeat 3]
+
+- ``detect``: a `zray start --head` cluster under a fresh temp dir, a driver
+  connected with ``ray.init(address=...)`` waiting in ``ray.get`` on a task
+  that never ends; the node is killed with SIGKILL; the row is the time from
+  the kill to ``ray.get`` raising.
+- ``spill``: ``ray.init(object_store_memory=1.5 x size)``; one object of
+  ``size`` is put, then a second, which makes the node spill the first. A
+  thread of the driver meanwhile sends a request (``store_stats``) to the
+  node every 5 ms: the slowest answer is how long the node's loop stalled
+  (its heartbeats go out from the same loop). Also: how long the second put
+  took, and the spill throughput (first byte asked to last byte on disk).
+
+Standalone: it does not use the rest of benchmarks/. Run it on an older
+checkout (copy this file there) to compare.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _zray(*args, env):
+    result = subprocess.run([sys.executable, "-m", "zray.cli", *map(str, args)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"zray {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def detect_once():
+    import zray as ray
+    root = tempfile.mkdtemp(prefix="zray-bench-faults-")
+    env = dict(os.environ, ZRAY_TEMP_DIR=root, PYTHONPATH=os.pathsep.join(
+        filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    try:
+        _zray("start", "--head", "--port", 0, "--num-cpus", 1, "--temp-dir", root, env=env)
+        with open(os.path.join(root, "cluster.json")) as f:
+            address = json.load(f)["address"]
+        (node_pid,) = [r["pid"] for r in _records(root) if r["role"] == "node"]
+        ray.init(address=address)
+
+        @ray.remote
+        def forever():
+            time.sleep(600)
+
+        ref = forever.remote()
+        time.sleep(1.0)                  # the task is running
+        os.kill(node_pid, signal.SIGKILL)
+        killed = time.monotonic()
+        try:
+            ray.get(ref, timeout=120)
+        except Exception as exc:         # the error we measure the arrival of
+            noticed = time.monotonic() - killed
+            kind = type(exc).__name__
+        ray.shutdown()
+        return noticed, kind
+    finally:
+        _zray("stop", "--temp-dir", root, env=env)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _records(root):
+    directory = os.path.join(root, "procs")
+    out = []
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as f:
+            out.append(json.load(f))
+    return out
+
+
+def spill_once(size_mb):
+    import numpy as np
+    import zray as ray
+    size = size_mb * 1024 * 1024
+    ray.init(num_cpus=1, object_store_memory=int(1.5 * size))
+    runtime = ray.api._runtime()
+    try:
+        first = ray.put(np.ones(size // 8))
+        latencies, stop = [], threading.Event()
+
+        def ping():
+            while not stop.is_set():
+                start = time.perf_counter()
+                runtime.request("store_stats")
+                latencies.append(time.perf_counter() - start)
+                time.sleep(0.005)
+
+        pinger = threading.Thread(target=ping)
+        pinger.start()
+        time.sleep(0.2)
+        start = time.perf_counter()
+        second = ray.put(np.ones(size // 8))
+        put_s = time.perf_counter() - start
+        while runtime.request("store_stats").get("spilling_bytes", 0):
+            time.sleep(0.005)
+        spilled_s = time.perf_counter() - start
+        time.sleep(0.2)
+        stop.set()
+        pinger.join()
+        assert runtime.request("store_stats")["spilled_objects"] == 1
+        del first, second
+        return max(latencies), statistics.median(latencies), put_s, size / spilled_s / 1e9
+    finally:
+        ray.shutdown()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.faults")
+    parser.add_argument("what", choices=["detect", "spill"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--size-mb", type=int, default=400)
+    args = parser.parse_args(argv)
+    if args.what == "detect":
+        for _ in range(args.repeat):
+            noticed, kind = detect_once()
+            print(f"dead node noticed by a connected driver after {noticed:.2f} s ({kind})",
+                  flush=True)
+    else:
+        for _ in range(args.repeat):
+            worst, median, put_s, gbps = spill_once(args.size_mb)
+            print(f"spill {args.size_mb} MiB: node answers in {median * 1e3:.1f} ms median, "
+                  f"{worst * 1e3:.0f} ms worst; second put {put_s:.2f} s; "
+                  f"spill throughput {gbps:.2f} GB/s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
