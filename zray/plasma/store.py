@@ -87,6 +87,7 @@ class ObjectTable:
         self.created_bytes = 0
         self.spill_failure = None       # last reason spilling failed, for status
         self.spill_failed_at = -SPILL_RETRY_S
+        self.over_capacity = None       # why sealed small objects could not be made room for
         self.in_memory = OrderedDict()  # shm objects, oldest first, for spilling
         self.spilling = {}              # object_id -> entry whose copy is in flight
         self.spilling_bytes = 0
@@ -126,8 +127,8 @@ class ObjectTable:
                 f"{format_bytes(self.shm_bytes)} of its {format_bytes(self.capacity_bytes)} "
                 f"hold {len(self.in_memory)} objects that are still referenced "
                 f"({format_bytes(self.reserved_bytes)} more is being written, "
-                f"{format_bytes(self.spilled_bytes)} already spilled to disk); in memory "
-                f"not, because {why_not_memory}; on disk not, because {why_not_disk}. "
+                f"{format_bytes(self.spilled_bytes)} already spilled to disk). It fits "
+                f"neither in memory ({why_not_memory}) nor on disk ({why_not_disk}). "
                 f"Drop ObjectRefs you no longer need, free disk space under {self.spill_dir} "
                 f"(or pick another object_spilling_directory), or start zray with a larger "
                 f"object_store_memory")
@@ -171,23 +172,21 @@ class ObjectTable:
         entry.contained = tuple(contained)
         for inner in entry.contained:
             self.add_ref(inner)
+        if kind == SHM:
+            entry.size = location[1]
+            self.created_objects += 1
+            self.created_bytes += entry.size
         if kind == SHM and self._on_disk(location[0]):
-            entry.size = location[1]         # written straight to disk (fallback)
-            entry.spilled = True
+            entry.spilled = True             # written straight to disk (fallback)
             self.spilled_bytes += entry.size
             self.spilled_objects += 1
-            self.created_objects += 1
-            self.created_bytes += entry.size
         elif kind == SHM:
-            entry.size = location[1]
             self.shm_bytes += entry.size
-            self.created_objects += 1
-            self.created_bytes += entry.size
             self.in_memory[object_id] = entry
             reason = self._make_room(0)   # unreserved (small) objects are accounted here
-            if reason is not None and reason != self.spill_failure:
+            if reason is not None and reason != self.over_capacity:
                 log.error("object store over capacity and %s", reason)
-            self.spill_failure = reason
+            self.over_capacity = reason
         else:
             entry.size = sum(len(f) for f in frames)
             self.inline_bytes += entry.size
@@ -305,7 +304,7 @@ class ObjectTable:
             self.shm_bytes -= entry.size
             self.spilled_bytes += entry.size
             self.spilled_objects += 1
-            self.spill_failure = None
+            self.spill_failure, self.spill_failed_at = None, -SPILL_RETRY_S
             log.info("spilled object %s (%s) to %s", object_id.hex(),
                      format_bytes(entry.size), target)
 
