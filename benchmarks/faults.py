@@ -48,9 +48,9 @@ def detect_once():
     try:
         _zray("start", "--head", "--port", 0, "--num-cpus", 1, "--temp-dir", root, env=env)
         with open(os.path.join(root, "cluster.json")) as f:
-            address = json.load(f)["address"]
+            recorded = json.load(f)
         (node_pid,) = [r["pid"] for r in _records(root) if r["role"] == "node"]
-        ray.init(address=address)
+        ray.init(address=recorded["address"], redis_password=recorded.get("token", ""))
 
         @ray.remote
         def forever():
