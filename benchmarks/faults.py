@@ -2,6 +2,7 @@
 
     python -m benchmarks.faults detect [--repeat 3]
     python -m benchmarks.faults spill [--size-mb 400] [--repeat 3]
+    python -m benchmarks.faults kv [--repeat 3]
 
 - ``detect``: a `zray start --head` cluster under a fresh temp dir, a driver
   connected with ``ray.init(address=...)`` waiting in ``ray.get`` on a task
@@ -13,6 +14,9 @@
   node every 5 ms: the slowest answer is how long the node's loop stalled
   (its heartbeats go out from the same loop). Also: how long the second put
   took, and the spill throughput (first byte asked to last byte on disk).
+- ``kv``: ``ray.init()``, a key put, the kv service killed with SIGKILL; the
+  row is the time until it answers again with that key (restarted by the
+  node, state reloaded from its journal).
 
 Standalone: it does not use the rest of benchmarks/. Run it on an older
 checkout (copy this file there) to compare.
@@ -117,9 +121,31 @@ def spill_once(size_mb):
         ray.shutdown()
 
 
+def kv_restart_once():
+    import zray as ray
+    from zray.kv.client import KvClient
+    info = ray.init(num_cpus=1)
+    try:
+        kv = KvClient(info["kv_address"], ray.api._runtime().password)
+        kv.put("bench:kept", 1)
+        os.kill(info["kv_pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        while True:
+            try:
+                if kv.call("get", "bench:kept", timeout_s=0.2) == 1:
+                    break
+            except Exception:            # still down
+                pass
+        back = time.monotonic() - killed
+        kv.close()
+        return back
+    finally:
+        ray.shutdown()
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults")
-    parser.add_argument("what", choices=["detect", "spill"])
+    parser.add_argument("what", choices=["detect", "spill", "kv"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     args = parser.parse_args(argv)
@@ -128,6 +154,10 @@ def main(argv=None):
             noticed, kind = detect_once()
             print(f"dead node noticed by a connected driver after {noticed:.2f} s ({kind})",
                   flush=True)
+    elif args.what == "kv":
+        for _ in range(args.repeat):
+            print(f"kv service killed: answering again, with its state, after "
+                  f"{kv_restart_once():.2f} s", flush=True)
     else:
         for _ in range(args.repeat):
             worst, median, put_s, gbps = spill_once(args.size_mb)

@@ -255,7 +255,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             kv_pub_address = kv_pub_address or f"ipc://{session_dir}/kv-pub.sock"
             kv_log = os.path.join(session_dir, "logs", "kv.log")
             command = [sys.executable, "-m", "zray.kv", "--address", kv_address,
-                       "--pub-address", kv_pub_address]
+                       "--pub-address", kv_pub_address, "--journal", session_dir]
             if owner_pid:
                 command += ["--owner-pid", str(owner_pid)]
             kv_process = _spawn(command, kv_log, env, detach)
@@ -280,6 +280,13 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "head": head, "node_ip_address": node_ip_address,
             "spill_dir": spill_dir,      # None: <session_dir>/spill
         }
+        if kv_process is not None:
+            # The head node restarts the kv if it dies: same addresses (ports
+            # as picked), same journal.
+            restart = [a for a in command]
+            restart[restart.index("--address") + 1] = kv_address
+            restart[restart.index("--pub-address") + 1] = kv_pub_address
+            config["kv_restart"] = {"command": restart, "pid": kv_process.pid, "log": kv_log}
         node_log = os.path.join(session_dir, "logs", "node.log")
         node_process = _spawn([sys.executable, "-m", "zray.sched", "--config", json.dumps(config)],
                               node_log, env, detach)

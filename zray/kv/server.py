@@ -12,6 +12,11 @@
   published, when not refreshed within their ttl: that is how every node
   learns that a peer died, without a failure detector of its own.
 - One thread owns the state and both sockets; nothing else touches them.
+- With ``--journal DIR`` (the head's session directory) every durable change
+  is appended to a log there and the state reloaded from it at start
+  (``journal.py``): a kv service restarted after a crash (by the head node,
+  ``kv/supervisor.py``) has what its predecessor had; nodes re-register with
+  their next heartbeat and clients reconnect by themselves.
 - Over tcp both sockets are CURVE servers of the cluster token
   (``transport/auth.py``): only token holders connect, read the feed or
   reach a decoder. Whatever an authenticated client sends, the loop goes on:
@@ -27,6 +32,7 @@ import zmq
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize
+from .journal import Journal
 
 log = logging.getLogger("zray.kv")
 
@@ -34,7 +40,8 @@ MAX_EVENTS = 1_000_000
 
 
 class KvServer:
-    def __init__(self, router_address, pub_address, password="", owner_pid=None):
+    def __init__(self, router_address, pub_address, password="", owner_pid=None,
+                 journal_dir=None):
         self.context = zmq.Context.instance()
         self.gatekeeper = None
         if auth.is_tcp(router_address) or auth.is_tcp(pub_address):
@@ -45,7 +52,8 @@ class KvServer:
         self.pub_address = self.publisher.getsockopt_string(zmq.LAST_ENDPOINT)
         self.password = password
         self.owner = OwnerWatch(owner_pid)
-        self.data = {}
+        self.journal = Journal(journal_dir) if journal_dir else None
+        self.data = self.journal.load() if self.journal else {}
         self.expiry = {}           # key -> monotonic deadline, for put_ttl entries
         self.sequence = 0
         self.event_sequence = 0
@@ -64,15 +72,29 @@ class KvServer:
     def op_put(self, key, value):
         if not isinstance(key, str):
             raise TypeError(f"kv keys are strings, got {type(key).__name__}")
-        self.data[key] = value
+        self._set(key, value)
         self.expiry.pop(key, None)
-        self._publish(key, value)
+        if self.journal is not None:
+            self.journal.record(key, value)
+            self.journal.maybe_compact(self.durable())
 
     def op_put_ttl(self, key, value, ttl_s):
-        """Put a value that disappears unless put again within ttl_s."""
+        """Put a value that disappears unless put again within ttl_s (not journaled:
+        its owner puts it again long before a restarted kv would miss it)."""
         ttl_s = float(ttl_s)
-        self.op_put(key, value)
+        if not isinstance(key, str):
+            raise TypeError(f"kv keys are strings, got {type(key).__name__}")
+        self._set(key, value)
         self.expiry[key] = time.monotonic() + ttl_s
+
+    def _set(self, key, value):
+        self.data[key] = value
+        self._publish(key, value)
+
+    def durable(self):
+        """What the journal keeps: neither heartbeats nor timeline events."""
+        return {k: v for k, v in self.data.items()
+                if k not in self.expiry and not k.startswith("event:")}
 
     def op_put_many(self, items):
         for key, value in items:
@@ -90,10 +112,12 @@ class KvServer:
         return self.data.get(key, default)
 
     def op_delete(self, key):
-        self.expiry.pop(key, None)
+        durable = self.expiry.pop(key, None) is None
         existed = self.data.pop(key, None) is not None
         if existed:
             self._publish(key, None)
+            if durable and self.journal is not None:
+                self.journal.record(key, None, deleted=True)
         return existed
 
     def op_scan(self, prefix):
@@ -150,6 +174,8 @@ class KvServer:
                 break
         self.router.close(0)
         self.publisher.close(0)
+        if self.journal is not None:
+            self.journal.close()
         if self.gatekeeper is not None:
             self.gatekeeper.stop()
 
@@ -189,11 +215,13 @@ def main(argv=None):
     parser.add_argument("--pub-address", required=True)
     # From the environment only: a token on the command line shows in `ps`.
     parser.add_argument("--owner-pid", type=int, default=None)
+    parser.add_argument("--journal", default=None, metavar="DIR",
+                        help="keep the state in DIR and reload it from there at start")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s kv: %(message)s")
     server = KvServer(args.address, args.pub_address, os.environ.pop(auth.TOKEN_ENV, ""),
-                      args.owner_pid)
+                      args.owner_pid, args.journal)
     from ..transport.sockets import announce_ready
     announce_ready({"address": server.router_address, "pub_address": server.pub_address})
     started = time.time()

@@ -110,6 +110,12 @@ class NodeDaemon(NodeRequests):
         if config.get("kv_address"):
             from ..kv.client import KvClient
             self.kv = KvClient(config["kv_address"], self.password, self.context)
+        self.kv_supervisor = None      # the head restarts its kv service if it dies
+        if config.get("kv_restart"):
+            from ..kv.supervisor import KvSupervisor
+            restart = config["kv_restart"]
+            self.kv_supervisor = KvSupervisor(restart["command"], restart["pid"],
+                                              restart["log"], self.password)
         self.watched = {}              # extra sockets polled by the loop -> callback
         # Spill copies run in a thread; the loop applies them when they finish.
         self.watched[self.objects.spill_done_fd] = self.objects.finish_spills
@@ -213,6 +219,8 @@ class NodeDaemon(NodeRequests):
             log.info("the driver that started this node is gone; shutting down")
             self.orphaned = True
             self.running = False
+        if self.kv_supervisor is not None and self.running:
+            self.kv_supervisor.tick(now)
         self._flush_pushes()
 
     # == messages ============================================================
@@ -711,6 +719,8 @@ class NodeDaemon(NodeRequests):
                 self.kv.tell("delete", f"node:{self.node_id}")
             except Exception:
                 pass
+        if self.kv_supervisor is not None:
+            self.kv_supervisor.stop()
         self.router.close(0)
         if self.tcp_router is not None:
             self.tcp_router.close(0)
