@@ -237,6 +237,37 @@ def test_order_of_many_task_callers(ray_shared):
         assert [i for (ki, i) in items if ki == k] == list(range(20))
 
 
+def test_one_callers_pending_argument_does_not_hold_up_another_caller(ray_shared, tmp_path):
+    gate = tmp_path / "gate"
+
+    @ray.remote
+    def slow(path):
+        while not os.path.exists(path):      # runs until the test opens the gate
+            time.sleep(0.01)
+        return "slow"
+
+    @ray.remote
+    def fast():
+        return "fast"
+
+    @ray.remote
+    def other_caller(actor):
+        return ray.get(actor.echo.remote(fast.remote()))
+
+    @ray.remote
+    class Echo:
+        def echo(self, value):
+            return value
+
+    actor = Echo.remote()
+    held_up = actor.echo.remote(slow.remote(str(gate)))     # caller A: this driver
+    # Caller B, a task, gets its answer while A's argument cannot exist yet.
+    assert ray.get(other_caller.remote(actor), timeout=60) == "fast"
+    assert ray.wait([held_up], timeout=0) == ([], [held_up])
+    gate.write_text("open")
+    assert ray.get(held_up, timeout=60) == "slow"
+
+
 def test_different_actors_run_in_parallel(ray_shared):
     @ray.remote
     class Sleeper:

@@ -16,6 +16,7 @@ from conftest import assert_no_leftovers
 from zray.exceptions import ObjectStoreFullError
 from zray.plasma import shm
 from zray.plasma.report import memory_summary
+from zray.plasma.disk import SpillDisk
 from zray.plasma.store import IN_MEMORY, ON_DISK, ObjectTable
 from zray.serialization import serialize
 from zray.transport import protocol as P
@@ -402,7 +403,7 @@ def _sealed_file(directory, name, size):
 def test_object_table_reserve_spill_free(tmp_path):
     memory, spill = tmp_path / "mem", tmp_path / "spill"
     memory.mkdir()
-    table = ObjectTable(capacity_bytes=3000, spill_dir=str(spill))
+    table = ObjectTable(capacity_bytes=3000, spill_dir=str(spill), disk=SpillDisk())
     ids = [bytes([i]) * 20 for i in range(4)]
     paths = []
     for object_id in ids[:3]:
@@ -444,7 +445,7 @@ def test_object_table_reserve_spill_free(tmp_path):
 
 
 def test_object_table_disk_full_names_sizes_and_paths(tmp_path):
-    table = ObjectTable(capacity_bytes=1000, spill_dir=str(tmp_path / "spill"))
+    table = ObjectTable(capacity_bytes=1000, spill_dir=str(tmp_path / "spill"), disk=SpillDisk())
     too_big = shm.free_bytes(str(tmp_path)) + (1 << 30)
     with pytest.raises(ObjectStoreFullError) as caught:
         table.reserve(b"a" * 20, too_big)
@@ -458,7 +459,7 @@ def test_object_table_disk_full_names_sizes_and_paths(tmp_path):
 def test_object_table_spill_freed_in_flight_or_failed(tmp_path):
     memory, spill = tmp_path / "mem", tmp_path / "spill"
     memory.mkdir()
-    table = ObjectTable(capacity_bytes=2000, spill_dir=str(spill))
+    table = ObjectTable(capacity_bytes=2000, spill_dir=str(spill), disk=SpillDisk())
     ids = [bytes([i]) * 20 for i in range(3)]
     paths = [_sealed_file(memory, i.hex(), 1000) for i in ids]
     # A directory where the copy of ids[1] should go: its rename fails.
@@ -482,7 +483,7 @@ def test_object_table_spill_freed_in_flight_or_failed(tmp_path):
 
 def test_object_table_reports_why_it_is_full(tmp_path):
     (tmp_path / "spill").write_text("not a directory")
-    table = ObjectTable(capacity_bytes=2000, spill_dir=str(tmp_path / "spill"))
+    table = ObjectTable(capacity_bytes=2000, spill_dir=str(tmp_path / "spill"), disk=SpillDisk())
     table.expect(b"a" * 20).refcount = 1
     path = _sealed_file(tmp_path, "a", 1500)
     table.seal((b"a" * 20, P.SHM, 0, (path, 1500), (), False), [])

@@ -6,8 +6,9 @@ from hypothesis import given, settings, strategies as st
 
 from zray.sched import resources as R
 from zray.sched.resources import UNIT, NodeResources, demand_from_options, to_fixed
-from zray.sched.scheduler import (INFEASIBLE, RUNNING, Scheduler, Task, infeasible_message,
+from zray.sched.scheduler import (INFEASIBLE, RUNNING, Scheduler, infeasible_message,
                                   infeasible_report)
+from zray.sched.task import Task
 from zray.sched.worker_pool import IDLE, STARTING, WorkerPool
 from zray.transport import protocol as P
 
@@ -336,7 +337,7 @@ class _FakeWorker:
 
 
 def pool_with(states, **kwargs):
-    pool = WorkerPool("ipc://none", "/tmp", **kwargs)
+    pool = WorkerPool(**kwargs)
     for i, state in enumerate(states):
         pool.workers[i] = _FakeWorker(state)
     return pool

@@ -14,9 +14,9 @@ nothing to "evict": an unreferenced object is already gone.
 Capacity: shared-memory bytes are summed against ``capacity_bytes``. A
 writer of a large object first *reserves* its size; to make room the oldest
 sealed objects are copied to the spill directory by a background thread
-(``spiller``) while readers go on mapping the shared-memory file; the loop
-applies each finished copy (``finish_spills``, called when ``spill_done_fd``
-is readable) and unlinks the original. Bytes being spilled count as free, so
+(``spiller``, started through the ``disk`` port) while readers go on mapping
+the shared-memory file; the loop applies each finished copy (``finish_spills``,
+an event when the port's ``done_fd`` is readable) and unlinks the original. Bytes being spilled count as free, so
 shared memory may run over by the copies in flight. An object that cannot be
 given room in memory (larger than the store, or everything else is reserved)
 is written straight to the spill directory instead (fallback allocation, as
@@ -27,13 +27,10 @@ so the store may also run over by the small objects in flight.
 """
 import logging
 import os
-import time
 from collections import OrderedDict
 
 from ..exceptions import ObjectStoreFullError
 from ..transport.protocol import INLINE, SHM
-from . import shm
-from .spiller import Spiller
 
 log = logging.getLogger("zray.store")
 
@@ -52,7 +49,7 @@ class ObjectEntry:
                  "is_error", "refcount", "subscribers", "waiting_tasks", "size", "spilled",
                  "created_at")
 
-    def __init__(self, object_id):
+    def __init__(self, object_id, created_at):
         self.object_id = object_id
         self.state = PENDING
         self.kind = INLINE
@@ -65,7 +62,7 @@ class ObjectEntry:
         self.waiting_tasks = []   # tasks blocked on this object
         self.size = 0
         self.spilled = False
-        self.created_at = time.time()
+        self.created_at = created_at  # wall-clock seconds, for `zray memory`
 
     def header(self):
         n_frames = len(self.frames) if self.kind == INLINE else 0
@@ -73,7 +70,11 @@ class ObjectEntry:
 
 
 class ObjectTable:
-    def __init__(self, capacity_bytes, spill_dir):
+    def __init__(self, capacity_bytes, spill_dir, disk, clock=lambda: 0.0):
+        # The table decides, ``disk`` acts (``disk.SpillDisk`` on a node, a fake
+        # in unit tests); ``clock`` gives the wall time stamped on new entries.
+        self.disk = disk
+        self.clock = clock
         self.entries = {}
         self.capacity_bytes = capacity_bytes
         self.spill_dir = spill_dir
@@ -92,14 +93,13 @@ class ObjectTable:
         self.spilling = {}              # object_id -> entry whose copy is in flight
         self.spilling_bytes = 0
         self.disk_reserved_bytes = 0    # admitted straight to the spill directory
-        self.spiller = Spiller()
 
     # -- lifecycle ----------------------------------------------------------
     def expect(self, object_id):
         """A task will produce this object; create its entry if new."""
         entry = self.entries.get(object_id)
         if entry is None:
-            entry = self.entries[object_id] = ObjectEntry(object_id)
+            entry = self.entries[object_id] = ObjectEntry(object_id, self.clock())
         return entry
 
     def reserve(self, object_id, size, owner=None):
@@ -162,7 +162,7 @@ class ObjectTable:
             # unlink the file a live entry of the same id points to.
             if kind == SHM and not (entry is not None and entry.kind == SHM
                                     and entry.location[0] == location[0]):
-                shm.unlink_quietly(location[0])
+                self.disk.unlink(location[0])
             return None
         entry.state = READY
         entry.kind = kind
@@ -195,7 +195,7 @@ class ObjectTable:
     def add_ref(self, object_id, count=1):
         entry = self.entries.get(object_id)
         if entry is None:
-            entry = self.entries[object_id] = ObjectEntry(object_id)
+            entry = self.entries[object_id] = ObjectEntry(object_id, self.clock())
             log.debug("ref to unknown object %s", object_id.hex())
         entry.refcount += count
 
@@ -219,7 +219,7 @@ class ObjectTable:
                     self.spilled_objects -= 1
                 else:
                     self.shm_bytes -= entry.size
-                shm.unlink_quietly(entry.location[0])
+                self.disk.unlink(entry.location[0])
             else:
                 self.inline_bytes -= entry.size
         for inner in entry.contained:
@@ -240,7 +240,7 @@ class ObjectTable:
             if not self.in_memory:
                 return ("nothing is left to spill (the rest is reserved by objects "
                         "being written)")
-            if time.monotonic() - self.spill_failed_at < SPILL_RETRY_S:
+            if self.disk.now() - self.spill_failed_at < SPILL_RETRY_S:
                 return self.spill_failure
             victim = next(iter(self.in_memory.values()))
             problem = self._disk_problem(victim.size)
@@ -251,14 +251,13 @@ class ObjectTable:
             del self.in_memory[victim.object_id]
             self.spilling[victim.object_id] = victim
             self.spilling_bytes += victim.size
-            self.spiller.start(victim.object_id, victim.location[0], self.spill_dir)
+            self.disk.start_copy(victim.object_id, victim.location[0], self.spill_dir)
         return None
 
     def _disk_problem(self, size):
         """Why the spill directory cannot take ``size`` more bytes now, or None."""
         try:
-            os.makedirs(self.spill_dir, exist_ok=True)
-            free = shm.free_bytes(self.spill_dir)
+            free = self.disk.free_bytes(self.spill_dir)
         except OSError as exc:
             return f"the spill directory {self.spill_dir} cannot be used ({exc})"
         needed = size + self.disk_reserved_bytes + self.spilling_bytes
@@ -274,21 +273,19 @@ class ObjectTable:
         if reason != self.spill_failure:
             log.error("%s", reason)
         self.spill_failure = reason
-        self.spill_failed_at = time.monotonic()
+        self.spill_failed_at = self.disk.now()
 
-    @property
-    def spill_done_fd(self):
-        """Readable when copies to the spill directory have finished: call
-        ``finish_spills`` then (the node polls it with its sockets)."""
-        return self.spiller.done_fd
-
-    def finish_spills(self, wait=False):
-        """Apply finished copies (all in flight, if ``wait``)."""
-        for object_id, path, target, error in self.spiller.finished(wait):
+    def finish_spills(self, results=None, wait=False):
+        """Apply finished copies ``[(object_id, path, target, error)]`` (on a
+        node they come as an event; without, read them from the disk port,
+        all in flight if ``wait``)."""
+        if results is None:
+            results = self.disk.finished(wait)
+        for object_id, path, target, error in results:
             entry = self.spilling.pop(object_id, None)
             if entry is None or entry.location[0] != path:
                 if target is not None:
-                    shm.unlink_quietly(target)    # freed while it was being copied
+                    self.disk.unlink(target)      # freed while it was being copied
                 continue
             self.spilling_bytes -= entry.size
             if error is not None:
@@ -300,7 +297,7 @@ class ObjectTable:
                 continue
             entry.location = (target, entry.size)
             entry.spilled = True
-            shm.unlink_quietly(path)      # readers that mapped it keep their view
+            self.disk.unlink(path)        # readers that mapped it keep their view
             self.shm_bytes -= entry.size
             self.spilled_bytes += entry.size
             self.spilled_objects += 1
@@ -343,12 +340,9 @@ class ObjectTable:
         return rows
 
     def unlink_all(self):
-        for _, _, target, _ in self.spiller.close():
-            if target is not None:
-                shm.unlink_quietly(target)      # copies in flight are nobody's now
         for entry in list(self.entries.values()):
             if entry.kind == SHM and entry.state == READY:
-                shm.unlink_quietly(entry.location[0])
+                self.disk.unlink(entry.location[0])
         self.entries.clear()
 
 

@@ -11,7 +11,10 @@
 
 - Both ends are node daemons; the sockets are the puller's DEALER to the
   holder's ROUTER (``sched/peers.py`` owns them). This module only moves
-  bytes and keeps the bookkeeping of transfers in flight.
+  bytes and keeps the bookkeeping of transfers in flight (open files,
+  byte ranges). What changes the node's object table reaches it as events
+  through ``node.handle`` (reserve, sealed, lost); replies to a puller go
+  through ``node.send``, in order with everything else sent to it.
 - The puller asks for CHUNK_BYTES at a time with at most WINDOW requests
   outstanding: the holder's loop never stalls on one big object, and the two
   sides overlap reading, sending and writing.
@@ -31,10 +34,8 @@ import time
 
 import lz4.block
 
-from ..exceptions import ObjectLostError
-from ..serialization import serialize
+from ..sched.state import events as E
 from ..transport import protocol as P
-from ..transport.sockets import send_frames
 from . import shm
 from .store import ON_DISK
 
@@ -70,9 +71,8 @@ class _Served:
 
 
 class Transfers:
-    def __init__(self, node, on_arrived):
+    def __init__(self, node):
         self.node = node
-        self.on_arrived = on_arrived  # callback(object_id) once sealed here
         self.pulls = {}               # object_id -> _Pull (bytes on the way)
         self.requested = {}           # object_id -> peer (asked for, header not here yet)
         self.served = {}              # object_id -> _Served (files we are sending)
@@ -104,9 +104,8 @@ class Transfers:
         path = os.path.join(self.node.config["plasma_dir"],
                             shm.object_file_name(self.node.session_name, object_id))
         try:
-            reserve = getattr(self.node.objects, "reserve", None)
             # Makes room by spilling, or says to write to disk, or raises.
-            if reserve is not None and reserve(object_id, size) == ON_DISK:
+            if self.node.reserve(None, object_id, size) == ON_DISK:
                 path = os.path.join(self.node.objects.spill_dir, os.path.basename(path))
             try:
                 os.unlink(path)              # a copy a dead transfer left behind
@@ -169,9 +168,9 @@ class Transfers:
         self.stats["pulled_objects"] += 1
         self.stats["pulled_bytes"] += pull.size
         header = (object_id, P.SHM, 0, (pull.path, pull.size), pull.header[4], pull.header[5])
-        self.node._store_objects([header], [])      # seal, wake waiters, push to owners
+        self.node.handle(E.ObjectsSealed([header], []))   # wakes waiters, pushes to owners
         pull.peer.send(P.REMOVE_REF, [object_id])
-        self.on_arrived(object_id)
+        self.node.handle(E.PeerObjectArrived(object_id))
 
     def _cancel(self, pull):
         self.pulls.pop(pull.header[0], None)
@@ -183,47 +182,38 @@ class Transfers:
         self._release_reservation(pull.header[0])
 
     def _release_reservation(self, object_id):
-        release = getattr(self.node.objects, "release_reservation", None)
-        if release is not None:
-            release(object_id)
+        self.node.handle(E.ReservationReleased(object_id))
 
     def _give_up(self, peer, object_id, why):
         self._lose(object_id, why)
         peer.send(P.REMOVE_REF, [object_id])
-        self.on_arrived(object_id)
+        self.node.handle(E.PeerObjectArrived(object_id))
 
     def _lose(self, object_id, why):
-        """Seal an ObjectLostError in place of an object that cannot come."""
-        entry = self.node.objects.get(object_id)
-        if entry is None or self.node.objects.is_ready(object_id):
-            return
-        error = ObjectLostError(f"object {object_id.hex()} is lost: {why}. Objects live on the "
-                                f"node that made them until they are copied; if that node "
-                                f"left, recreate the object (rerun the task that made it)")
-        data = serialize(error)
-        self.node._store_objects([(object_id, P.INLINE, 1, None, (), True)], [data.meta])
+        """An ObjectLostError in place of an object that cannot come."""
+        self.node.handle(E.ObjectLost(object_id, why))
 
-    def peer_gone(self, peer, expected_again=()):
-        """``peer`` left: drop its transfers; what will not be remade is lost."""
+    def peer_gone(self, node_id, expected_again=()):
+        """Node ``node_id`` left: drop its transfers; what will not be remade is lost."""
         for object_id, pull in list(self.pulls.items()):
-            if pull.peer is peer:
+            if pull.peer.node_id == node_id:
                 self._cancel(pull)
                 if object_id not in expected_again:
-                    self._lose(object_id, f"node {peer.node_id} left the cluster mid-transfer")
+                    self._lose(object_id, f"node {node_id} left the cluster mid-transfer")
         for object_id, holder in list(self.requested.items()):
-            if holder is peer:
+            if holder.node_id == node_id:
                 del self.requested[object_id]
                 if object_id not in expected_again:
-                    self._lose(object_id, f"node {peer.node_id} that held it left the cluster")
+                    self._lose(object_id, f"node {node_id} that held it left the cluster")
 
     # == holder ===============================================================
-    def on_pull(self, client, fields):
+    def on_pull(self, identity, fields):
         object_id, offset, length, lz4_wanted = fields
         served = self.served.get(object_id)
         if served is None:
             served, error = self._open(object_id)
             if served is None:
-                self._reply(client, object_id, offset, length, False, error, b"")
+                self._reply(identity, object_id, offset, length, False, error, b"")
                 return
         served.last_used = time.monotonic()
         view = memoryview(served.mapping)[offset:offset + length]
@@ -239,7 +229,7 @@ class Transfers:
                 data, compressed = packed, True
         self.stats["sent_bytes"] += length
         self.stats["sent_wire_bytes"] += len(data)
-        self._reply(client, object_id, offset, length, compressed, None, data)
+        self._reply(identity, object_id, offset, length, compressed, None, data)
         if offset + length >= served.size:
             # The puller asks in order: this was its last chunk. The mapping
             # itself goes when zmq lets go of the views on it.
@@ -261,9 +251,9 @@ class Transfers:
         served = self.served[object_id] = _Served(mapping, size)
         return served, None
 
-    def _reply(self, client, object_id, offset, length, compressed, error, data):
-        send_frames(self.node.socket_for(client.identity), [client.identity]
-                    + P.pack(P.CHUNK, object_id, offset, length, compressed, error) + [data])
+    def _reply(self, identity, object_id, offset, length, compressed, error, data):
+        self.node.send(identity, P.CHUNK, object_id, offset, length, compressed, error,
+                       frames=[data], zero_copy=True)
 
     # == both =================================================================
     def tick(self, now):

@@ -1,19 +1,21 @@
-"""The node daemon: one per machine, one thread, one ROUTER.
+"""The node daemon: one per machine, one thread, one ROUTER; I/O only.
 
 ::
 
-    driver ──┐
-    worker ──┤ DEALER ──► ROUTER ┌ NodeDaemon ─────────────────────────────┐
-    worker ──┘                   │ Scheduler   tasks: waiting/ready/running│
-                                 │ ObjectTable objects, refs, shm, spill   │
-                                 │ WorkerPool  processes, pipes, reaping   │
-                                 │ ActorTable  actors and their queues     │
-                                 └─────────────── kv (errors, events) ─────┘
+    driver ──┐                                  ┌──────── NodeState (pure) ───────┐
+    worker ──┤ DEALER ──► ROUTER ──decode──►event──► handle: tasks, objects, refs,│
+    worker ──┘            pipes, reaped processes│  workers, actors, forwarding  │
+                          timers (Tick)          └──────────┬─────────────────────┘
+                                  ◄── carry out ── [commands]: EXECUTE, OBJECTS,
+                                                   start/kill workers, FORWARD, ...
 
+- The loop receives a message (or a worker's exit, or a timer), decodes it
+  into an event (``state/events.py``), calls ``NodeState.handle`` and carries
+  out the commands it returns (``state/commands.py``) with sockets, processes
+  and files. Every decision lives in the state; see ``sched/state/``.
 - Clients (drivers and workers) say HELLO; drivers own the tasks they submit
   and get their results pushed to them as soon as they exist.
-- A task runs once its argument objects exist and the node's free
-  resources fit it; workers start on demand.
+- Objects pushed to one client leave as one OBJECTS message per loop pass.
 - Worker output is read from pipes, logged and forwarded to drivers.
 - Local clients come over ipc (the session directory, this user's only);
   peers and remote drivers over a second ROUTER on tcp, a CURVE server of
@@ -22,24 +24,22 @@
 """
 import logging
 import os
-import signal
 import time
 
+import psutil
 import zmq
 
-from ..exceptions import WorkerCrashedError
-from ..serialization import serialize
+from ..plasma.disk import SpillDisk
+from ..plasma.store import IN_MEMORY
+from .store_requests import ObjectStoreRequests
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize
-from ..plasma.control import ObjectStoreRequests
-from ..plasma.store import READY as OBJECT_READY, ObjectTable
+from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize, send_frames
 from . import admission
 from . import resources as R
-from .actors import ActorTable
 from .node_requests import NodeRequests
-from .scheduler import Scheduler, Task, infeasible_message
-from .worker_pool import ACTOR, BUSY, IDLE, WorkerPool, describe_exit
+from .state import NodeState, commands as C, events as E
+from .worker_processes import WorkerProcesses
 
 log = logging.getLogger("zray.node")
 
@@ -48,17 +48,7 @@ EVENT_FLUSH_S = 0.2
 REAP_INTERVAL_S = 0.02
 
 
-class Client:
-    __slots__ = ("identity", "kind", "pid", "held")
-
-    def __init__(self, identity, kind, pid):
-        self.identity = identity
-        self.kind = kind
-        self.pid = pid
-        self.held = set()     # object ids this process holds refs to
-
-
-class NodeDaemon(NodeRequests):
+class NodeDaemon(NodeRequests, ObjectStoreRequests):
     def __init__(self, config):
         self.config = config
         self.node_id = os.urandom(8).hex()
@@ -88,23 +78,25 @@ class NodeDaemon(NodeRequests):
             self.tcp_address = self.tcp_router.getsockopt_string(zmq.LAST_ENDPOINT)
         totals = R.totals_from_options(config["num_cpus"], config["num_gpus"],
                                        config.get("resources"))
-        totals.update(R.memory_totals(config["object_store_memory"]))
-        self.resources = R.NodeResources(totals, config.get("gpu_ids"))
-        self.scheduler = Scheduler(self.resources)
-        self.objects = ObjectTable(config["object_store_memory"],
-                                   config.get("spill_dir")
-                                   or os.path.join(self.session_dir, "spill"))
-        self.store_requests = ObjectStoreRequests(self)
-        cpus = max(1, -(-self.resources.totals.get("CPU", 0) // R.UNIT))
+        totals.update(R.memory_totals(config["object_store_memory"],
+                                      psutil.virtual_memory().available))
+        cpus = max(1, -(-totals.get("CPU", 0) // R.UNIT))
         # Start at most as many workers at once as there are cores (as Ray's
         # maximum_startup_concurrency); keep that many warm when idle.
-        self.pool = WorkerPool(self.address, self.session_dir, config["max_workers"],
-                               max_starting=config.get("max_starting_workers") or cpus,
-                               soft_limit=max(cpus, config.get("prestart_workers") or 0),
-                               env_extra={auth.TOKEN_ENV: self.password})
-        self.actors = ActorTable(self)
-        self.clients = {}
-        self.functions = {}            # function_id -> (name, blob, sys_path)
+        self.disk = SpillDisk()        # files of the object table; spill copies in a thread
+        self.state = NodeState(
+            totals, config["object_store_memory"],
+            config.get("spill_dir") or os.path.join(self.session_dir, "spill"),
+            config["max_workers"], self.disk, node_id=self.node_id,
+            gpu_ids=config.get("gpu_ids"), max_starting=config.get("max_starting_workers") or cpus,
+            soft_limit=max(cpus, config.get("prestart_workers") or 0),
+            worker_prefix=b"w%d" % os.getpid(), logs_dir=os.path.join(self.session_dir, "logs"))
+        self.processes = WorkerProcesses(self.address, self.session_dir,
+                                         env_extra={auth.TOKEN_ENV: self.password})
+        # The state's parts, by the names the request handlers read them.
+        self.resources, self.scheduler = self.state.resources, self.state.scheduler
+        self.objects, self.pool, self.actors = self.state.objects, self.state.pool, self.state.actors
+        self.clients = self.state.clients
         self.events = []
         self.kv = None
         if config.get("kv_address"):
@@ -117,8 +109,9 @@ class NodeDaemon(NodeRequests):
             self.kv_supervisor = KvSupervisor(restart["command"], restart["pid"],
                                               restart["log"], self.password)
         self.watched = {}              # extra sockets polled by the loop -> callback
-        # Spill copies run in a thread; the loop applies them when they finish.
-        self.watched[self.objects.spill_done_fd] = self.objects.finish_spills
+        # Spill copies run in a thread; the loop hands the finished ones to the state.
+        self.watched[self.disk.done_fd] = lambda: self.handle(
+            E.SpillsFinished(self.disk.finished()))
         self.peers = None              # other nodes of a multi-node cluster (peers.py)
         if self.tcp_address and self.kv is not None:
             from .peers import Peers
@@ -130,7 +123,6 @@ class NodeDaemon(NodeRequests):
         self.next_reap = 0.0
         self.next_event_flush = time.monotonic() + EVENT_FLUSH_S
         self.next_client_check = time.monotonic() + 1.0
-        self.warned_pool_exhausted = False
         self.complaints = RateLimitedLog(log)
 
     # == the loop ============================================================
@@ -140,16 +132,17 @@ class NodeDaemon(NodeRequests):
         if self.tcp_router is not None:
             poller.register(self.tcp_router, zmq.POLLIN)
         registered_fds, registered_sockets = set(), set()
-        for _ in range(self.config.get("prestart_workers", 0)):
-            self.pool.start()
+        self.handle(E.Tick(time.monotonic(), time.time()))
+        self.handle(E.WorkersWanted(self.config.get("prestart_workers", 0)))
         self._publish_node_info()
         while self.running:
-            for fd in set(self.pool.by_fd) - registered_fds:
-                poller.register(fd, zmq.POLLIN)
-                registered_fds.add(fd)
-            for fd in registered_fds - set(self.pool.by_fd):
-                poller.unregister(fd)
-                registered_fds.discard(fd)
+            by_fd = self.processes.by_fd
+            if registered_fds != by_fd.keys():
+                for fd in by_fd.keys() - registered_fds:
+                    poller.register(fd, zmq.POLLIN)
+                for fd in registered_fds - by_fd.keys():
+                    poller.unregister(fd)
+                registered_fds = set(by_fd)
             if registered_sockets != self.watched.keys():
                 for sock in registered_sockets - self.watched.keys():
                     poller.unregister(sock)
@@ -175,6 +168,14 @@ class NodeDaemon(NodeRequests):
                 log.debug("error in the node's timers", exc_info=True)
         self._stop()
 
+    def handle(self, event):
+        """Give the state one event and carry out what it decides; return the
+        commands (a request reads its answer there)."""
+        commands = self.state.handle(event)
+        for command in commands:
+            self._do[type(command)](self, command)
+        return commands
+
     def _drain_router(self, router):
         try:
             self._drain_batch(router)
@@ -189,7 +190,7 @@ class NodeDaemon(NodeRequests):
                 return
             frames = router.recv_multipart()
             try:
-                self._handle(frames, remote)
+                self._receive(frames, remote)
             except Exception as exc:      # one bad message must not take the node down
                 self.complaints.warn("message", "error handling a message (%r): %r",
                                      frames[1][:20] if len(frames) > 1 else frames, exc)
@@ -200,8 +201,8 @@ class NodeDaemon(NodeRequests):
         if now >= self.next_reap:
             # Rate-limited: under load the loop turns thousands of times a second.
             self.next_reap = now + REAP_INTERVAL_S
-            for worker, code in self.pool.reap():
-                self._on_worker_exit(worker, code)
+            for worker_id, pid, code in self.processes.reap():
+                self.handle(E.WorkerExited(worker_id, pid, code))
         if self.events and now >= self.next_event_flush:
             if self.kv is not None:
                 self.kv.tell("add_events", self.events)
@@ -211,10 +212,11 @@ class NodeDaemon(NodeRequests):
             self.peers.tick(now)
         if now >= self.next_client_check:
             self.next_client_check = now + 1.0
-            self._drop_dead_clients()
-            for worker in self.pool.idle_to_stop(now):
-                worker.exiting = True
-                self.send(worker.worker_id, P.EXIT)
+            for identity, pid in self.state.driver_pids().items():
+                if not _pid_alive(pid):
+                    log.info("driver pid %d is gone; releasing its objects", pid)
+                    self.handle(E.ClientLeft(identity))
+            self.handle(E.Tick(now, time.time()))
         if self.owner.gone():
             log.info("the driver that started this node is gone; shutting down")
             self.orphaned = True
@@ -223,46 +225,162 @@ class NodeDaemon(NodeRequests):
             self.kv_supervisor.tick(now)
         self._flush_pushes()
 
-    # == messages ============================================================
-    def _handle(self, frames, remote=False):
+    # == messages in: decode into events =====================================
+    def _receive(self, frames, remote=False):
         identity = frames[0]
-        if (identity in self.remote_clients) != remote and identity in self.clients:
+        clients = self.state.clients
+        if (identity in self.remote_clients) != remote and identity in clients:
             return      # an identity taken on the other socket: not this client's
         msg_type, fields = P.unpack(frames[1])
-        payload = frames[2:]
-        client = self.clients.get(identity)
-        if client is None:
+        if identity not in clients:
             if msg_type == P.HELLO:
                 if remote:
                     self.remote_clients.add(identity)
                 try:
                     self._on_hello(identity, *fields)
                 finally:
-                    if identity not in self.clients:
+                    if identity not in clients:
                         self.remote_clients.discard(identity)
             return
-        handler = self.handlers.get(msg_type)
-        if handler is None:
+        decode = self._decoders.get(msg_type)
+        if decode is None:
             log.warning("unknown message %r from %r", msg_type, identity)
             return
-        handler(self, client, fields, payload)
+        event = decode(self, identity, fields, frames[2:])
+        if event is not None:
+            self.handle(event)
 
-    def send(self, identity, msg_type, *fields, frames=()):
+    def _on_hello(self, identity, kind, pid, password, version, sys_path, worker_secret):
+        if not isinstance(password, str) or not authorize(self.password, password):
+            self.send(identity, P.REFUSED, "wrong cluster password: connect with the "
+                      "redis_password/--redis-password the cluster was started with")
+            return
+        if version != P.PROTOCOL_VERSION:
+            self.send(identity, P.REFUSED, f"protocol version {version} does not match the "
+                      f"node's {P.PROTOCOL_VERSION}: use the same zray version everywhere")
+            return
+        refusal = admission.hello_refusal(self.processes.by_id.get(identity),
+                                          identity in self.remote_clients, kind, worker_secret)
+        if refusal is not None:
+            self.complaints.warn("hello", "refused a client: %s", refusal)
+            self.send(identity, P.REFUSED, refusal)
+            return
+        self.send(identity, P.WELCOME, self._node_info())
+        self.handle(E.ClientJoined(identity, kind, pid))
+
+    def _on_events(self, _identity, fields, _payload):
+        self.events.extend(fields[0])
+
+    def _on_done(self, identity, fields, payload):
+        task_id, entries, exiting, error_text, events = fields
+        # Only the worker running a task finishes it (actors: their queue checks).
+        if not self.state.may_finish(identity, task_id):
+            self.complaints.warn("done", "ignored a DONE from a client not running that task")
+            return None
+        if self._refused_objects(entries, payload, "DONE"):
+            return None
+        self.events.extend(events)
+        return E.TaskDone(identity, task_id, entries, payload, exiting, error_text)
+
+    def _on_put(self, identity, fields, payload):
+        (entries,) = fields
+        if self._refused_objects(entries, payload, "PUT"):
+            return None
+        return E.ObjectsPut(identity, entries, payload)
+
+    def _refused_objects(self, entries, payload, what):
+        refusal = admission.object_entries_refusal(
+            entries, len(payload), self.session_name,
+            (self.config["plasma_dir"], self.objects.spill_dir))
+        if refusal is not None:
+            self.complaints.warn(what, "ignored a %s: %s", what, refusal)
+        return refusal is not None
+
+    def _on_function(self, identity, fields, _payload):
+        function_id, name, blob, sys_path = fields
+        refusal = admission.function_refusal(function_id, blob)
+        if refusal is not None:
+            self.complaints.warn("function", "ignored a function: %s", refusal)
+            return None
+        return E.FunctionRegistered(function_id, (name, blob, sys_path))
+
+    def _on_request(self, identity, fields, _payload):
+        request_id, op, args = fields
+        handler = getattr(self, "request_" + op, None)
+        try:
+            if handler is None:
+                raise ValueError(f"unknown request {op!r}")
+            result = (True, handler(self.state.clients[identity], *args))
+        except Exception as exc:
+            result = (False, exc)
+        if request_id:
+            try:
+                self.send(identity, P.RESPONSE, request_id, *result)
+            except Exception:
+                self.send(identity, P.RESPONSE, request_id, False, repr(result[1]))
+
+    def _on_forward(self, identity, fields, payload):
+        spec, function, n_task_frames, inline = fields
+        if function is not None and admission.function_refusal(spec.function_id,
+                                                               function[1]) is not None:
+            raise ValueError(f"node {identity[1:17]!r} forwarded a function whose id is not "
+                             f"its hash")
+        origin = self.peers.origin_of(identity) if self.peers is not None else None
+        return E.TaskForwardedIn(identity, origin, spec, function, payload[:n_task_frames],
+                                 inline, payload[n_task_frames:])
+
+    def _on_pull(self, identity, fields, _payload):
+        if self.peers is not None:
+            self.peers.transfer.on_pull(identity, fields)
+
+    _decoders = {
+        P.SUBMIT: lambda self, i, f, p: E.TaskSubmitted(i, f[0], p),
+        P.DONE: _on_done,
+        P.PUT: _on_put,
+        P.SUBSCRIBE: lambda self, i, f, p: E.Subscribed(i, f[0]),
+        P.ADD_REF: lambda self, i, f, p: E.RefsAdded(i, f[0]),
+        P.REMOVE_REF: lambda self, i, f, p: E.RefsRemoved(i, f[0]),
+        P.FUNCTION: _on_function,
+        P.BLOCKED: lambda self, i, f, p: E.WorkerBlocked(i),
+        P.UNBLOCKED: lambda self, i, f, p: E.WorkerUnblocked(i),
+        P.BYE: lambda self, i, f, p: E.ClientLeft(i),
+        P.EVENTS: _on_events, P.REQUEST: _on_request,
+        P.FORWARD: _on_forward, P.PULL: _on_pull,
+    }
+
+    # == commands out ========================================================
+    def send(self, identity, msg_type, *fields, frames=(), zero_copy=False):
+        """Every message to a client goes through here, so queued pushes to it
+        leave first and it sees messages in the order they were decided.
+        ``zero_copy``: big frames are lent to zmq, not copied (chunks of files)."""
         if identity in self.pushes:
             self._flush_pushes_to(identity)     # keep the order the client sees
-        self.socket_for(identity).send_multipart(
-            [identity] + P.pack(msg_type, *fields) + list(frames))
+        message = [identity] + P.pack(msg_type, *fields) + list(frames)
+        if zero_copy:
+            send_frames(self.socket_for(identity), message)
+        else:
+            self.socket_for(identity).send_multipart(message)
 
     def socket_for(self, identity):
         """The ROUTER a client came in on: its replies go back there."""
         return self.tcp_router if identity in self.remote_clients else self.router
 
-    def _push_object(self, identity, entry):
+    def _execute(self, cmd):
+        task = cmd.task
+        headers, frames = [], list(task.frames)
+        for entry in cmd.deps:
+            headers.append(entry.header())
+            frames.extend(entry.frames)
+        self.send(cmd.worker_id, P.EXECUTE, task.spec, headers, cmd.functions,
+                  task.resource_ids, frames=frames)
+
+    def _push_object(self, cmd):
         """Queue an object for a client; objects leave in one OBJECTS message per
         client per pass of the loop, not one message each."""
-        queued = self.pushes.get(identity)
+        queued = self.pushes.get(cmd.identity)
         if queued is None:
-            queued = self.pushes[identity] = ([], [])
+            queued = self.pushes[cmd.identity] = ([], [])
+        entry = cmd.entry
         queued[0].append(entry.header())
         queued[1].extend(entry.frames)
 
@@ -275,31 +393,57 @@ class NodeDaemon(NodeRequests):
         for identity in list(self.pushes):
             self._flush_pushes_to(identity)
 
-    def _on_hello(self, identity, kind, pid, password, version, sys_path, worker_secret):
-        if not isinstance(password, str) or not authorize(self.password, password):
-            self.send(identity, P.REFUSED, "wrong cluster password: connect with the "
-                      "redis_password/--redis-password the cluster was started with")
+    def _record_error(self, cmd):
+        if self.kv is None:
             return
-        if version != P.PROTOCOL_VERSION:
-            self.send(identity, P.REFUSED, f"protocol version {version} does not match the "
-                      f"node's {P.PROTOCOL_VERSION}: use the same zray version everywhere")
-            return
-        refusal = admission.hello_refusal(self.pool.workers.get(identity),
-                                          identity in self.remote_clients, kind, worker_secret)
-        if refusal is not None:
-            self.complaints.warn("hello", "refused a client: %s", refusal)
-            self.send(identity, P.REFUSED, refusal)
-            return
-        client = self.clients[identity] = Client(identity, kind, pid)
-        self.send(identity, P.WELCOME, self._node_info())
-        self.store_requests.client_joined(client)
-        if kind == "worker":
-            worker = self.pool.workers.get(identity)
-            if worker is None:
-                return
-            worker.state = IDLE
-            self._dispatch()
+        key = f"err:{time.time():.6f}:{cmd.task_id.hex()}"
+        self.kv.tell("put", key, {"type": "task", "message": cmd.text, "pid": cmd.pid,
+                                  "node_id": self.node_id, "time": time.time()})
 
+    def _warn_drivers(self, cmd):
+        log.warning(cmd.message)
+        for client in self.state.clients.values():
+            if client.kind == "driver":
+                self.send(client.identity, P.TASK_ERROR, "", cmd.message, None)
+
+    def _start_worker(self, cmd):
+        self.processes.start(cmd.worker_id)
+
+    def _stop_worker(self, cmd):
+        try:
+            self.send(cmd.worker_id, P.EXIT)
+        except zmq.ZMQError:
+            pass
+
+    _do = {
+        C.Execute: _execute,
+        C.PushObject: _push_object,
+        C.TellClient: lambda self, c: self.send(c.identity, c.msg_type, *c.fields),
+        C.ReportError: lambda self, c: self.send(c.identity, P.TASK_ERROR, c.name, c.text,
+                                                 c.return_ids),
+        C.RecordError: _record_error,
+        C.WarnDrivers: _warn_drivers,
+        C.StartWorker: _start_worker,
+        C.StopWorker: _stop_worker,
+        C.KillWorker: lambda self, c: self.processes.kill(c.worker_id),
+        C.Reserved: lambda self, c: None,          # read by whoever asked
+        C.ClientGone: lambda self, c: self.remote_clients.discard(c.identity),
+        C.ShareSerializers: lambda self, c: self.peers.share_serializers(c.node_id,
+                                                                         c.registrations),
+        C.Forward: lambda self, c: self.peers.forward(c),
+        C.WantObjects: lambda self, c: self.peers.want(c.node_id, c.object_ids),
+        C.DropPeerTransfers: lambda self, c: self.peers.drop_transfers(c.node_id,
+                                                                       c.expected_again),
+    }
+
+    def reserve(self, owner, object_id, size):
+        """Admit a large object: IN_MEMORY or ON_DISK (raises ObjectStoreFullError)."""
+        for command in self.handle(E.ReserveRequested(owner, object_id, size)):
+            if isinstance(command, C.Reserved):
+                return command.where
+        return IN_MEMORY
+
+    # == the rest of the edge ================================================
     def _node_info(self):
         return {"node_id": self.node_id, "address": self.address,
                 "session_dir": self.session_dir, "session_name": self.session_name,
@@ -309,392 +453,13 @@ class NodeDaemon(NodeRequests):
                 "resources": R.describe(self.resources.totals),
                 "hostname": os.uname().nodename}
 
-    def _on_function(self, client, fields, _payload):
-        function_id, name, blob, sys_path = fields
-        refusal = admission.function_refusal(function_id, blob)
-        if refusal is not None:
-            self.complaints.warn("function", "ignored a function: %s", refusal)
-            return
-        self.functions[function_id] = (name, blob, sys_path)
-
-    def _on_submit(self, client, fields, payload):
-        (spec,) = fields
-        spec = spec._replace(owner=client.identity)
-        for object_id in spec.return_ids:
-            entry = self.objects.expect(object_id)
-            entry.subscribers.add(client.identity)
-            self._hold(client, object_id)
-        for object_id in spec.dep_ids + spec.contained_ids:
-            self.objects.add_ref(object_id)
-        # Tasks submitted from inside a task run before their parent's peers
-        # (see scheduler.py): nested fan-out then needs few workers. Actors
-        # hold no CPU while they wait, so their tasks queue with the driver's.
-        submitter = self.pool.workers.get(client.identity)
-        depth = 0
-        if submitter is not None and submitter.task is not None:
-            depth = submitter.task.depth + 1
-        task = Task(spec, payload, depth)
-        if spec.kind == P.ACTOR_METHOD:
-            self.actors.submit_method(task)
-            return
-        if spec.kind == P.ACTOR_CREATE:
-            self.actors.submit_creation(task)
-        else:
-            self._wait_for_arguments(task, self.scheduler.make_ready)
-        self._dispatch()
-
-    def _wait_for_arguments(self, task, when_ready):
-        """Call when_ready(task) once every argument object exists."""
-        task.missing = 0
-        for object_id in task.spec.dep_ids:
-            entry = self.objects.get(object_id)
-            if entry is None or entry.state != OBJECT_READY:
-                entry = self.objects.expect(object_id)
-                entry.waiting_tasks.append((task, when_ready))
-                task.missing += 1
-        if task.missing == 0:
-            when_ready(task)
-
-    def _on_put(self, client, fields, payload):
-        (entries,) = fields
-        if self._refused_objects(entries, payload, "PUT"):
-            return
-        self._store_objects(entries, payload, holder=client)
-
-    def _refused_objects(self, entries, payload, what):
-        refusal = admission.object_entries_refusal(
-            entries, len(payload), self.session_name,
-            (self.config["plasma_dir"], self.objects.spill_dir))
-        if refusal is not None:
-            self.complaints.warn(what, "ignored a %s: %s", what, refusal)
-        return refusal is not None
-
-    def _store_objects(self, entries, payload, holder=None):
-        offset = 0
-        for header in entries:
-            n_frames = header[2]
-            frames = payload[offset:offset + n_frames]
-            offset += n_frames
-            if holder is not None:
-                self.objects.expect(header[0])
-                self._hold(holder, header[0])
-            entry = self.objects.seal(header, frames)
-            if entry is not None:
-                self._on_object_ready(entry)
-
-    def _on_object_ready(self, entry):
-        for identity in entry.subscribers:
-            if identity in self.clients:
-                self._push_object(identity, entry)
-        entry.subscribers = set()
-        waiting, entry.waiting_tasks = entry.waiting_tasks, []
-        for task, when_ready in waiting:
-            task.missing -= 1
-            if task.missing == 0:
-                when_ready(task)
-        if waiting:
-            self._dispatch()
-
-    def _on_subscribe(self, client, fields, _payload):
-        (object_ids,) = fields
-        ready_headers, frames = [], []
-        for object_id in object_ids:
-            entry = self.objects.get(object_id)
-            if entry is None:
-                entry = self._lost(object_id)
-            if entry.state == OBJECT_READY:
-                ready_headers.append(entry.header())
-                frames.extend(entry.frames)
-            else:
-                entry.subscribers.add(client.identity)
-        if ready_headers:
-            self.send(client.identity, P.OBJECTS, ready_headers, frames=frames)
-
-    def _lost(self, object_id):
-        from ..exceptions import ObjectLostError
-        entry = self.objects.expect(object_id)
-        error = ObjectLostError(f"object {object_id.hex()} no longer exists: every reference "
-                                f"to it was dropped before it was read")
-        data = serialize(error)
-        entry.refcount = max(entry.refcount, 1)
-        self.objects.seal((object_id, P.INLINE, 1, None, (), True), [data.meta])
-        return entry
-
-    def _on_add_ref(self, client, fields, _payload):
-        for object_id in fields[0]:
-            self._hold(client, object_id)
-
-    def _on_remove_ref(self, client, fields, _payload):
-        for object_id in fields[0]:
-            if object_id in client.held:
-                client.held.discard(object_id)
-                self._release_object(object_id)
-
-    def _hold(self, client, object_id):
-        if object_id not in client.held:
-            client.held.add(object_id)
-            self.objects.add_ref(object_id)
-
-    def _release_object(self, object_id):
-        entry = self.objects.get(object_id)
-        if entry is not None and entry.refcount == 1 and object_id in self.actors.by_id:
-            self.actors.out_of_scope(object_id)
-        self.objects.remove_ref(object_id)
-
-    def _on_blocked(self, client, _fields, _payload):
-        worker = self.pool.workers.get(client.identity)
-        if worker is None or worker.blocked:
-            return
-        worker.blocked = True
-        if worker.task is not None:
-            self.scheduler.block(worker.task)     # lends its CPU to other work
-        self._dispatch()
-
-    def _on_unblocked(self, client, _fields, _payload):
-        worker = self.pool.workers.get(client.identity)
-        if worker is None or not worker.blocked:
-            return
-        worker.blocked = False
-        if worker.task is not None:
-            # May overdraw for a moment: new work waits until the CPU is back.
-            self.scheduler.unblock(worker.task)
-
-    def _on_done(self, client, fields, payload):
-        task_id, entries, exiting, error_text, events = fields
-        worker = self.pool.workers.get(client.identity)
-        # Only the worker running a task finishes it (actors: their queue checks).
-        if worker is None or (worker.actor_id is None and (
-                worker.task is None or worker.task.spec.task_id != task_id)):
-            self.complaints.warn("done", "ignored a DONE from a client not running that task")
-            return
-        if self._refused_objects(entries, payload, "DONE"):
-            return
-        self.events.extend(events)
-        self._store_objects(entries, payload)
-        if worker is not None and worker.actor_id is not None:
-            task = self.actors.method_done(worker, task_id, exiting)
-            if error_text:
-                self._report_failure(task, task_id, error_text, client.pid)
-            return
-        task = self.scheduler.running.get(task_id)
-        if error_text:
-            self._report_failure(task, task_id, error_text, client.pid)
-        if task is not None and task.spec.kind == P.ACTOR_CREATE and worker is not None:
-            self.actors.created(task, worker, error_text)
-            self._dispatch()
-            return
-        task = self._finish_task(task_id, worker, exiting=exiting)
-        if worker is not None:
-            worker.task = None
-            if exiting or worker.exiting:
-                if exiting and not worker.exiting:
-                    self.send(worker.worker_id, P.EXIT)    # DONE handled: it may go now
-                worker.exiting = True
-                worker.state = BUSY      # leaving; reaped when it exits
-            else:
-                worker.state = IDLE
-        self._dispatch()
-
-    def _finish_task(self, task_id, worker, exiting=False):
-        task = self.scheduler.running.get(task_id)
-        if task is None:
-            return None
-        if worker is not None:
-            worker.blocked = False
-        # A worker leaving after this task (max_calls) keeps its GPUs until it
-        # is gone, so the next GPU task finds that GPU's memory freed.
-        keep_gpus = exiting and worker is not None and bool(task.resource_ids.get("GPU"))
-        self.scheduler.finish(task_id, keep_gpus=keep_gpus)
-        if keep_gpus:
-            worker.held_task = task
-        self._release_arguments(task)
-        return task
-
-    def _release_arguments(self, task):
-        for object_id in task.spec.dep_ids + task.spec.contained_ids:
-            self._release_object(object_id)
-
-    def _report_failure(self, task, task_id, text, pid):
-        self._record_error(task_id, text, pid)
-        if task is not None and task.spec.owner in self.clients:
-            self.send(task.spec.owner, P.TASK_ERROR, task.spec.name, text, task.spec.return_ids)
-
-    def _record_error(self, task_id, text, pid):
-        if self.kv is None:
-            return
-        key = f"err:{time.time():.6f}:{task_id.hex()}"
-        self.kv.tell("put", key, {"type": "task", "message": text, "pid": pid,
-                                  "node_id": self.node_id, "time": time.time()})
-
-    def _on_events(self, client, fields, _payload):
-        self.events.extend(fields[0])
-
-    def _on_request(self, client, fields, _payload):
-        request_id, op, args = fields
-        handler = getattr(self, "request_" + op, None)
-        if handler is None:
-            handler = getattr(self.actors, "request_" + op, None)
-        if handler is None:
-            handler = getattr(self.store_requests, "request_" + op, None)
-        try:
-            if handler is None:
-                raise ValueError(f"unknown request {op!r}")
-            result = (True, handler(client, *args))
-        except Exception as exc:
-            result = (False, exc)
-        if request_id:
-            try:
-                self.send(client.identity, P.RESPONSE, request_id, *result)
-            except Exception:
-                self.send(client.identity, P.RESPONSE, request_id, False, repr(result[1]))
-
-    def _on_bye(self, client, _fields, _payload):
-        self._drop_client(client)
-
-    handlers = {
-        P.FUNCTION: _on_function, P.SUBMIT: _on_submit, P.PUT: _on_put,
-        P.SUBSCRIBE: _on_subscribe, P.ADD_REF: _on_add_ref, P.REMOVE_REF: _on_remove_ref,
-        P.BLOCKED: _on_blocked, P.UNBLOCKED: _on_unblocked, P.DONE: _on_done,
-        P.EVENTS: _on_events, P.REQUEST: _on_request, P.BYE: _on_bye,
-        P.FORWARD: lambda self, client, fields, payload: self.peers.on_forward(client, fields, payload),
-        P.PULL: lambda self, client, fields, _payload: self.peers.transfer.on_pull(client, fields),
-    }
-
-    # == placing work ========================================================
-    def _dispatch(self):
-        idle = [w for w in self.pool.workers.values() if w.state == IDLE and not w.exiting]
-        pairs, want = self.scheduler.placements(idle)
-        for task in pairs:
-            task.worker.idle_since = None
-            self._execute(task, task.worker)
-        for _ in range(self.pool.how_many_to_start(want)):
-            self.pool.start()
-        if self.peers is not None:
-            self.peers.spill()     # what cannot run here soon goes to another node
-        if want and not self.pool.can_start():
-            self._warn_pool_exhausted()
-        self._warn_infeasible()
-
-    def _warn_pool_exhausted(self):
-        if self.warned_pool_exhausted or not self.pool.all_blocked():
-            return
-        self.warned_pool_exhausted = True
-        self._warn_drivers(
-            f"all {self.pool.max_workers} worker processes of this node (the max_workers "
-            f"cap) are blocked in ray.get/ray.wait while tasks wait for a worker: this may "
-            f"deadlock. Wait on fewer nested tasks at once (fan out, then get), or start the "
-            f"node with a larger max_workers")
-
-    def _warn_drivers(self, message):
-        log.warning(message)
-        for client in self.clients.values():
-            if client.kind == "driver":
-                self.send(client.identity, P.TASK_ERROR, "", message, None)
-
-    def _warn_infeasible(self):
-        for task in self.scheduler.infeasible:
-            if task.warned:
-                continue
-            task.warned = True
-            message = infeasible_message(task, self.resources,
-                                         self.request_cluster_resources(None))
-            log.warning(message)
-            owner = task.spec.owner
-            if owner in self.clients:
-                self.send(owner, P.TASK_ERROR, task.spec.name, message, None)
-
-    def _execute(self, task, worker):
-        spec = task.spec
-        worker.state = ACTOR if spec.kind == P.ACTOR_CREATE else BUSY
-        worker.task = task
-        self.send_task(worker, task)
-
-    def send_task(self, worker, task):
-        spec = task.spec
-        dep_headers, dep_frames = [], []
-        for object_id in spec.dep_ids:
-            entry = self.objects.get(object_id)
-            dep_headers.append(entry.header())
-            dep_frames.extend(entry.frames)
-        functions = {}
-        if spec.function_id not in worker.known_functions:
-            functions[spec.function_id] = self.functions.get(spec.function_id)
-            worker.known_functions.add(spec.function_id)
-        self.send(worker.worker_id, P.EXECUTE, spec, dep_headers, functions, task.resource_ids,
-                  frames=list(task.frames) + dep_frames)
-
-    def pool_kill(self, worker):
-        try:
-            worker.process.send_signal(signal.SIGKILL)
-        except (ProcessLookupError, OSError):
-            pass
-
-    # == failures ============================================================
-    def _on_worker_exit(self, worker, code):
-        if worker.held_task is not None:
-            self.scheduler.release_gpus(worker.held_task)
-            worker.held_task = None
-        client = self.clients.get(worker.worker_id)
-        if client is not None:
-            self._drop_client(client)
-        if worker.actor_id is not None:
-            self.actors.worker_died(worker, code)
-        task = worker.task
-        if (task is not None and task.spec.kind == P.ACTOR_CREATE
-                and task.spec.task_id in self.scheduler.running):
-            self.scheduler.finish(task.spec.task_id)
-            actor = self.actors.by_id.get(task.spec.actor_id)
-            if actor is not None:
-                self.actors.creation_crashed(
-                    actor, f"its worker process (pid {worker.pid}) died with "
-                           f"{describe_exit(code)} while running __init__")
-        elif task is not None and task.spec.task_id in self.scheduler.running:
-            self.scheduler.finish(task.spec.task_id)
-            how = describe_exit(code)
-            if task.retries_left > 0 and not worker.exiting:
-                task.retries_left -= 1
-                log.warning("worker pid %d running %s died (%s); retrying (%d left)",
-                            worker.pid, task.spec.name, how, task.retries_left)
-                task.worker = None
-                self.scheduler.requeue_front(task)
-            else:
-                self._fail_task(task, WorkerCrashedError(
-                    f"the worker process (pid {worker.pid}) running task {task.spec.name} died "
-                    f"with {how} before the task finished"
-                    + (f", after {task.spec.max_retries} retries" if task.spec.max_retries else "")
-                    + ". Likely causes: the task called os._exit or sys.exit, ran out of memory "
-                      "(check `dmesg`), crashed in a C extension, or was killed. Its output is "
-                      f"in {worker.log_file.name}."))
-        self._dispatch()
-
-    def _fail_task(self, task, error):
-        data = serialize(error)
-        headers = [(oid, P.INLINE, 1, None, (), True) for oid in task.spec.return_ids]
-        self._store_objects(headers, [data.meta] * len(headers))
-        self._report_failure(task, task.spec.task_id, str(error), None)
-        self._release_arguments(task)
-
-    def _drop_client(self, client):
-        self.clients.pop(client.identity, None)
-        self.remote_clients.discard(client.identity)
-        self.store_requests.client_left(client)
-        held, client.held = client.held, set()
-        for object_id in held:
-            self._release_object(object_id)
-
-    def _drop_dead_clients(self):
-        for client in list(self.clients.values()):
-            if client.kind == "driver" and client.pid and not _pid_alive(client.pid):
-                log.info("driver pid %d is gone; releasing its objects", client.pid)
-                self._drop_client(client)
-
     def _forward_output(self, fd):
-        worker, text = self.pool.read_output(fd)
-        if not text or worker is None:
+        process, text = self.processes.read_output(fd)
+        if not text or process is None:
             return
-        for client in self.clients.values():
+        for client in self.state.clients.values():
             if client.kind in ("driver", "peer"):    # peers pass it on to their drivers
-                self.send(client.identity, P.LOG, worker.pid, text)
+                self.send(client.identity, P.LOG, process.pid, text)
 
     def _publish_node_info(self):
         if self.peers is not None:
@@ -702,17 +467,14 @@ class NodeDaemon(NodeRequests):
         elif self.kv is not None:
             self.kv.tell("put", f"node:{self.node_id}", self._node_info())
 
-    # == stop ================================================================
     def _stop(self):
-        for client in self.clients.values():
+        for client in self.state.clients.values():
             if client.kind == "worker":
-                try:
-                    self.send(client.identity, P.EXIT)
-                except zmq.ZMQError:
-                    pass
+                self._stop_worker(C.StopWorker(client.identity))
         if self.peers is not None:
             self.peers.close()
-        self.pool.stop_all(grace_s=0.5)
+        self.processes.stop_all(grace_s=0.5)
+        self.disk.close()
         self.objects.unlink_all()
         if self.kv is not None:
             try:

@@ -1,23 +1,23 @@
 """Control-plane requests a node answers (``REQUEST`` messages): resources,
-nodes, status, shutdown. A mixin of ``NodeDaemon``; each ``request_<op>``
-takes the asking client and returns a picklable answer."""
-from . import resources as R
+nodes, status, actors, shutdown. A mixin of ``NodeDaemon``; each
+``request_<op>`` takes the asking client and returns a picklable answer.
+Questions read the state; requests that change it go through
+``handle(event)`` like any message."""
 from .scheduler import infeasible_report
+from .state import events as E
 
 
 class NodeRequests:
     def request_cluster_resources(self, _client):
-        if self.peers is not None:
-            return self.peers.cluster_totals()
-        return R.describe(self.resources.totals)
+        return self.state.cluster_totals()
 
     def request_available_resources(self, _client):
         if self.peers is not None:
-            return self.peers.cluster_available()
+            return self.state.cluster_available()
         return self._local_available()
 
     def _local_available(self):
-        return R.describe({k: max(v, 0) for k, v in self.resources.available.items() if v > 0})
+        return self.state.local_available()
 
     def request_nodes(self, _client):
         info = self._node_info()
@@ -39,6 +39,17 @@ class NodeRequests:
                 "actors": self.actors.statistics(),
                 "store": self.objects.stats(),
                 "peers": self.peers.statistics() if self.peers is not None else None}
+
+    def request_kill_actor(self, _client, actor_id, no_restart=True):
+        self.handle(E.KillActorRequested(actor_id, no_restart))
+        return True
+
+    def request_get_actor(self, _client, name):
+        return self.actors.get_by_name(name)
+
+    def request_reserve_actor_name(self, _client, name, actor_id=None):
+        self.handle(E.ActorNameReserved(name, actor_id))
+        return True
 
     def request_flush_events(self, _client):
         """Hand the batched events to the caller, which stores them in the kv:

@@ -80,11 +80,11 @@ def totals_from_options(num_cpus, num_gpus, resources):
     return {k: v for k, v in totals.items() if v}
 
 
-def memory_totals(object_store_memory):
+def memory_totals(object_store_memory, available_bytes):
     """Ray's ``memory`` and ``object_store_memory`` resources, in bytes: the
-    object store's capacity, and the memory left for workers beside it."""
-    import psutil
-    workers = max(psutil.virtual_memory().available - object_store_memory, 0)
+    object store's capacity, and the memory left for workers beside it
+    (``available_bytes``: the machine's free memory, measured by the caller)."""
+    workers = max(available_bytes - object_store_memory, 0)
     return {"memory": to_fixed(workers), "object_store_memory": to_fixed(object_store_memory)}
 
 

@@ -27,38 +27,12 @@ from collections import deque
 
 from ..transport import protocol as P
 from .resources import describe, from_fixed, subtract
+from .task import FINAL, TaskState
 
-WAITING = "waiting"
-READY = "ready"
-RUNNING = "running"
-INFEASIBLE = "infeasible"
-DISCARDED = "discarded"
+WAITING, READY, RUNNING = TaskState.WAITING, TaskState.READY, TaskState.RUNNING
+INFEASIBLE, DISCARDED = TaskState.INFEASIBLE, TaskState.DISCARDED
 
 SKIP_LIMIT = 8
-
-
-class Task:
-    __slots__ = ("spec", "frames", "missing", "worker", "resource_ids", "retries_left",
-                 "demand", "state", "warned", "seq", "depth", "blocked", "skipped")
-
-    def __init__(self, spec, frames, depth=0):
-        self.spec = spec
-        self.frames = frames
-        self.missing = 0             # argument objects not here yet
-        self.worker = None
-        self.resource_ids = {}       # {'GPU': [(id, share)]} while running
-        self.retries_left = spec.max_retries
-        self.demand = spec.resources  # fixed point, see resources.py
-        self.state = WAITING
-        self.warned = False          # infeasible warning sent
-        self.seq = 0                 # order of becoming ready (FIFO within a queue)
-        self.depth = depth           # 0 for driver tasks, parent's + 1 for nested
-        self.blocked = False         # in ray.get/wait with its CPU lent back
-        self.skipped = 0             # placements that went around it
-
-    @property
-    def shape(self):
-        return tuple(sorted(self.demand.items()))
 
 
 class Scheduler:
@@ -73,17 +47,17 @@ class Scheduler:
     # -- events in ----------------------------------------------------------
     def make_ready(self, task):
         """The task's arguments exist: queue it (or park it as infeasible)."""
-        if task.state == DISCARDED:       # e.g. its actor was killed meanwhile
+        if task.state is DISCARDED:       # e.g. its actor was killed meanwhile
             return
         task.blocked = False
         task.skipped = 0
         if not self.resources.feasible(task.demand):
-            task.state = INFEASIBLE
+            task.to(INFEASIBLE)
             self.infeasible.append(task)
             return
         self._seq += 1
         task.seq = self._seq
-        task.state = READY
+        task.to(READY)
         key = (task.depth, task.shape)
         queue = self.queues.get(key)
         if queue is None:
@@ -92,7 +66,7 @@ class Scheduler:
 
     def requeue_front(self, task):
         """A running task's worker died and it will be retried: first in line."""
-        task.state = READY
+        task.to(READY)
         task.blocked = False
         self.queues.setdefault((task.depth, task.shape), deque()).appendleft(task)
 
@@ -139,30 +113,77 @@ class Scheduler:
             self.resources.release({"GPU": task.demand["GPU"]}, task.resource_ids)
         task.resource_ids = {}
 
+    def keep_holding(self, task_id):
+        """The task is over but its worker keeps what it holds (an actor's
+        explicit resources): no longer running, nothing given back until
+        ``release_held``."""
+        task = self.running.pop(task_id, None)
+        if task is not None:
+            self.unblock(task)
+        return task
+
+    def release_held(self, task):
+        """Give back what ``keep_holding`` left with the worker."""
+        self.resources.release(task.demand, task.resource_ids)
+        task.resource_ids = {}
+
     def discard(self, task):
         """Forget a task that must not run (queued, infeasible or still waiting).
 
         A running task is left alone: its worker is killed and ``finish``
         releases what it holds.
         """
-        if task.state == RUNNING:
+        if task.state is RUNNING:
             return
-        if task.state == READY:
+        if task.state is READY:
             key = (task.depth, task.shape)
             queue = self.queues.get(key)
             if queue is not None and task in queue:
                 queue.remove(task)
                 if not queue:
                     del self.queues[key]
-        elif task.state == INFEASIBLE and task in self.infeasible:
+        elif task.state is INFEASIBLE and task in self.infeasible:
             self.infeasible.remove(task)
-        task.state = DISCARDED
+        if task.state not in FINAL:
+            task.to(DISCARDED)
 
     def retry_infeasible(self):
         """Put back tasks that a change of resources made feasible."""
         still, self.infeasible = self.infeasible, []
         for task in still:
             self.make_ready(task)
+
+    def take_infeasible(self, choose):
+        """Remove the infeasible tasks ``choose(task)`` finds a place for
+        (another node); return [(task, place)]."""
+        taken, keep = [], []
+        for task in self.infeasible:
+            place = choose(task)
+            if place is None:
+                keep.append(task)
+            else:
+                taken.append((task, place))
+        self.infeasible = keep
+        return taken
+
+    def take_surplus(self, choose, budget):
+        """Remove queued tasks beyond what ``budget`` (free resources) fits,
+        newest first, while ``choose(task)`` finds them a place; return
+        [(task, place)]."""
+        taken = []
+        for key, queue in list(self.queues.items()):
+            if not queue:
+                continue
+            excess = len(queue) - self._count_fitting(queue[0].demand, len(queue), budget)
+            while excess > 0 and queue:
+                place = choose(queue[-1])
+                if place is None:
+                    break
+                taken.append((queue.pop(), place))
+                excess -= 1
+            if not queue:
+                del self.queues[key]
+        return taken
 
     # -- instructions out ---------------------------------------------------
     def placements(self, idle_workers):
@@ -201,7 +222,7 @@ class Scheduler:
                 queue.popleft()
                 task.resource_ids = resources.acquire(task.demand)
                 task.worker = idle_workers.pop()
-                task.state = RUNNING
+                task.to(RUNNING)
                 self.running[task.spec.task_id] = task
                 pairs.append(task)
                 if starved is not None and not short.isdisjoint(task.demand):
@@ -219,7 +240,8 @@ class Scheduler:
         """How many of ``limit`` tasks of this demand fit in ``budget`` (taken from it)."""
         count = limit
         for name, amount in demand.items():
-            count = min(count, max(budget.get(name, 0), 0) // amount)
+            if amount > 0:
+                count = min(count, max(budget.get(name, 0), 0) // amount)
         subtract(budget, demand, count)
         return count
 

@@ -1,4 +1,4 @@
-"""Actors on one node: creation, method queues, death and restart.
+"""Actors on one node: creation, method queues, death and restart (part of NodeState).
 
 ::
 
@@ -11,33 +11,40 @@
 - An actor is created by an ACTOR_CREATE task that pins a worker for life.
   Resources asked for explicitly stay held while the worker lives; the
   default CPU is only needed to place it.
-- Method calls queue per actor and go to its worker in submission order, as
-  soon as their arguments exist (a call whose argument is missing holds back
-  the calls after it); the worker runs them in that order, or concurrently
-  for async and threaded actors.
+- Method calls queue per actor *and per caller* (the client that submitted
+  them) and go to the actor's worker in each caller's submission order as
+  soon as their arguments exist. A call whose argument is missing holds
+  back that caller's later calls only: other callers' calls go ahead, so
+  one caller's slow argument never stalls another (and calls that depend
+  on each other's results across callers cannot deadlock).
 - The actor id is also an object id: every handle holds a ref to it. When
   the last handle anywhere is dropped the actor becomes *unreferenced*: the
   calls already submitted still run, then the worker is told to exit.
 - A dead actor stays as a tombstone while handles remain, so later calls
   fail fast with the reason it died.
+
+The table changes only inside ``NodeState.handle``; what it decides leaves
+as commands (``state.emit``): EXECUTE via ``state.send_task``, EXIT via
+``state.stop_worker``, ``KillWorker``.
 """
 import logging
 from collections import deque
 
-from ..exceptions import RayActorError
-from ..transport import protocol as P
-from .scheduler import INFEASIBLE, READY, RUNNING, WAITING
-from .worker_pool import describe_exit
+from ...exceptions import RayActorError
+from ..task import TaskState
+from ..worker_pool import describe_exit
+from . import commands as C
 
 log = logging.getLogger("zray.actors")
 
+S = TaskState
 PENDING, ALIVE, RESTARTING, DEAD = "pending", "alive", "restarting", "dead"
 INFINITE = float("inf")
 
 
 class Actor:
     __slots__ = ("actor_id", "creation", "worker", "state", "restarts_left", "max_restarts",
-                 "task_retries", "queue", "inflight", "name", "death_reason", "hold",
+                 "task_retries", "queues", "inflight", "name", "death_reason", "hold",
                  "holding", "class_name", "handle_meta", "unreferenced", "detached",
                  "args_released")
 
@@ -52,7 +59,7 @@ class Actor:
         self.restarts_left = self.max_restarts
         retries = options.get("max_task_retries") or 0
         self.task_retries = INFINITE if retries == -1 else retries
-        self.queue = deque()          # method tasks not yet sent, in submission order
+        self.queues = {}              # caller -> deque of calls not yet sent, in its order
         self.inflight = {}            # task_id -> task sent to the worker (dict keeps order)
         self.name = options.get("name")
         self.death_reason = None
@@ -60,14 +67,18 @@ class Actor:
         self.holding = False          # hold=True and the worker has the resources now
         self.class_name = spec.name
         self.handle_meta = options.get("handle_meta")
-        self.unreferenced = False     # no handle left anywhere: exit once the queue is empty
+        self.unreferenced = False     # no handle left anywhere: exit once the queues are empty
         self.detached = options.get("detached", False)
         self.args_released = False
 
+    def queued(self):
+        """Calls not sent yet, each caller's in its order."""
+        return [task for queue in self.queues.values() for task in queue]
+
 
 class ActorTable:
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, state):
+        self.state = state            # the NodeState this table is part of
         self.by_id = {}
         self.names = {}               # name -> actor id (reserved before the creation arrives)
 
@@ -77,11 +88,12 @@ class ActorTable:
         self.by_id[actor.actor_id] = actor
         if actor.name:
             self.names[actor.name] = actor.actor_id
-        self.node._wait_for_arguments(task, lambda _task: self._creation_ready(actor))
+        self.state.wait_for_arguments(task, lambda _task: self._creation_ready(actor))
 
     def _creation_ready(self, actor):
         if actor.state in (PENDING, RESTARTING):
-            self.node.scheduler.make_ready(actor.creation)
+            self.state.scheduler.make_ready(actor.creation)
+            self.state.needs_dispatch = True
 
     def _restart(self, actor):
         actor.restarts_left -= 1
@@ -89,33 +101,33 @@ class ActorTable:
         actor.death_reason = None
         creation = actor.creation
         creation.worker = None
-        creation.state = WAITING
+        creation.to(S.WAITING)
         self._creation_ready(actor)
 
     def created(self, task, worker, error_text=None):
         """The creation task finished on ``worker`` (``error_text``: __init__ raised)."""
-        node = self.node
-        scheduler = node.scheduler
+        scheduler = self.state.scheduler
         worker.task = None
         actor = self.by_id.get(task.spec.actor_id)
         if actor is None or actor.state == DEAD or actor.creation is not task:
             scheduler.finish(task.spec.task_id)
-            node.pool_kill(worker)
+            task.to(S.DONE)
+            self.state.emit(C.KillWorker(worker.worker_id))
             return
         if error_text:
             scheduler.finish(task.spec.task_id)
-            worker.exiting = True
-            node.send(worker.worker_id, P.EXIT)
+            task.to(S.DONE)
+            self.state.stop_worker(worker)
             self._die(actor, f"its __init__ raised:\n\n{error_text}")
             self._forget_if_done(actor)
             return
         if actor.hold:
             # Explicit resources stay with the worker until it exits.
-            scheduler.unblock(task)
-            scheduler.running.pop(task.spec.task_id, None)
+            scheduler.keep_holding(task.spec.task_id)
             actor.holding = True
         else:
             scheduler.finish(task.spec.task_id)
+        task.to(S.DONE)
         worker.actor_id = actor.actor_id
         actor.worker = worker
         actor.state = ALIVE
@@ -128,29 +140,51 @@ class ActorTable:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
-        task.state = WAITING
-        actor.queue.append(task)
-        self.node._wait_for_arguments(task, self._arguments_ready)
+        caller = task.spec.owner
+        queue = actor.queues.get(caller)
+        if queue is None:
+            queue = actor.queues[caller] = deque()
+        queue.append(task)
+        self.state.wait_for_arguments(task, self._arguments_ready)
 
     def _arguments_ready(self, task):
-        task.state = READY
+        if task.state is not S.WAITING:      # failed meanwhile (its actor died)
+            return
+        task.to(S.READY)
         actor = self.by_id.get(task.spec.actor_id)
-        if actor is not None:
-            self._pump(actor)
+        if actor is not None and self._can_send(actor):
+            self._send_ready(actor, task.spec.owner)
+            self._exit_if_unreferenced(actor)
+
+    def _can_send(self, actor):
+        worker = actor.worker     # None while its death is being handled
+        return actor.state == ALIVE and worker is not None and not worker.exiting
 
     def _pump(self, actor):
-        if actor.state != ALIVE or actor.worker.exiting:
+        if not self._can_send(actor):
             return
-        while actor.queue and actor.queue[0].state == READY:
-            task = actor.queue.popleft()
-            task.state = RUNNING
+        for caller in list(actor.queues):
+            self._send_ready(actor, caller)
+        self._exit_if_unreferenced(actor)
+
+    def _send_ready(self, actor, caller):
+        """Send this caller's calls from the front of its queue while their arguments exist."""
+        queue = actor.queues.get(caller)
+        if queue is None:
+            return
+        while queue and queue[0].state is S.READY:
+            task = queue.popleft()
+            task.to(S.RUNNING)
             actor.inflight[task.spec.task_id] = task
-            self.node.send_task(actor.worker, task)
-        if actor.unreferenced and not actor.queue and not actor.inflight:
+            self.state.send_task(actor.worker, task)
+        if not queue:
+            del actor.queues[caller]
+
+    def _exit_if_unreferenced(self, actor):
+        if actor.unreferenced and not actor.queues and not actor.inflight:
             # Nobody can call it any more and every result is in: exit. (Sent
             # only now so no result is lost with a process already leaving.)
-            actor.worker.exiting = True
-            self.node.send(actor.worker.worker_id, P.EXIT)
+            self.state.stop_worker(actor.worker)
 
     def method_done(self, worker, task_id, exiting):
         actor = self.by_id.get(worker.actor_id)
@@ -158,7 +192,8 @@ class ActorTable:
             return None
         task = actor.inflight.pop(task_id, None)
         if task is not None:
-            self.node._release_arguments(task)
+            self.state.release_arguments(task)
+            self.state.end(task, S.DONE)
         if exiting:
             # The worker waits for EXIT, which _die sends.
             actor.restarts_left = 0
@@ -169,30 +204,29 @@ class ActorTable:
         return task
 
     # -- death --------------------------------------------------------------
-    def worker_died(self, worker, code):
+    def worker_died(self, worker, code, pid):
         actor = self.by_id.get(worker.actor_id)
         if actor is None or actor.worker is not worker:
             return
-        node = self.node
         actor.worker = None
         if actor.holding:
-            node.resources.release(actor.creation.demand, actor.creation.resource_ids)
-            actor.creation.resource_ids = {}
+            self.state.scheduler.release_held(actor.creation)
             actor.holding = False
-        reason = actor.death_reason or (f"its worker process (pid {worker.pid}) died with "
+        reason = actor.death_reason or (f"its worker process (pid {pid}) died with "
                                         f"{describe_exit(code)}")
         restart = actor.state != DEAD and actor.restarts_left > 0 and not actor.unreferenced
         retry = []
         for task in actor.inflight.values():
             if restart and task.retries_left > 0:
                 task.retries_left -= 1
-                task.state = READY
+                task.to(S.READY)
                 retry.append(task)
             else:
                 self._fail(task, actor, reason, running=True, restarting=restart)
         actor.inflight.clear()
         if restart:
-            actor.queue.extendleft(reversed(retry))
+            for task in reversed(retry):     # first in their callers' queues, in order
+                actor.queues.setdefault(task.spec.owner, deque()).appendleft(task)
             log.warning("actor %s died (%s); restarting it (%s restarts left)",
                         actor.class_name, reason, actor.restarts_left - 1)
             self._restart(actor)
@@ -200,8 +234,11 @@ class ActorTable:
             self._die(actor, reason)
         self._forget_if_done(actor)
 
-    def creation_crashed(self, actor, reason):
-        """The worker died inside __init__ (the node has released its resources)."""
+    def creation_crashed(self, creation, reason):
+        """The worker died inside __init__ (its resources are released)."""
+        actor = self.by_id.get(creation.spec.actor_id)
+        if actor is None or actor.creation is not creation:
+            return
         if actor.state != DEAD and actor.restarts_left > 0 and not actor.unreferenced:
             self._restart(actor)
         else:
@@ -211,26 +248,25 @@ class ActorTable:
     def _die(self, actor, reason):
         if actor.state == DEAD:
             return
-        node = self.node
+        state = self.state
         actor.state = DEAD
         actor.death_reason = actor.death_reason or reason
-        queued, actor.queue = list(actor.queue), deque()
+        queued, actor.queues = actor.queued(), {}
         for task in queued:
             self._fail(task, actor)
         self._release_name(actor)
         creation = actor.creation
-        if creation.state == RUNNING and creation.spec.task_id in node.scheduler.running:
+        if creation.state is S.RUNNING and creation.spec.task_id in state.scheduler.running:
             if creation.worker is not None:      # stop an __init__ still running
-                node.pool_kill(creation.worker)
-        elif creation.state != RUNNING:
-            node.scheduler.discard(creation)
+                state.emit(C.KillWorker(creation.worker.worker_id))
+        elif creation.state is not S.RUNNING:
+            state.scheduler.discard(creation)
         if not actor.args_released:
             actor.args_released = True
-            node._release_arguments(creation)
+            state.release_arguments(creation)
             creation.frames = ()
-        if actor.worker is not None and not actor.worker.exiting:
-            actor.worker.exiting = True
-            node.send(actor.worker.worker_id, P.EXIT)
+        if actor.worker is not None:
+            state.stop_worker(actor.worker)
 
     def _forget_if_done(self, actor):
         # A tombstone is kept while handles may still call it.
@@ -254,7 +290,7 @@ class ActorTable:
             elif "died with" in reason and not actor.max_restarts:
                 message += ("; create the actor with max_restarts=N to have it restarted "
                             "after a crash")
-        self.node._fail_task(task, RayActorError(message))
+        self.state.fail_task(task, RayActorError(message))
 
     def out_of_scope(self, actor_id):
         """The last handle is gone: finish what was submitted, then exit."""
@@ -272,7 +308,7 @@ class ActorTable:
         actor.death_reason = actor.death_reason or "every handle to it went out of scope"
         if actor.state == ALIVE:
             self._pump(actor)
-        elif not actor.queue or actor.creation.state == INFEASIBLE:
+        elif not actor.queues or actor.creation.state is S.INFEASIBLE:
             # Not created yet and nothing it could ever run: stop here.
             self._die(actor, actor.death_reason)
             self._forget_if_done(actor)
@@ -281,17 +317,17 @@ class ActorTable:
         if actor.name and self.names.get(actor.name) == actor.actor_id:
             del self.names[actor.name]
 
-    # -- requests -----------------------------------------------------------
-    def request_kill_actor(self, _client, actor_id, no_restart=True):
+    # -- requests (events KillActorRequested, ActorNameReserved) ---------------
+    def kill(self, actor_id, no_restart=True):
         actor = self.by_id.get(actor_id)
         if actor is None or actor.state == DEAD:
-            return True
+            return
         if no_restart:
             actor.restarts_left = 0
         actor.death_reason = ("it was killed by ray.kill()" if no_restart or not actor.restarts_left
                               else "it was killed by ray.kill(no_restart=False)")
         if actor.worker is not None:
-            self.node.pool_kill(actor.worker)
+            self.state.emit(C.KillWorker(actor.worker.worker_id))
             if actor.restarts_left > 0 and not actor.unreferenced:
                 actor.state = RESTARTING      # send nothing more; restarts once reaped
             else:
@@ -299,16 +335,8 @@ class ActorTable:
         elif not actor.restarts_left:
             self._die(actor, actor.death_reason)
             self._forget_if_done(actor)
-        return True
 
-    def request_get_actor(self, _client, name):
-        actor = self.by_id.get(self.names.get(name))
-        if actor is None or actor.state == DEAD or actor.unreferenced:
-            raise ValueError(f"no live actor named {name!r}; named actors are created with "
-                             f"Cls.options(name={name!r}).remote()")
-        return actor.actor_id, actor.handle_meta
-
-    def request_reserve_actor_name(self, _client, name, actor_id=None):
+    def reserve_name(self, name, actor_id=None):
         existing = self.names.get(name)
         if existing is not None:
             actor = self.by_id.get(existing)
@@ -317,7 +345,14 @@ class ActorTable:
                                  f"use ray.get_actor({name!r}), or pass get_if_exists=True")
         if actor_id is not None:
             self.names[name] = actor_id
-        return True
+
+    # -- looking ------------------------------------------------------------
+    def get_by_name(self, name):
+        actor = self.by_id.get(self.names.get(name))
+        if actor is None or actor.state == DEAD or actor.unreferenced:
+            raise ValueError(f"no live actor named {name!r}; named actors are created with "
+                             f"Cls.options(name={name!r}).remote()")
+        return actor.actor_id, actor.handle_meta
 
     def statistics(self):
         states = {}

@@ -1,0 +1,99 @@
+"""Import layering, read from the source: lower layers never import upper ones.
+
+::
+
+    api, actor, remote_function, local_mode, cli   (public API, tools)
+    core/ (runtime, worker)       sched/ edge: node, peers, worker_processes,
+                                  node_requests, store_requests; plasma/transfer
+    sched/state/ (NodeState) ──► scheduler, resources, task, worker_pool, plasma/store
+    kv/ ──► transport/, exceptions, serialization
+"""
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "zray"
+
+# The node's pure state: no sockets, processes, threads or clocks.
+PURE = ["sched/state/*.py", "sched/task.py", "sched/scheduler.py", "sched/resources.py",
+        "sched/worker_pool.py", "plasma/store.py"]
+IO_MODULES = {"zmq", "subprocess", "socket", "threading", "select", "asyncio", "time",
+              "psutil", "multiprocessing"}
+EDGE = {"zray.sched.node", "zray.sched.peers", "zray.sched.worker_processes",
+        "zray.sched.node_requests", "zray.sched.store_requests", "zray.plasma.transfer",
+        "zray.transport.sockets", "zray.kv", "zray.kv.client", "zray.kv.server"}
+PUBLIC = {"zray", "zray.api", "zray.actor", "zray.remote_function", "zray.local_mode",
+          "zray.cli", "zray.introspection"}
+
+
+def imports(path, toplevel_only=False):
+    """Absolute names of the modules a file imports (relative ones resolved)."""
+    package = ".".join(("zray",) + path.relative_to(ROOT).with_suffix("").parts[:-1])
+    if path.name == "__init__.py":
+        package = ".".join(("zray",) + path.relative_to(ROOT).parts[:-1])
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if toplevel_only else ast.walk(tree)
+    names = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def files(*patterns):
+    found = sorted({p for pattern in patterns for p in ROOT.glob(pattern)})
+    assert found, patterns
+    return found
+
+
+def _first_part(name):
+    return name.split(".")[0]
+
+
+@pytest.mark.parametrize("path", files(*PURE), ids=lambda p: str(p.relative_to(ROOT)))
+def test_node_state_does_no_io(path):
+    names = imports(path)
+    io = sorted(n for n in names if _first_part(n) in IO_MODULES)
+    assert not io, f"{path.name} imports {io}: the node's state must stay free of I/O"
+    edge = sorted(n for n in names if n in EDGE)
+    assert not edge, f"{path.name} imports the node's edge {edge}"
+
+
+@pytest.mark.parametrize("path", files("transport/*.py", "kv/*.py", "sched/**/*.py",
+                                       "plasma/*.py", "core/*.py", "serialization.py",
+                                       "exceptions.py"),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_runtime_never_imports_the_public_api(path):
+    upper = sorted(n for n in imports(path, toplevel_only=True) if n in PUBLIC)
+    assert not upper, f"{path.relative_to(ROOT)} imports the API layer {upper}"
+
+
+@pytest.mark.parametrize("path", files("transport/*.py"), ids=lambda p: p.name)
+def test_transport_is_the_bottom(path):
+    inner = sorted(n for n in imports(path) if n.startswith("zray.")
+                   and not n.startswith(("zray.transport", "zray.exceptions")))
+    assert not inner, f"transport/{path.name} imports {inner}"
+
+
+@pytest.mark.parametrize("path", files("sched/**/*.py", "plasma/*.py", "kv/*.py"),
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_daemons_do_not_import_the_client_runtime(path):
+    client = sorted(n for n in imports(path) if n.startswith("zray.core"))
+    assert not client, f"{path.relative_to(ROOT)} imports the client runtime {client}"
+
+
+def test_the_layering_check_sees_a_violation(tmp_path):
+    """The checker itself: a relative import of the edge is resolved and caught."""
+    fake = ROOT / "sched" / "state" / "node_state.py"
+    names = imports(fake)
+    assert "zray.sched.scheduler" in names and "zray.plasma.store" in names

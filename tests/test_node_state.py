@@ -1,0 +1,300 @@
+"""NodeState driven by event sequences: no sockets, no processes, no files."""
+import pytest
+
+from state_util import Node, inline, new_id, of, pushed, shm_header, spec
+from zray.exceptions import ObjectStoreFullError
+from zray.plasma.store import IN_MEMORY, ON_DISK
+from zray.sched import task as task_module
+from zray.sched.state import commands as C, events as E
+from zray.sched.task import IllegalTransition, TaskState
+from zray.transport import protocol as P
+
+
+@pytest.fixture(autouse=True)
+def strict(monkeypatch):
+    monkeypatch.setattr(task_module, "STRICT", True)
+
+
+def test_illegal_transition_raises_in_strict_mode():
+    node = Node()
+    node.driver()
+    node.submit(spec())
+    task = next(iter(node.state.scheduler.queues.values()))[0]
+    with pytest.raises(IllegalTransition, match="READY -> DONE"):
+        task.to(TaskState.DONE)
+
+
+def test_illegal_transition_is_only_logged_in_production(monkeypatch, caplog):
+    monkeypatch.setattr(task_module, "STRICT", False)
+    node = Node()
+    node.driver()
+    node.submit(spec())
+    task = next(iter(node.state.scheduler.queues.values()))[0]
+    task.to(TaskState.DONE)
+    assert "illegal task transition READY -> DONE" in caplog.text
+
+
+def test_task_lifecycle_submit_start_worker_execute_done_push():
+    node = Node(cpus=2)
+    node.driver()
+    s = spec()
+    out = node.submit(s)
+    assert len(of(C.StartWorker, out)) == 1 and not of(C.Execute, out)
+    out = node.start_workers(out)
+    (execute,) = of(C.Execute, out)
+    assert execute.task.spec.task_id == s.task_id and execute.task.state is TaskState.RUNNING
+    assert node.state.resources.available["CPU"] == 10000
+    out = node.done(execute)
+    assert pushed(out) == {s.return_ids[0]: False}
+    assert execute.task.state is TaskState.DONE
+    assert node.state.resources.available == node.state.resources.totals
+    assert node.state.counts == {"submitted": 1, "ended": 1}
+    # The worker is idle again: the next task goes to it, no new process.
+    out = node.submit(spec())
+    assert len(of(C.Execute, out)) == 1 and not of(C.StartWorker, out)
+
+
+def test_arguments_arrive_late():
+    node = Node()
+    node.driver()
+    node.start_workers(node.do(E.WorkersWanted(1)))
+    arg = new_id()
+    out = node.submit(spec(deps=[arg]))
+    assert not of(C.Execute, out)           # an idle worker, but the argument is missing
+    out = node.do(E.ObjectsPut(b"driver", [inline(arg)], [b"v"]))
+    (execute,) = of(C.Execute, out)
+    assert [d.object_id for d in execute.deps] == [arg]
+
+
+def test_worker_killed_mid_task_is_retried_then_fails_with_worker_crashed():
+    node = Node()
+    node.driver()
+    s = spec(max_retries=1)
+    out = node.start_workers(node.submit(s))
+    (first,) = of(C.Execute, out)
+    out = node.do(E.WorkerExited(first.worker_id, 100, -9))
+    assert not pushed(out)                  # retried, not failed
+    out = node.start_workers(out)
+    (second,) = of(C.Execute, out)
+    assert second.worker_id != first.worker_id and second.task is first.task
+    out = node.do(E.WorkerExited(second.worker_id, 101, -9))
+    assert pushed(out) == {s.return_ids[0]: True}
+    (report,) = of(C.ReportError, out)
+    assert "WorkerCrashedError" not in report.text and "SIGKILL" in report.text
+    assert "after 1 retries" in report.text
+    assert second.task.state is TaskState.FAILED
+    assert node.state.resources.available == node.state.resources.totals
+    assert node.state.counts == {"submitted": 1, "ended": 1}
+
+
+def test_max_calls_worker_leaves_and_gets_no_more_tasks():
+    node = Node(cpus=1)
+    node.driver()
+    out = node.start_workers(node.submit(spec(max_calls=1)))
+    (execute,) = of(C.Execute, out)
+    out = node.submit(spec())               # waits: the only CPU is busy
+    assert not of(C.Execute, out)
+    out = node.done(execute, exiting=True)
+    assert not [c for c in of(C.Execute, out) if c.worker_id == execute.worker_id]
+    assert of(C.StartWorker, out)           # a fresh worker for the next task
+    out = node.do(E.WorkerExited(execute.worker_id, 100, 0))
+    assert node.state.pool.workers.keys().isdisjoint({execute.worker_id})
+
+
+def test_blocked_worker_lends_its_cpu_and_the_cap_warns_drivers():
+    node = Node(cpus=1, max_workers=1)
+    node.driver()
+    out = node.start_workers(node.submit(spec()))
+    (parent,) = of(C.Execute, out)
+    out = node.submit(spec(), client=parent.worker_id)   # a nested task
+    assert not of(C.Execute, out) and not of(C.StartWorker, out)
+    out = node.do(E.WorkerBlocked(parent.worker_id))
+    assert node.state.resources.available["CPU"] == 10000   # lent back
+    (warning,) = of(C.WarnDrivers, out)
+    assert "max_workers" in warning.message and "deadlock" in warning.message
+    out = node.do(E.WorkerUnblocked(parent.worker_id))
+    assert node.state.resources.available["CPU"] == 0
+
+
+def test_object_kept_while_held_or_needed_by_a_pending_task():
+    node = Node()
+    node.driver()
+    arg = new_id()
+    node.do(E.ObjectsPut(b"driver", [shm_header(arg, 100)], []))
+    out = node.start_workers(node.submit(spec(deps=[arg])))
+    (execute,) = of(C.Execute, out)
+    node.do(E.RefsRemoved(b"driver", [arg]))
+    assert node.state.objects.get(arg) is not None and not node.disk.unlinked
+    node.done(execute)
+    assert node.state.objects.get(arg) is None
+    assert node.disk.unlinked == [f"/shm/{arg.hex()}"]
+
+
+def test_dropped_driver_releases_what_it_held():
+    node = Node()
+    node.driver()
+    held = new_id()
+    node.do(E.ObjectsPut(b"driver", [inline(held)], [b"v"]))
+    node.do(E.ClientLeft(b"driver"))
+    assert node.state.objects.get(held) is None
+
+
+def test_spilling_decisions_oldest_first_then_disk_then_full_store_error():
+    node = Node(store_bytes=3000)
+    node.driver()
+    ids = [new_id() for _ in range(3)]
+    for object_id in ids:
+        node.do(E.ObjectsPut(b"driver", [shm_header(object_id, 1000)], []))
+    out = node.do(E.ReserveRequested(b"driver", new_id(), 1500))
+    assert of(C.Reserved, out)[0].where == IN_MEMORY
+    # The two oldest are copied off the loop; readers keep their files meanwhile.
+    assert [c[0] for c in node.disk.copies] == ids[:2] and not node.disk.unlinked
+    node.finish_copies()
+    assert node.disk.unlinked == [f"/shm/{ids[0].hex()}", f"/shm/{ids[1].hex()}"]
+    assert node.state.objects.get(ids[0]).location[0] == f"/spill/{ids[0].hex()}"
+    out = node.do(E.ReserveRequested(b"driver", new_id(), 4000))   # bigger than memory
+    assert of(C.Reserved, out)[0].where == ON_DISK
+    node.disk.free = 100
+    with pytest.raises(ObjectStoreFullError, match="larger than the whole object store"):
+        node.do(E.ReserveRequested(b"driver", new_id(), 4000))
+
+
+# == actors ======================================================================
+def make_actor(node, max_restarts=0, max_task_retries=0):
+    actor_id = new_id()
+    creation = spec(P.ACTOR_CREATE, actor_id=actor_id, cpus=0, returns=0,
+                    options={"max_restarts": max_restarts, "max_task_retries": max_task_retries})
+    owner = next(c for c in node.state.clients.values() if c.kind == "driver").identity
+    out = node.start_workers(node.submit(creation, client=owner))
+    (execute,) = of(C.Execute, out)
+    out = node.done(execute)
+    return actor_id, execute.worker_id
+
+
+def call(actor_id, deps=()):
+    return spec(P.ACTOR_METHOD, actor_id=actor_id, cpus=0, deps=deps)
+
+
+def test_actor_calls_run_in_submission_order_per_caller_and_callers_do_not_wait():
+    node = Node()
+    node.driver(b"A")
+    node.driver(b"B")
+    actor_id, worker_id = make_actor(node)
+    slow = new_id()
+    a1, a2 = call(actor_id, deps=[slow]), call(actor_id)
+    b1 = call(actor_id)
+    sent = []
+    for s, caller in ((a1, b"A"), (a2, b"A"), (b1, b"B")):
+        sent += of(C.Execute, node.submit(s, client=caller))
+    # B's call goes; A's second call waits behind A's first, whose argument is missing.
+    assert [c.task.spec.task_id for c in sent] == [b1.task_id]
+    out = node.do(E.ObjectsPut(b"B", [inline(slow)], [b"v"]))
+    assert [c.task.spec.task_id for c in of(C.Execute, out)] == [a1.task_id, a2.task_id]
+    assert all(c.worker_id == worker_id for c in of(C.Execute, out))
+
+
+def test_cross_caller_dependency_does_not_deadlock():
+    node = Node()
+    node.driver(b"A")
+    node.driver(b"B")
+    actor_id, _ = make_actor(node)
+    b1 = call(actor_id)
+    a1 = call(actor_id, deps=[b1.return_ids[0]])   # A waits on B's result
+    assert not of(C.Execute, node.submit(a1, client=b"A"))
+    (b_exec,) = of(C.Execute, node.submit(b1, client=b"B"))
+    out = node.done(b_exec)
+    assert [c.task.spec.task_id for c in of(C.Execute, out)] == [a1.task_id]
+
+
+def test_actor_restart_fails_the_call_in_flight_and_recreates():
+    node = Node()
+    node.driver()
+    actor_id, worker_id = make_actor(node, max_restarts=1)
+    c1 = call(actor_id)
+    node.submit(c1)
+    out = node.do(E.WorkerExited(worker_id, 100, -9))
+    assert pushed(out) == {c1.return_ids[0]: True}
+    assert "being restarted" in of(C.ReportError, out)[0].text
+    out = node.start_workers(out)
+    (creation,) = of(C.Execute, out)
+    assert creation.task.spec.kind == P.ACTOR_CREATE
+    c2 = call(actor_id)
+    assert not of(C.Execute, node.submit(c2))   # queued until __init__ is done
+    out = node.done(creation)
+    assert [c.task.spec.task_id for c in of(C.Execute, out)] == [c2.task_id]
+
+
+def test_actor_task_retries_run_the_call_again_first_in_line():
+    node = Node()
+    node.driver()
+    actor_id, worker_id = make_actor(node, max_restarts=1, max_task_retries=1)
+    c1, c2 = call(actor_id), call(actor_id)
+    node.submit(c1)
+    node.submit(c2)
+    out = node.start_workers(node.do(E.WorkerExited(worker_id, 100, -9)))
+    assert not pushed(out)
+    (creation,) = of(C.Execute, out)
+    out = node.done(creation)
+    assert [c.task.spec.task_id for c in of(C.Execute, out)] == [c1.task_id, c2.task_id]
+
+
+def test_killed_actor_fails_later_calls():
+    node = Node()
+    node.driver()
+    actor_id, worker_id = make_actor(node)
+    out = node.do(E.KillActorRequested(actor_id, True))
+    assert of(C.KillWorker, out) == [C.KillWorker(worker_id)]
+    node.do(E.WorkerExited(worker_id, 100, -9))
+    c = call(actor_id)
+    out = node.submit(c)
+    assert pushed(out) == {c.return_ids[0]: True}
+    assert "killed by ray.kill()" in of(C.ReportError, out)[0].text
+
+
+def test_actor_exits_when_its_last_handle_goes():
+    node = Node()
+    node.driver()
+    actor_id, worker_id = make_actor(node)
+    node.do(E.RefsAdded(b"driver", [actor_id]))
+    (execute,) = of(C.Execute, node.submit(call(actor_id)))
+    assert not of(C.StopWorker, node.do(E.RefsRemoved(b"driver", [actor_id])))
+    out = node.done(execute)                # the last call is in: now it may go
+    assert of(C.StopWorker, out) == [C.StopWorker(worker_id)]
+
+
+# == forwarding ==================================================================
+def peer_info(cpus=2, gpus=1):
+    resources = {"CPU": cpus, "GPU": gpus}
+    return {"tcp_address": "tcp://peer:1", "resources": resources, "available": resources,
+            "queued": 0}
+
+
+def test_task_no_local_resources_fit_goes_to_a_peer_and_comes_back_on_its_death():
+    node = Node(cpus=1)
+    node.driver()
+    s = spec(gpus=1, max_retries=1)
+    out = node.submit(s)
+    assert not of(C.Forward, out)           # infeasible here, no peer yet
+    out = node.do(E.PeerSeen("peer1", peer_info()))
+    (forward,) = of(C.Forward, out)
+    assert forward.node_id == "peer1" and forward.spec.owner is None
+    out = node.do(E.PeerGone("peer1"))      # one retry: back in the queue here
+    assert of(C.DropPeerTransfers, out) == [C.DropPeerTransfers("peer1", set(s.return_ids))]
+    assert not pushed(out)
+    out = node.do(E.PeerSeen("peer2", peer_info()))
+    assert of(C.Forward, out)[0].node_id == "peer2"
+    out = node.do(E.PeerGone("peer2"))      # no retries left: failed
+    assert pushed(out) == {s.return_ids[0]: True}
+    assert "left the cluster" in of(C.ReportError, out)[0].text
+
+
+def test_forwarded_task_is_done_when_its_results_are_back():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    s = spec(gpus=1)
+    (forward,) = of(C.Forward, node.submit(s))
+    out = node.do(E.ObjectsSealed([inline(s.return_ids[0])], [b"v"]))
+    assert pushed(out) == {s.return_ids[0]: False}
+    assert node.state.counts == {"submitted": 1, "ended": 1}
+    assert not node.state.forwarding.forwarded

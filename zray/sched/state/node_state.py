@@ -1,0 +1,521 @@
+"""``NodeState``: everything one node knows, changed only by ``handle(event)``.
+
+It owns the scheduler queues and resources, the object table (readiness,
+reference counts), the workers' records, the actor table and the view of
+peer nodes, and returns the commands the node's loop carries out. No zmq,
+no processes, no clock: see the package docstring.
+"""
+import logging
+
+from ...exceptions import ObjectLostError, WorkerCrashedError
+from ...plasma.store import READY as OBJECT_READY, ObjectTable
+from ...serialization import serialize
+from ...transport import protocol as P
+from .. import resources as R
+from ..scheduler import Scheduler, infeasible_message
+from ..task import Task, TaskState
+from ..worker_pool import ACTOR, BUSY, IDLE, WorkerPool, describe_exit, log_file_path
+from . import commands as C
+from . import events as E
+from .actors import ActorTable
+from .forwarding import Forwarding
+
+log = logging.getLogger("zray.state")
+
+S = TaskState
+
+
+class Client:
+    __slots__ = ("identity", "kind", "pid", "held")
+
+    def __init__(self, identity, kind, pid):
+        self.identity = identity
+        self.kind = kind
+        self.pid = pid
+        self.held = set()     # object ids this process holds refs to
+
+
+class NodeState:
+    def __init__(self, totals, object_store_memory, spill_dir, max_workers, disk, *,
+                 node_id="node", gpu_ids=None, max_starting=2, soft_limit=2,
+                 worker_prefix=b"w", logs_dir="logs"):
+        self.node_id = node_id
+        self.resources = R.NodeResources(totals, gpu_ids)
+        self.scheduler = Scheduler(self.resources)
+        self.wall = 0.0                # time.time() of the last Tick
+        # ``disk``: the object table's port to files (plasma/disk.py on a node).
+        self.objects = ObjectTable(object_store_memory, spill_dir, disk,
+                                   clock=lambda: self.wall)
+        self.pool = WorkerPool(max_workers, max_starting=max_starting, soft_limit=soft_limit,
+                               name_prefix=worker_prefix)
+        self.logs_dir = logs_dir
+        self.actors = ActorTable(self)
+        self.forwarding = Forwarding(self)
+        self.clients = {}              # identity -> Client
+        self.functions = {}            # function_id -> (name, blob, sys_path)
+        self.serializers = []          # (blob, sys_path) in registration order
+        self.warned_pool_exhausted = False
+        self.counts = {"submitted": 0, "ended": 0}
+        self.out = []
+        self.needs_dispatch = False
+
+    # == the entry point =====================================================
+    def handle(self, event):
+        """Apply one event; return the commands the node must carry out, in order."""
+        self.out = out = []
+        self._handlers[type(event)](self, event)
+        if self.needs_dispatch:
+            self._dispatch()
+        return out
+
+    def emit(self, command):
+        self.out.append(command)
+
+    # == clients =============================================================
+    def _on_client_joined(self, ev):
+        client = self.clients[ev.identity] = Client(ev.identity, ev.kind, ev.pid)
+        if client.kind != "worker":
+            return
+        if self.serializers:     # a worker hears every registration before its first task
+            self.emit(C.TellClient(ev.identity, P.SERIALIZERS, (list(self.serializers),)))
+        worker = self.pool.workers.get(ev.identity)
+        if worker is not None:
+            worker.pid = ev.pid
+            worker.state = IDLE
+            self.needs_dispatch = True
+
+    def _on_client_left(self, ev):
+        client = self.clients.get(ev.identity)
+        if client is not None:
+            self._drop_client(client)
+
+    def _drop_client(self, client):
+        self.clients.pop(client.identity, None)
+        self.emit(C.ClientGone(client.identity))
+        self.objects.release_reservations_of(client.identity)
+        held, client.held = client.held, set()
+        for object_id in held:
+            self.release_object(object_id)
+
+    def _on_function(self, ev):
+        self.functions[ev.function_id] = ev.record
+
+    def _on_serializer(self, ev):
+        registration = (ev.blob, ev.sys_path)
+        if registration in self.serializers:
+            return           # heard it already (from another peer)
+        self.serializers.append(registration)
+        for client in self.clients.values():
+            if client.kind == "worker":
+                self.emit(C.TellClient(client.identity, P.SERIALIZERS, ([registration],)))
+        if not ev.from_peer and self.forwarding.peers:
+            # Every node hears a driver's registration once, from its node.
+            self.emit(C.ShareSerializers(None, [registration]))
+
+    # == tasks ===============================================================
+    def _on_submit(self, ev):
+        client = self.clients.get(ev.client)
+        if client is None:
+            return
+        self.submit(client, ev.spec, ev.frames)
+
+    def submit(self, client, spec, frames):
+        spec = spec._replace(owner=client.identity)
+        if spec.kind != P.ACTOR_CREATE:       # a creation ends with its actor, not here
+            self.counts["submitted"] += 1
+        objects = self.objects
+        for object_id in spec.return_ids:
+            entry = objects.expect(object_id)
+            entry.subscribers.add(client.identity)
+            self._hold(client, object_id)
+        for object_id in spec.dep_ids:
+            objects.add_ref(object_id)
+        for object_id in spec.contained_ids:
+            objects.add_ref(object_id)
+        # Tasks submitted from inside a task run before their parent's peers
+        # (see scheduler.py): nested fan-out then needs few workers. Actors
+        # hold no CPU while they wait, so their tasks queue with the driver's.
+        submitter = self.pool.workers.get(client.identity)
+        depth = 0
+        if submitter is not None and submitter.task is not None:
+            depth = submitter.task.depth + 1
+        task = Task(spec, frames, depth)
+        if spec.kind == P.ACTOR_METHOD:
+            self.actors.submit_method(task)
+            return task
+        if spec.kind == P.ACTOR_CREATE:
+            self.actors.submit_creation(task)
+        else:
+            self.wait_for_arguments(task, self.scheduler.make_ready)
+        self.needs_dispatch = True
+        return task
+
+    def wait_for_arguments(self, task, when_ready):
+        """Call when_ready(task) once every argument object exists."""
+        task.missing = 0
+        objects = self.objects
+        for object_id in task.spec.dep_ids:
+            entry = objects.get(object_id)
+            if entry is None or entry.state != OBJECT_READY:
+                entry = objects.expect(object_id)
+                entry.waiting_tasks.append((task, when_ready))
+                task.missing += 1
+        if task.missing == 0:
+            when_ready(task)
+
+    def _on_task_done(self, ev):
+        worker = self.pool.workers.get(ev.worker_id)
+        self.store_objects(ev.headers, ev.frames)
+        pid = worker.pid if worker is not None else None
+        if worker is not None and worker.actor_id is not None:
+            task = self.actors.method_done(worker, ev.task_id, ev.exiting)
+            if ev.error_text:
+                self._report_failure(task, ev.task_id, ev.error_text, pid)
+            return
+        task = self.scheduler.running.get(ev.task_id)
+        if ev.error_text:
+            self._report_failure(task, ev.task_id, ev.error_text, pid)
+        self.needs_dispatch = True
+        if task is not None and task.spec.kind == P.ACTOR_CREATE and worker is not None:
+            self.actors.created(task, worker, ev.error_text)
+            return
+        task = self._finish_task(ev.task_id, worker, exiting=ev.exiting)
+        if task is not None:
+            self.end(task, S.DONE)
+        if worker is not None:
+            worker.task = None
+            if ev.exiting or worker.exiting:
+                self.stop_worker(worker)   # DONE handled: it may go now (max_calls)
+                worker.state = BUSY        # leaving; reaped when it exits
+            else:
+                worker.state = IDLE
+
+    def end(self, task, state):
+        """A task or actor call is over (DONE or FAILED); the transition table
+        makes sure it happens once."""
+        task.to(state)
+        if task.spec.kind != P.ACTOR_CREATE:
+            self.counts["ended"] += 1
+
+    def _finish_task(self, task_id, worker, exiting=False):
+        task = self.scheduler.running.get(task_id)
+        if task is None:
+            return None
+        if worker is not None:
+            worker.blocked = False
+        # A worker leaving after this task (max_calls) keeps its GPUs until it
+        # is gone, so the next GPU task finds that GPU's memory freed.
+        keep_gpus = exiting and worker is not None and bool(task.resource_ids.get("GPU"))
+        self.scheduler.finish(task_id, keep_gpus=keep_gpus)
+        if keep_gpus:
+            worker.held_task = task
+        self.release_arguments(task)
+        return task
+
+    def release_arguments(self, task):
+        for object_id in task.spec.dep_ids:
+            self.release_object(object_id)
+        for object_id in task.spec.contained_ids:
+            self.release_object(object_id)
+
+    def fail_task(self, task, error):
+        """Store ``error`` in every return of ``task``, tell its owner, let go of its args."""
+        data = serialize(error)
+        headers = [(oid, P.INLINE, 1, None, (), True) for oid in task.spec.return_ids]
+        self.store_objects(headers, [data.meta] * len(headers))
+        self._report_failure(task, task.spec.task_id, str(error), None)
+        self.release_arguments(task)
+        if task.state not in (S.DONE, S.FAILED, S.DISCARDED):
+            self.end(task, S.FAILED)
+
+    def _report_failure(self, task, task_id, text, pid):
+        self.emit(C.RecordError(task_id, text, pid))
+        if task is not None and task.spec.owner in self.clients:
+            self.emit(C.ReportError(task.spec.owner, task.spec.name, text, task.spec.return_ids))
+
+    # == workers =============================================================
+    def _on_blocked(self, ev):
+        worker = self.pool.workers.get(ev.worker_id)
+        if worker is None or worker.blocked:
+            return
+        worker.blocked = True
+        if worker.task is not None:
+            self.scheduler.block(worker.task)     # lends its CPU to other work
+        self.needs_dispatch = True
+
+    def _on_unblocked(self, ev):
+        worker = self.pool.workers.get(ev.worker_id)
+        if worker is None or not worker.blocked:
+            return
+        worker.blocked = False
+        if worker.task is not None:
+            # May overdraw for a moment: new work waits until the CPU is back.
+            self.scheduler.unblock(worker.task)
+
+    def _on_worker_exited(self, ev):
+        worker = self.pool.remove(ev.worker_id)
+        if worker is None:
+            return
+        pid = worker.pid or ev.pid
+        if worker.held_task is not None:
+            self.scheduler.release_gpus(worker.held_task)
+            worker.held_task = None
+        client = self.clients.get(worker.worker_id)
+        if client is not None:
+            self._drop_client(client)
+        if worker.actor_id is not None:
+            self.actors.worker_died(worker, ev.code, pid)
+        self.needs_dispatch = True
+        task = worker.task
+        if task is None or task.spec.task_id not in self.scheduler.running:
+            return
+        self.scheduler.finish(task.spec.task_id)
+        how = describe_exit(ev.code)
+        if task.spec.kind == P.ACTOR_CREATE:
+            task.to(S.FAILED)
+            self.actors.creation_crashed(task, f"its worker process (pid {pid}) died with "
+                                               f"{how} while running __init__")
+        elif task.retries_left > 0 and not worker.exiting:
+            task.retries_left -= 1
+            log.warning("worker pid %s running %s died (%s); retrying (%d left)",
+                        pid, task.spec.name, how, task.retries_left)
+            task.worker = None
+            self.scheduler.requeue_front(task)
+        else:
+            self.fail_task(task, WorkerCrashedError(
+                f"the worker process (pid {pid}) running task {task.spec.name} died "
+                f"with {how} before the task finished"
+                + (f", after {task.spec.max_retries} retries" if task.spec.max_retries else "")
+                + ". Likely causes: the task called os._exit or sys.exit, ran out of memory "
+                  "(check `dmesg`), crashed in a C extension, or was killed. Its output is "
+                  f"in {log_file_path(self.logs_dir, pid)}."))
+
+    def _on_tick(self, ev):
+        self.wall = ev.wall
+        for worker in self.pool.idle_to_stop(ev.now):
+            self.stop_worker(worker)
+
+    def _on_workers_wanted(self, ev):
+        for _ in range(min(ev.count, self.pool.max_workers - self.pool.live_count())):
+            self.emit(C.StartWorker(self.pool.new_worker().worker_id))
+
+    def stop_worker(self, worker):
+        if not worker.exiting:
+            worker.exiting = True
+            self.emit(C.StopWorker(worker.worker_id))
+
+    # == objects =============================================================
+    def _on_put(self, ev):
+        client = self.clients.get(ev.client)
+        if client is not None:
+            self.store_objects(ev.headers, ev.frames, holder=client)
+
+    def _on_sealed(self, ev):
+        self.store_objects(ev.headers, ev.frames)
+
+    def _on_expected(self, ev):
+        for object_id in ev.object_ids:
+            self.objects.expect(object_id)
+
+    def store_objects(self, headers, frames, holder=None):
+        offset = 0
+        objects = self.objects
+        for header in headers:
+            n_frames = header[2]
+            part = frames[offset:offset + n_frames]
+            offset += n_frames
+            if holder is not None:
+                objects.expect(header[0])
+                self._hold(holder, header[0])
+            entry = objects.seal(header, part)
+            if entry is not None:
+                self._on_object_ready(entry)
+
+    def _on_object_ready(self, entry):
+        if entry.subscribers:
+            for identity in entry.subscribers:
+                if identity in self.clients:
+                    self.emit(C.PushObject(identity, entry))
+            entry.subscribers = set()
+        if self.forwarding.result_of:
+            self.forwarding.arrived(entry.object_id)
+        if entry.waiting_tasks:
+            waiting, entry.waiting_tasks = entry.waiting_tasks, []
+            for task, when_ready in waiting:
+                task.missing -= 1
+                if task.missing == 0:
+                    when_ready(task)
+            self.needs_dispatch = True
+
+    def _on_lost(self, ev):
+        entry = self.objects.get(ev.object_id)
+        if entry is None or entry.state == OBJECT_READY:
+            return
+        error = ObjectLostError(f"object {ev.object_id.hex()} is lost: {ev.why}. Objects live "
+                                f"on the node that made them until they are copied; if that "
+                                f"node left, recreate the object (rerun the task that made it)")
+        self.store_objects([(ev.object_id, P.INLINE, 1, None, (), True)],
+                           [serialize(error).meta])
+
+    def _on_subscribe(self, ev):
+        client = self.clients.get(ev.client)
+        if client is None:
+            return
+        for object_id in ev.object_ids:
+            entry = self.objects.get(object_id)
+            if entry is None:
+                entry = self._lost(object_id)
+            if entry.state == OBJECT_READY:
+                self.emit(C.PushObject(client.identity, entry))
+            else:
+                entry.subscribers.add(client.identity)
+
+    def _lost(self, object_id):
+        entry = self.objects.expect(object_id)
+        error = ObjectLostError(f"object {object_id.hex()} no longer exists: every reference "
+                                f"to it was dropped before it was read")
+        entry.refcount = max(entry.refcount, 1)
+        self.objects.seal((object_id, P.INLINE, 1, None, (), True), [serialize(error).meta])
+        return entry
+
+    def _on_add_ref(self, ev):
+        client = self.clients.get(ev.client)
+        if client is not None:
+            for object_id in ev.object_ids:
+                self._hold(client, object_id)
+
+    def _on_remove_ref(self, ev):
+        client = self.clients.get(ev.client)
+        if client is None:
+            return
+        held = client.held
+        for object_id in ev.object_ids:
+            if object_id in held:
+                held.discard(object_id)
+                self.release_object(object_id)
+
+    def _hold(self, client, object_id):
+        if object_id not in client.held:
+            client.held.add(object_id)
+            self.objects.add_ref(object_id)
+
+    def release_object(self, object_id):
+        entry = self.objects.get(object_id)
+        if entry is not None and entry.refcount == 1 and object_id in self.actors.by_id:
+            self.actors.out_of_scope(object_id)
+        self.objects.remove_ref(object_id)
+
+    def _on_reserve(self, ev):
+        where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner)
+        self.emit(C.Reserved(ev.object_id, where))
+
+    def _on_spills_finished(self, ev):
+        self.objects.finish_spills(ev.results)
+
+    def _on_unreserve(self, ev):
+        self.objects.release_reservation(ev.object_id)
+
+    # == placing work ========================================================
+    def _dispatch(self):
+        self.needs_dispatch = False
+        pool = self.pool
+        pairs, want = self.scheduler.placements(pool.idle())
+        for task in pairs:
+            task.worker.idle_since = None
+            self._execute(task, task.worker)
+        for _ in range(pool.how_many_to_start(want)):
+            self.emit(C.StartWorker(pool.new_worker().worker_id))
+        if self.forwarding.peers:
+            self.forwarding.spill()     # what cannot run here soon goes to another node
+        if want and not pool.can_start():
+            self._warn_pool_exhausted()
+        if self.scheduler.infeasible:
+            self._warn_infeasible()
+
+    def _execute(self, task, worker):
+        worker.state = ACTOR if task.spec.kind == P.ACTOR_CREATE else BUSY
+        worker.task = task
+        self.send_task(worker, task)
+
+    def send_task(self, worker, task):
+        spec = task.spec
+        get = self.objects.get
+        deps = [get(object_id) for object_id in spec.dep_ids]
+        functions = {}
+        if spec.function_id not in worker.known_functions:
+            functions[spec.function_id] = self.functions.get(spec.function_id)
+            worker.known_functions.add(spec.function_id)
+        self.emit(C.Execute(worker.worker_id, task, deps, functions))
+
+    def _warn_pool_exhausted(self):
+        if self.warned_pool_exhausted or not self.pool.all_blocked():
+            return
+        self.warned_pool_exhausted = True
+        self.emit(C.WarnDrivers(
+            f"all {self.pool.max_workers} worker processes of this node (the max_workers "
+            f"cap) are blocked in ray.get/ray.wait while tasks wait for a worker: this may "
+            f"deadlock. Wait on fewer nested tasks at once (fan out, then get), or start the "
+            f"node with a larger max_workers"))
+
+    def _warn_infeasible(self):
+        for task in self.scheduler.infeasible:
+            if task.warned:
+                continue
+            task.warned = True
+            message = infeasible_message(task, self.resources, self.cluster_totals())
+            log.warning(message)
+            if task.spec.owner in self.clients:
+                self.emit(C.ReportError(task.spec.owner, task.spec.name, message, None))
+
+    # == looking (no changes) ================================================
+    def cluster_totals(self):
+        return self.forwarding.cluster_totals()
+
+    def cluster_available(self):
+        return self.forwarding.cluster_available()
+
+    def local_available(self):
+        return R.describe({k: max(v, 0) for k, v in self.resources.available.items() if v > 0})
+
+    def holders(self):
+        """object id -> names of the processes holding it (``zray memory``)."""
+        holders = {}
+        for client in self.clients.values():
+            name = f"{client.kind} pid {client.pid}"
+            for object_id in client.held:
+                holders.setdefault(object_id, []).append(name)
+        return holders
+
+    def may_finish(self, worker_id, task_id):
+        """Whether a DONE of ``task_id`` from this client is believable: only the
+        worker running a task finishes it (an actor's calls: its table checks)."""
+        worker = self.pool.workers.get(worker_id)
+        if worker is None:
+            return False
+        if worker.actor_id is not None:
+            return True
+        return worker.task is not None and worker.task.spec.task_id == task_id
+
+    def driver_pids(self):
+        return {c.identity: c.pid for c in self.clients.values() if c.kind == "driver" and c.pid}
+
+    _handlers = {
+        E.ClientJoined: _on_client_joined, E.ClientLeft: _on_client_left,
+        E.FunctionRegistered: _on_function, E.SerializerRegistered: _on_serializer,
+        E.TaskSubmitted: _on_submit, E.TaskDone: _on_task_done,
+        E.WorkerBlocked: _on_blocked, E.WorkerUnblocked: _on_unblocked,
+        E.WorkerExited: _on_worker_exited, E.Tick: _on_tick,
+        E.WorkersWanted: _on_workers_wanted,
+        E.ObjectsPut: _on_put, E.ObjectsSealed: _on_sealed, E.ObjectsExpected: _on_expected,
+        E.ObjectLost: _on_lost, E.Subscribed: _on_subscribe,
+        E.RefsAdded: _on_add_ref, E.RefsRemoved: _on_remove_ref,
+        E.ReserveRequested: _on_reserve, E.ReservationReleased: _on_unreserve,
+        E.SpillsFinished: _on_spills_finished,
+        E.KillActorRequested: lambda self, ev: self.actors.kill(ev.actor_id, ev.no_restart),
+        E.ActorNameReserved: lambda self, ev: self.actors.reserve_name(ev.name, ev.actor_id),
+        E.PeerSeen: lambda self, ev: self.forwarding.seen(ev.node_id, ev.info),
+        E.PeerAnswered: lambda self, ev: self.forwarding.answered(ev.node_id, ev.refused),
+        E.PeerGone: lambda self, ev: self.forwarding.gone(ev.node_id),
+        E.TaskForwardedIn: lambda self, ev: self.forwarding.forwarded_in(ev),
+        E.PeerObjectArrived: lambda self, ev: self.forwarding.arrived(ev.object_id),
+    }
