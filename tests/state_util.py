@@ -2,6 +2,7 @@
 import itertools
 
 from zray.sched import resources as R
+from zray.serialization import deserialize
 from zray.sched.state import NodeState, commands as C, events as E
 from zray.transport import protocol as P
 
@@ -102,6 +103,11 @@ class Node:
 
 def of(kind, commands):
     return [c for c in commands if isinstance(c, kind)]
+
+
+def value_of(command):
+    """The value a PushObject carries (inline objects)."""
+    return deserialize(command.entry.frames[0], command.entry.frames[1:])
 
 
 def pushed(commands, identity=b"driver"):

@@ -1,8 +1,8 @@
 """NodeState driven by event sequences: no sockets, no processes, no files."""
 import pytest
 
-from state_util import Node, inline, new_id, of, pushed, shm_header, spec
-from zray.exceptions import ObjectStoreFullError
+from state_util import Node, inline, new_id, of, pushed, shm_header, spec, value_of
+from zray.exceptions import ObjectStoreFullError, RayActorError, WorkerCrashedError
 from zray.plasma.store import IN_MEMORY, ON_DISK
 from zray.sched import task as task_module
 from zray.sched.state import commands as C, events as E
@@ -79,9 +79,10 @@ def test_worker_killed_mid_task_is_retried_then_fails_with_worker_crashed():
     assert second.worker_id != first.worker_id and second.task is first.task
     out = node.do(E.WorkerExited(second.worker_id, 101, -9))
     assert pushed(out) == {s.return_ids[0]: True}
-    (report,) = of(C.ReportError, out)
-    assert "WorkerCrashedError" not in report.text and "SIGKILL" in report.text
-    assert "after 1 retries" in report.text
+    error = value_of(of(C.PushObject, out)[0])
+    assert isinstance(error, WorkerCrashedError)
+    assert "SIGKILL" in str(error) and "after 1 retries" in str(error)
+    assert of(C.ReportError, out)[0].text == str(error)
     assert second.task.state is TaskState.FAILED
     assert node.state.resources.available == node.state.resources.totals
     assert node.state.counts == {"submitted": 1, "ended": 1}
@@ -248,7 +249,8 @@ def test_killed_actor_fails_later_calls():
     c = call(actor_id)
     out = node.submit(c)
     assert pushed(out) == {c.return_ids[0]: True}
-    assert "killed by ray.kill()" in of(C.ReportError, out)[0].text
+    error = value_of(of(C.PushObject, out)[0])
+    assert isinstance(error, RayActorError) and "killed by ray.kill()" in str(error)
 
 
 def test_actor_exits_when_its_last_handle_goes():
