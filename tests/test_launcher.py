@@ -172,10 +172,15 @@ def test_up_exec_attach_down_over_ssh(hosts, tmp_path):
         assert "NODES 2" in result.stdout and "RAN worker" in result.stdout, result.stdout
 
         # Detached in tmux on the head, with the cluster's environment.
+        # A tmux server already runs there, started without the cluster's
+        # environment: the command gets it all the same.
+        launcher("exec", config, "env -u RAY_HEAD_IP tmux new-session -d -s other 'sleep 600'",
+                 env=env)
         marker = tmp_path / "from-tmux"
         launcher("exec", config, "--tmux", f"echo $RAY_HEAD_IP > {marker}", env=env)
         wait_for(lambda: marker.exists() and marker.read_text().strip() == HEAD, 30,
                  "the command run in tmux on the head")
+        launcher("exec", config, "tmux kill-session -t other", env=env)
 
         _attach_and_type(config, env, tmp_path, hosts)
         # --tmux: into the head's tmux, where the detached command ran.
@@ -335,3 +340,17 @@ def test_ssh_refused_key_fails_at_once_with_ssh_words(hosts, tmp_path):
     with pytest.raises(ConnectionError, match="Permission denied.*authorized_keys"):
         _runner(hosts, tmp_path, key=stranger).wait_ready(60, lambda *a: retries.append(a))
     assert retries == []
+
+
+def test_hosts_of_another_cluster_are_refused(tmp_path):
+    import json
+    (tmp_path / "clusters.json").write_text(json.dumps({"clusters": {"other": {
+        "token": "x", "nodes": {"10.0.0.3": {"kind": "worker", "address": "10.0.0.3",
+                                             "done": [], "start": "abc"}}}}}))
+    good = tmp_path / "good.yaml"
+    good.write_text(GOOD)
+    result = zray("up", "-y", good, check=False, env=env_for(extra={"ZRAY_HOME": str(tmp_path)}))
+    assert result.returncode != 0
+    assert "host 10.0.0.3 belongs to cluster 'other'" in result.stderr
+    state = json.loads((tmp_path / "clusters.json").read_text())["clusters"]
+    assert list(state) == ["other"]        # nothing ran: demo is not recorded

@@ -2,15 +2,16 @@
 
 Each takes the checked config (``config.load_config``), prints through
 ``say`` and asks through ``confirm``; ``cli.py`` turns them into click
-commands. They hold the state-file lock (``state.py``) for their whole run.
+commands. ``up`` and ``down`` hold the state-file lock (``state.py``) for
+their whole run; the others only while they read it.
 """
 import secrets
 import shlex
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .provider import make_provider
+from .ssh import shell_exports
 from .state import LauncherState
 from .updater import NodeUpdater, StepFailed
 
@@ -69,6 +70,8 @@ def up(config, say, confirm, no_restart=False, restart_only=False, state_dir=Non
             changed = _up_nodes(config, state, provider, say, head_ids, workers, want,
                                 no_restart, restart_only)
         finally:
+            if not known and not any(n["done"] or n["start"] for n in record["nodes"].values()):
+                state.forget(name)        # failed before anything ran anywhere
             state.save()
     head = provider.nodes("head")[0]
     if changed:
@@ -203,8 +206,10 @@ def exec_on_head(config, command, say, start=False, stop=False, tmux=False, scre
     runner, address = head_runner(config, say, None, start=start, state_dir=state_dir)
     env = node_env(address)
     if tmux or screen:
-        session = f"zray-exec-{time.strftime('%H%M%S')}"
-        inner = "bash --login -c " + shlex.quote(command + "; exec bash")
+        session = f"zray-exec-{secrets.token_hex(3)}"
+        # The exports go inside: a tmux server already running would not pass
+        # this shell's environment on to the new session.
+        inner = "bash --login -c " + shlex.quote(shell_exports(env) + command + "; exec bash")
         detached = (f"tmux new-session -d -s {session} {shlex.quote(inner)}" if tmux
                     else f"screen -dmS {session} {inner}")
         status, output = runner.run(detached, env=env)

@@ -48,7 +48,7 @@ class SSHRunner:
 
     def run(self, command, env=None, timeout_s=None):
         """Run ``command`` (shell text) with ``env``; return (exit status, output)."""
-        script = _exports(env) + "{\n" + command + "\n} </dev/null\n"
+        script = shell_exports(env) + "{\n" + command + "\n} </dev/null\n"
         try:
             done = subprocess.run(self.ssh_argv() + ["bash --login -s"], input=script,
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -64,7 +64,7 @@ class SSHRunner:
         exit status. Its text is in ssh's argv: give it no secrets."""
         argv = self.ssh_argv(tty=tty, port_forward=port_forward)
         if command is not None:
-            argv.append("bash --login -c " + shlex.quote(_exports(env) + command))
+            argv.append("bash --login -c " + shlex.quote(shell_exports(env) + command))
         return subprocess.call(argv)
 
     def wait_ready(self, timeout_s, on_retry):
@@ -112,7 +112,7 @@ class SSHRunner:
         return process.wait(), output
 
 
-def _exports(env):
+def shell_exports(env):
     if not env:
         return ""
     return "export " + " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items()) + "\n"

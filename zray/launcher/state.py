@@ -15,6 +15,7 @@ so two ``zray up`` at once cannot hand the same host to two clusters.
 import fcntl
 import json
 import os
+import sys
 import threading
 
 
@@ -34,7 +35,12 @@ class LauncherState:
     def __enter__(self):
         os.makedirs(self.directory, mode=0o700, exist_ok=True)
         self._lock_file = open(os.path.join(self.directory, "clusters.lock"), "a")
-        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"Waiting for another zray launcher command on this machine to finish "
+                  f"(it holds {self._lock_file.name})...", file=sys.stderr)
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX)
         self._clusters = self._read()
         return self
 
