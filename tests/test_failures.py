@@ -104,7 +104,8 @@ def test_worker_logs_are_written_to_session_dir(ray_shared):
     raise AssertionError(f"{log_path} does not hold the worker's output")
 
 
-@pytest.mark.parametrize("count", [40, pytest.param(300, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("count", [
+    40, pytest.param(300, marks=[pytest.mark.slow, pytest.mark.timeout(900)])])
 def test_max_calls_workers_never_rerun_or_crash(ray_shared, tmp_path, count):
     # Each worker sends DONE and leaves: its exit must never be taken for a
     # crash (a retry would append a second line, a failure would raise).
