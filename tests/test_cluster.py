@@ -284,6 +284,26 @@ def test_node_stopped_with_zray_stop_leaves_the_cluster(driver, cluster, tmp_pat
     assert "node_e" not in ray.cluster_resources()
 
 
+def test_object_bigger_than_a_nodes_store_is_pulled_to_its_disk(driver, cluster, tmp_path):
+    try:
+        cluster.add_node("--num-cpus", 1, "--resources", '{"small_store": 1}',
+                         "--object-store-memory", str(32 * 1024 * 1024), root=tmp_path)
+        cluster.wait_nodes(4)
+        data = np.arange(48 * 1024 * 1024 // 8, dtype=np.float64)
+        ref = ray.put(data)
+
+        @ray.remote(resources={"small_store": 1})
+        def checksum(array):
+            stats = context.current().request("store_stats")
+            return float(array.sum()), stats["spilled_bytes"], stats["shm_bytes"]
+
+        total, on_disk, in_memory = ray.get(checksum.remote(ref), timeout=120)
+        assert total == float(data.sum())
+        assert on_disk >= data.nbytes and in_memory < data.nbytes
+    finally:
+        cluster.stop(tmp_path)
+
+
 def test_a_node_whose_head_is_gone_shuts_down(tmp_path):
     head_root, node_root = tmp_path / "head", tmp_path / "node"
     lonely = Cluster(head_root, env={"ZRAY_KV_LOST_S": "2"})
