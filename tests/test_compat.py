@@ -332,6 +332,35 @@ def test_refs_captured_by_code_the_caller_dropped_are_counted(ray_shared):
     assert ray.get(out, timeout=60) == "v"
 
 
+def test_a_ref_whose_object_was_freed_raises_instead_of_hanging(ray_shared):
+    import pickle
+    import time
+    from zray.exceptions import ObjectLostError
+
+    refs = [ray.put("short-lived"), ray.put("short-lived too")]
+    smuggled = [pickle.dumps(ref) for ref in refs]   # plain pickle: not counted
+    ids = [ref.hex() for ref in refs]
+    del refs
+
+    def stored():
+        rows = ray.api._runtime().request("memory")
+        return any(row["object_id"] in ids for row in rows)
+    deadline = time.monotonic() + 60
+    while stored():
+        assert time.monotonic() < deadline, "the objects were never freed"
+        time.sleep(0.05)
+    with pytest.raises(ObjectLostError, match=ids[0]):
+        ray.get(pickle.loads(smuggled[0]), timeout=60)
+
+    @ray.remote
+    def read(value):
+        return value
+
+    # As an argument: the task fails with the loss instead of waiting for it.
+    with pytest.raises(ObjectLostError, match=ids[1]):
+        ray.get(read.remote(pickle.loads(smuggled[1])), timeout=60)
+
+
 # == custom serializers =========================================================
 class BadlySerialized:
     def __init__(self, value):

@@ -44,6 +44,9 @@ ON_DISK = "disk"
 SPILL_RETRY_S = 1.0       # after a failed copy, write to disk rather than retry at once
 
 
+# How many freed ids are remembered, to fail late readers instead of hanging.
+FREED_REMEMBERED = 20_000
+
 class ObjectEntry:
     __slots__ = ("object_id", "state", "kind", "frames", "location", "contained",
                  "is_error", "refcount", "subscribers", "waiting_tasks", "size", "spilled",
@@ -93,10 +96,12 @@ class ObjectTable:
         self.spilling = {}              # object_id -> entry whose copy is in flight
         self.spilling_bytes = 0
         self.disk_reserved_bytes = 0    # admitted straight to the spill directory
+        self.freed = OrderedDict()      # ids of objects freed after they were made, newest last
 
     # -- lifecycle ----------------------------------------------------------
     def expect(self, object_id):
         """A task will produce this object; create its entry if new."""
+        self.freed.pop(object_id, None)
         entry = self.entries.get(object_id)
         if entry is None:
             entry = self.entries[object_id] = ObjectEntry(object_id, self.clock())
@@ -210,6 +215,9 @@ class ObjectTable:
     def _free(self, entry):
         del self.entries[entry.object_id]
         if entry.state == READY:
+            self.freed[entry.object_id] = None
+            if len(self.freed) > FREED_REMEMBERED:
+                self.freed.popitem(last=False)
             if entry.kind == SHM:
                 self.in_memory.pop(entry.object_id, None)
                 if self.spilling.pop(entry.object_id, None) is not None:
@@ -227,6 +235,11 @@ class ObjectTable:
 
     def get(self, object_id):
         return self.entries.get(object_id)
+
+    def was_freed(self, object_id):
+        """True if the object existed here and every reference was dropped:
+        a ref that shows up later (pickled outside zray) can never resolve."""
+        return object_id in self.freed
 
     def is_ready(self, object_id):
         entry = self.entries.get(object_id)

@@ -55,6 +55,7 @@ class NodeState:
         self.functions = {}            # function_id -> (name, blob, sys_path)
         self.serializers = []          # (blob, sys_path) in registration order
         self.warned_pool_exhausted = False
+        self.had_peers = False         # another node ever connected (see _freed_here)
         self.counts = {"submitted": 0, "ended": 0}
         self.out = []
         self.needs_dispatch = False
@@ -74,6 +75,8 @@ class NodeState:
     # == clients =============================================================
     def _on_client_joined(self, ev):
         client = self.clients[ev.identity] = Client(ev.identity, ev.kind, ev.pid)
+        if client.kind == "peer":
+            self.had_peers = True
         if client.kind != "worker":
             return
         if self.serializers:     # a worker hears every registration before its first task
@@ -130,6 +133,8 @@ class NodeState:
             self._hold(client, object_id)
         for object_id in spec.dep_ids:
             objects.add_ref(object_id)
+            if objects.get(object_id).state != OBJECT_READY and self._freed_here(object_id):
+                self._lost(object_id)       # the task fails with it instead of waiting
         for object_id in spec.contained_ids:
             objects.add_ref(object_id)
         # Tasks submitted from inside a task run before their parent's peers
@@ -363,12 +368,18 @@ class NodeState:
             return
         for object_id in ev.object_ids:
             entry = self.objects.get(object_id)
-            if entry is None:
+            if entry is None or (entry.state != OBJECT_READY and self._freed_here(object_id)):
                 entry = self._lost(object_id)
             if entry.state == OBJECT_READY:
                 self.emit(C.PushObject(client.identity, entry))
             else:
                 entry.subscribers.add(client.identity)
+
+    def _freed_here(self, object_id):
+        # Only a node that never had peers knows every copy: in a cluster, an
+        # object freed here may still live on the node that made it.
+        alone = not (self.had_peers or self.forwarding.peers)
+        return alone and self.objects.was_freed(object_id)
 
     def _lost(self, object_id):
         entry = self.objects.expect(object_id)
