@@ -156,6 +156,15 @@ def test_missing_or_wrong_token_fails_fast_with_the_fix(cluster):
     assert result.returncode == 1 and "wrong password" in result.stderr
 
 
+def test_the_token_can_come_by_environment_instead_of_argv(cluster, tmp_path):
+    elsewhere = tmp_path / "elsewhere"          # no cluster file there to find it in
+    result = zray("status", "--address", cluster.address, "--temp-dir", elsewhere, check=False)
+    assert result.returncode == 1 and "needs its token" in result.stderr
+    env = env_for(extra={auth.TOKEN_ENV: cluster.token})
+    result = zray("status", "--address", cluster.address, "--temp-dir", elsewhere, env=env)
+    assert "1 node" in result.stdout
+
+
 def test_the_token_stays_out_of_ps(cluster):
     for pid in cluster.pids:
         process = psutil.Process(pid)
@@ -216,11 +225,11 @@ class _Fuzzer:
         self.context.destroy(linger=0)
 
 
-def test_thousands_of_junk_and_mutated_messages_leave_daemons_serving(cluster):
+def _fuzz(cluster, count, seed):
     fuzzer = _Fuzzer(cluster)
-    rng = random.Random(1234)
+    rng = random.Random(seed)
     try:
-        for _ in range(2000):
+        for _ in range(count):
             if rng.random() < 0.5:
                 frames = [_mutate(rng, rng.choice(fuzzer.heads))]
             else:
@@ -232,6 +241,16 @@ def test_thousands_of_junk_and_mutated_messages_leave_daemons_serving(cluster):
     finally:
         fuzzer.close()
     _assert_daemons_serve(cluster)
+
+
+def test_thousands_of_junk_and_mutated_messages_leave_daemons_serving(cluster):
+    _fuzz(cluster, 2000, 1234)
+
+
+@pytest.mark.slow
+def test_a_long_fuzz_run_leaves_daemons_serving(cluster):
+    for seed in range(10):
+        _fuzz(cluster, 10_000, seed)
 
 
 @settings(max_examples=200, deadline=None,

@@ -16,6 +16,7 @@ import click
 import psutil
 
 from . import __version__
+from .transport.auth import TOKEN_ENV as _TOKEN_ENV
 from .launcher.cli import add_commands as _add_launcher_commands
 
 
@@ -32,8 +33,9 @@ _add_launcher_commands(main)     # up, down, exec, attach, get_head_ip: zray/lau
 @click.option("--address", default="auto", show_default=True,
               help="cluster address HOST:PORT (the head's kv service), or 'auto' for the "
                    "cluster started on this machine")
-@click.option("--redis-password", "password", default="",
-              help="the cluster's token (default: the one recorded on this machine)")
+@click.option("--redis-password", "password", default="", envvar=_TOKEN_ENV,
+              help="the cluster's token (default: $ZRAY_CLUSTER_TOKEN, or the one "
+                   "recorded on this machine)")
 def memory(address, password):
     """List the objects in the object store: id, size, where, who holds them."""
     from .cluster import current_token, find_cluster
@@ -127,10 +129,10 @@ def _check_port_free(host, port):
                    "to let other machines join)")
 @click.option("--temp-dir", default=None,
               help="root directory for sessions, logs and process records")
-@click.option("--redis-password", "--password", "password", default="",
-              help="the cluster token drivers and nodes must hold to connect (default: a "
-                   "random one for --head, recorded 0600 on this machine and printed; for "
-                   "--address, the one recorded here)")
+@click.option("--redis-password", "--password", "password", default="", envvar=_TOKEN_ENV,
+              help="the cluster token drivers and nodes must hold to connect (default: "
+                   "$ZRAY_CLUSTER_TOKEN; else for --head a random one, recorded 0600 on this "
+                   "machine and printed; for --address the one recorded here)")
 @click.option("--plasma-directory", default=None,
               help="directory for object files (default /dev/shm)")
 @click.option("--huge-pages", is_flag=True, help="plasma-directory is a hugetlbfs mount")
@@ -280,8 +282,9 @@ def _cluster_options(command):
                            help="the --temp-dir the cluster was started with "
                                 "(to find it with 'auto')")(command)
     command = click.option("--redis-password", "--password", "password", default="",
-                           help="the cluster's token (default: the one recorded on this "
-                                "machine by `zray start`)")(command)
+                           envvar=_TOKEN_ENV,
+                           help="the cluster's token (default: $ZRAY_CLUSTER_TOKEN, or the one "
+                                "recorded on this machine by `zray start`)")(command)
     command = click.option("--address", "--redis-address", "address", default="auto",
                            show_default=True,
                            help="cluster address HOST:PORT, or 'auto' for the one started on "

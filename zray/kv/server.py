@@ -49,6 +49,7 @@ class KvServer:
         self.router = self._listen(zmq.ROUTER, router_address, password)
         self.publisher = self._listen(zmq.PUB, pub_address, password)
         self.router_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.unpack = P.unpack_remote if auth.is_tcp(router_address) else P.unpack
         self.pub_address = self.publisher.getsockopt_string(zmq.LAST_ENDPOINT)
         self.password = password
         self.owner = OwnerWatch(owner_pid)
@@ -184,7 +185,7 @@ class KvServer:
             return
         try:
             identity = frames[0]
-            msg_type, (request_id, op, args, password) = P.unpack(frames[1])
+            msg_type, (request_id, op, args, password) = self.unpack(frames[1])
         except Exception:       # not a kv request: ignore it, never crash on it
             self.complaints.warn("malformed", "dropped a malformed kv message")
             return

@@ -231,7 +231,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         clients = self.state.clients
         if (identity in self.remote_clients) != remote and identity in clients:
             return      # an identity taken on the other socket: not this client's
-        msg_type, fields = P.unpack(frames[1])
+        msg_type, fields = (P.unpack_remote if remote else P.unpack)(frames[1])
         if identity not in clients:
             if msg_type == P.HELLO:
                 if remote:
@@ -244,7 +244,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             return
         decode = self._decoders.get(msg_type)
         if decode is None:
-            log.warning("unknown message %r from %r", msg_type, identity)
+            self.complaints.warn("unknown", "unknown message %r from %r", msg_type, identity)
             return
         event = decode(self, identity, fields, frames[2:])
         if event is not None:

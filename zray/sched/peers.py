@@ -34,7 +34,6 @@ decided in ``sched/state/forwarding.py``.
 """
 import logging
 import os
-import pickle
 import time
 from collections import OrderedDict
 
@@ -129,7 +128,7 @@ class Peers:
                 return
             try:
                 key, _sequence, value = frames
-                self._on_record(key.decode(), pickle.loads(value))
+                self._on_record(key.decode(), P.unpack_remote(value))
             except Exception as exc:    # any kv client can write any value there
                 self.node.complaints.warn("feed", "ignored a bad node record on the kv "
                                           "feed: %r", exc)
@@ -233,12 +232,14 @@ class Peers:
                 return
             msg_type = None
             try:
-                msg_type, fields = P.unpack(frames[0].bytes)
+                msg_type, fields = P.unpack_remote(frames[0].bytes)
                 handler = self._peer_handlers.get(msg_type)
                 if handler is not None:
                     handler(self, link, fields, frames[1:])
             except Exception:   # one bad message must not take the node down
-                log.exception("error handling %r from node %s", msg_type, link.node_id)
+                self.node.complaints.warn("peer", "error handling %r from node %s",
+                                          msg_type, link.node_id)
+                log.debug("error handling a peer's message", exc_info=True)
 
     def _on_welcome(self, link, fields, _frames):
         self.node.handle(E.PeerAnswered(link.node_id, None))

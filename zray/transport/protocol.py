@@ -8,6 +8,10 @@ A message is a list of ZeroMQ frames::
 
 A ROUTER sees the sender's identity in front of frame 0.
 
+Heads are pickled, so only peers that may run code anyway are ever read:
+over tcp only token holders complete a CURVE handshake (``auth.py``); ipc
+sockets sit in a directory only this user can enter.
+
 Object entries (in OBJECTS, DONE, PUT, EXECUTE) are header tuples
 ``(object_id, kind, n_frames, location, contained_ids, is_error)``: kind
 ``INLINE`` means its ``n_frames`` payload frames are ``[pickle, *buffers]``;
@@ -16,12 +20,13 @@ file and there are no payload frames.
 """
 import hashlib
 import pickle
+import pickletools
 from collections import namedtuple
 
 PROTOCOL_VERSION = 1
 
 # client (driver or worker) -> node daemon
-HELLO = b"HELLO"            # (kind, pid, password, version, sys_path, worker_id)
+HELLO = b"HELLO"            # (kind, pid, token, version, sys_path, worker_secret or None)
 FUNCTION = b"FUNC"          # (function_id, name, blob)
 SUBMIT = b"SUBMIT"          # (TaskSpec,) + argument frames
 PUT = b"PUT"                # (entries,) + payload frames
@@ -97,4 +102,22 @@ def pack(msg_type, *fields):
 
 def unpack(frame):
     """(msg_type, fields) from a head frame."""
+    return pickle.loads(frame)
+
+
+_MEMO_STORES = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
+
+
+def unpack_remote(frame):
+    """``unpack`` for heads that came over the network (from token holders):
+    first walk the opcodes, refusing a memo index beyond the entries made so
+    far (one LONG_BINPUT of 2**32 makes the C unpickler allocate 32 GB)."""
+    entries = 0
+    for opcode, arg, _ in pickletools.genops(frame):
+        if opcode.name == "MEMOIZE":
+            entries += 1
+        elif opcode.name in _MEMO_STORES:
+            if arg > entries:
+                raise ValueError(f"pickle memo index {arg} out of range")
+            entries = max(entries, arg + 1)
     return pickle.loads(frame)
