@@ -33,7 +33,7 @@ def test_start_status_stop_round_trip_leaves_nothing(tmp_path):
         assert f"zray start --address={address} --redis-password={token}" in out
         assert f'ray.init(address="{address}", redis_password={token!r})' in out
         roles = sorted(r["role"] for r in records(tmp_path))
-        assert roles == ["kv", "node"]
+        assert roles == ["dashboard", "kv", "node"]
         cluster.add_node("--num-cpus", 1)
         cluster.wait_nodes(2)
 
@@ -47,7 +47,7 @@ def test_start_status_stop_round_trip_leaves_nothing(tmp_path):
     finally:
         pids, sessions = cluster.snapshot()
         out = zray("stop", "--temp-dir", tmp_path).stdout
-    assert "Stopped 3 zray processes (2 node, 1 kv service)" in out
+    assert "Stopped 4 zray processes (2 node, 1 kv service, 1 dashboard)" in out
     assert_all_gone(pids, sessions)
     assert not records(tmp_path) and not os.path.exists(tmp_path / "cluster.json")
     assert "No zray processes" in zray("stop", "--temp-dir", tmp_path).stdout

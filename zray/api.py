@@ -9,6 +9,7 @@ import os
 import threading
 
 from . import local_mode as _local
+from . import stackdump
 from .actor import ActorClass, ActorHandle
 from .core import context
 from .core.runtime import Runtime
@@ -87,7 +88,10 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         else:
             _session = _start_local(num_cpus, num_gpus, resources, object_store_memory,
                                     plasma_directory, huge_pages, temp_dir, password,
-                                    log_to_driver, options.get("object_spilling_directory"))
+                                    log_to_driver, _dashboard_options(options),
+                                    options.get("object_spilling_directory"))
+        if not local_mode:
+            stackdump.install("driver", _session.info.get("session_dir"))
         _register_exit_hook()
         return dict(_session.info)
 
@@ -112,8 +116,17 @@ def _check_resources(num_cpus, num_gpus, resources, object_store_memory):
     totals_from_options(num_cpus or 0, num_gpus or 0, resources)
 
 
+def _dashboard_options(options):
+    """include_dashboard / include_webui (default on), dashboard_host, dashboard_port."""
+    include = options.get("include_dashboard", options.get("include_webui"))
+    return {"include_dashboard": include is None or bool(include),
+            "dashboard_host": options.get("dashboard_host"),
+            "dashboard_port": options.get("dashboard_port")}
+
+
 def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_directory,
-                 huge_pages, temp_dir, password, log_to_driver, spill_dir=None):
+                 huge_pages, temp_dir, password, log_to_driver, dashboard_options,
+                 spill_dir=None):
     import psutil
     from . import session
     if spill_dir is not None:
@@ -134,7 +147,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
         num_gpus=num_gpus, gpu_ids=gpu_ids, resources=resources,
         object_store_memory=object_store_memory or session.default_object_store_memory(),
         plasma_dir=plasma_dir, temp_dir=temp_dir, password=password, owner_pid=os.getpid(),
-        spill_dir=spill_dir)
+        spill_dir=spill_dir, head=True, **dashboard_options)
     try:
         runtime = Runtime(daemons.node_address, "driver", password=daemons.token,
                           log_to_driver=log_to_driver)
@@ -165,6 +178,7 @@ def shutdown(exiting_interpreter=False):
         if session is None:
             return
         context.set_current(None)
+        stackdump.uninstall()
         if session.runtime is not None:
             session.runtime.close()
         if session.daemons is not None:

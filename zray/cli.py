@@ -58,8 +58,7 @@ _IGNORED_START_OPTIONS = [
     ("--node-manager-port", False), ("--redis-max-memory", False),
     ("--autoscaling-config", False), ("--plasma-store-socket-name", False),
     ("--raylet-socket-name", False), ("--java-worker-options", False),
-    ("--internal-config", False), ("--dashboard-host", False), ("--dashboard-port", False),
-    ("--include-webui", True), ("--include-dashboard", True),
+    ("--internal-config", False), ("--include-webui", True),
     ("--no-redirect-worker-output", True), ("--include-java", True),
     ("--load-code-from-local", True),
 ]
@@ -137,11 +136,18 @@ def _check_port_free(host, port):
               help="directory for object files (default /dev/shm)")
 @click.option("--huge-pages", is_flag=True, help="plasma-directory is a hugetlbfs mount")
 @click.option("--max-workers", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--include-dashboard", type=click.BOOL, default=True, show_default=True,
+              help="serve the web dashboard from the head (ray.get_webui_url() gives its URL)")
+@click.option("--dashboard-host", default="127.0.0.1", show_default=True,
+              help="address the dashboard listens on (0.0.0.0: every interface)")
+@click.option("--dashboard-port", type=click.IntRange(0, 65535), default=0,
+              help="port of the dashboard (default: any free port)")
 @click.option("--block", is_flag=True,
               help="stay in the foreground; Ctrl-C stops what this command started")
 @_ignored_options
 def start(head, address, port, num_cpus, num_gpus, resources, object_store_memory,
-          node_ip_address, temp_dir, password, plasma_directory, huge_pages, max_workers, block):
+          node_ip_address, temp_dir, password, plasma_directory, huge_pages, max_workers,
+          include_dashboard, dashboard_host, dashboard_port, block):
     """Start a cluster's head node (--head), or join a node to one (--address)."""
     from . import session
     from .cluster import (current_token, kv_call, local_ip_towards, read_cluster_file,
@@ -185,7 +191,9 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
             if port:
                 _check_port_free(ip, port)
             daemons = session.start_daemons(head=True, node_ip_address=ip, kv_port=port,
-                                            **common)
+                                            include_dashboard=include_dashboard,
+                                            dashboard_host=dashboard_host,
+                                            dashboard_port=dashboard_port, **common)
             kv_address = daemons.info["kv_address"]
             address = kv_address.split("://", 1)[1]
         else:
@@ -222,6 +230,8 @@ def _print_started(head, address, info, root, temp_dir, token):
     click.echo(f"  Add a node:        zray start --address={address}{pw_arg}")
     click.echo(f"  Cluster status:    zray status --address={address}{pw_arg}")
     click.echo(f"  Stop this machine: zray stop{td_arg}")
+    if info.get("webui_url"):
+        click.echo(f"  Dashboard:         {info['webui_url']}")
     click.echo(f"  Logs:              {info['session_dir']}/logs")
 
 
@@ -240,7 +250,8 @@ def _block(daemons, root):
     except KeyboardInterrupt:
         pass
     finally:
-        pids = {p.pid for p in (daemons.kv_process, daemons.node_process) if p is not None}
+        pids = {p.pid for p in (daemons.kv_process, daemons.node_process,
+                                daemons.dashboard_process) if p is not None}
         daemons.stop()
         for record in session.recorded_daemons(root):
             if record["pid"] in pids:
@@ -270,9 +281,10 @@ def stop(temp_dir):
             pass
     if stopped:
         roles = [r["role"] for r in stopped]
+        dashboards = f", {roles.count('dashboard')} dashboard" if "dashboard" in roles else ""
         click.echo(f"Stopped {len(stopped)} zray process{'es' if len(stopped) != 1 else ''} "
-                   f"({roles.count('node')} node, {roles.count('kv')} kv service) and removed "
-                   f"their sockets and shared memory.")
+                   f"({roles.count('node')} node, {roles.count('kv')} kv service{dashboards}) "
+                   f"and removed their sockets and shared memory.")
     else:
         click.echo(f"No zray processes started from {root} were running.")
 
@@ -437,6 +449,45 @@ def _flush_node_events(info, password):
             client.close()
     except Exception:
         return None
+
+
+@main.command()
+@click.option("--temp-dir", default=None, help="the --temp-dir the cluster was started with")
+@click.option("--redis-password", "--password", "password", default="",
+              help="the cluster's password (to ask nodes what their workers run)")
+def stack(temp_dir, password):
+    """Print the Python stack of every thread of every zray process on this machine."""
+    from .stack_report import dump_all, format_report, registered_processes
+    processes = registered_processes(_temp_root(temp_dir))
+    tasks = _running_tasks_by_pid({os.path.dirname(os.path.dirname(path))
+                                   for _pid, _role, path in processes}, password)
+    click.echo(format_report(processes, dump_all(processes), tasks))
+
+
+def _running_tasks_by_pid(session_dirs, password):
+    """{worker pid: 'task f' / 'actor C: C.method'} from the nodes of these sessions."""
+    from .cluster import NodeClient
+    described = {}
+    for session_dir in session_dirs:
+        socket_path = os.path.join(session_dir, "node.sock")
+        if not os.path.exists(socket_path):
+            continue
+        try:
+            client = NodeClient(f"ipc://{socket_path}", password, timeout_s=2.0)
+            try:
+                view = client.request("introspect", 0)
+            finally:
+                client.close()
+        except Exception:
+            continue        # the stacks still print; the frames then name the function
+        for worker in view["workers"]:
+            running = ", ".join(worker["running"])
+            if worker["actor"]:
+                described[worker["pid"]] = f"actor {worker['actor']}" + (
+                    f": {running}" if running else " (idle)")
+            elif running:
+                described[worker["pid"]] = f"task {running}"
+    return described
 
 
 if __name__ == "__main__":

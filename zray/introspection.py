@@ -87,7 +87,10 @@ def get_resource_ids():
 
 
 def get_webui_url():
-    return None
+    """The dashboard's URL, token included (None in local mode or without a
+    dashboard). The head publishes it in the kv, so connected drivers see it too."""
+    kv = api._kv()
+    return kv.get("webui:url") if kv is not None else None
 
 
 def timeline(filename=None):

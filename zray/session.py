@@ -27,6 +27,8 @@ import time
 
 import psutil
 
+from . import stackdump
+from .dashboard import launch as dashboard
 from .transport import auth
 from .transport.sockets import wait_ready
 
@@ -162,12 +164,14 @@ def default_object_store_memory():
 class LocalDaemons:
     """The kv service and node daemon processes of a session on this machine."""
 
-    def __init__(self, session_name, session_dir, kv_process, node_process, info, token):
+    def __init__(self, session_name, session_dir, kv_process, node_process, info, token,
+                 dashboard_process=None):
         self.token = token          # the cluster's: kept out of info, which users print
         self.session_name = session_name
         self.session_dir = session_dir
         self.kv_process = kv_process
         self.node_process = node_process
+        self.dashboard_process = dashboard_process
         self.info = info
 
     @property
@@ -175,7 +179,7 @@ class LocalDaemons:
         return self.info["node_address"]
 
     def stop(self, timeout_s=5.0):
-        for process in (self.node_process, self.kv_process):
+        for process in (self.dashboard_process, self.node_process, self.kv_process):
             if process is None:
                 continue
             _terminate(process, timeout_s)
@@ -227,13 +231,15 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                   plasma_dir, temp_dir=None, password="", owner_pid=None, head=True,
                   kv_address=None, kv_pub_address=None, node_address=None,
                   max_workers=None, prestart_workers=None, node_ip_address=None, kv_port=None,
-                  detach=False, spill_dir=None):
+                  detach=False, spill_dir=None, include_dashboard=False, dashboard_host=None,
+                  dashboard_port=None):
     """Start kv (when head) and a node; return once both said READY.
 
     With ``node_ip_address`` the daemons also listen on tcp there (the kv on
     ``kv_port``, 0 = any free port; the node on a free port) so other nodes
     and drivers can reach them. ``detach`` starts them in their own session
-    so they outlive the caller (``zray start``).
+    so they outlive the caller (``zray start``). ``include_dashboard`` also
+    starts the web dashboard next to the head's kv service.
     """
     session_name, session_dir = new_session_dir(temp_dir)
     # No cluster listens without a token: none given, a random one. It goes
@@ -241,9 +247,10 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
     token = password or auth.new_token()
     env = dict(os.environ)
     env[auth.TOKEN_ENV] = token
+    env[stackdump.SESSION_ENV] = session_dir       # where `zray stack` finds every process
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
-    kv_process = None
+    kv_process = dashboard_process = None
     kv_info = {}
     processes = []
     try:
@@ -291,9 +298,16 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
         node_process = _spawn([sys.executable, "-m", "zray.sched", "--config", json.dumps(config)],
                               node_log, env, detach)
         processes.append(node_process)
+        if head and include_dashboard:
+            dashboard_process = dashboard.spawn(_spawn, session_dir, kv_address, kv_process.pid,
+                                                env, detach, dashboard_host, dashboard_port)
+            processes.append(dashboard_process)
         if head and not kv_info:
             kv_info = wait_ready(kv_process, START_TIMEOUT_S, "kv service", kv_log)
         node_info = wait_ready(node_process, START_TIMEOUT_S, "node daemon", node_log)
+        webui_url = None
+        if dashboard_process is not None:
+            webui_url = dashboard.wait_started(dashboard_process, session_dir, _terminate)
     except BaseException:
         for process in processes:
             _terminate(process, 2.0)
@@ -305,8 +319,9 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "node_address": node_info["address"], "node_id": node_info["node_id"],
             "node_tcp_address": node_info.get("tcp_address"),
             "plasma_dir": plasma_dir, "spill_dir": spill_dir, "kv_pid": kv_process.pid if kv_process else None,
-            "node_pid": node_process.pid}
-    return LocalDaemons(session_name, session_dir, kv_process, node_process, info, token)
+            "node_pid": node_process.pid, "webui_url": webui_url}
+    return LocalDaemons(session_name, session_dir, kv_process, node_process, info, token,
+                        dashboard_process)
 
 
 def _spawn(command, log_path, env, detach=False):
@@ -329,7 +344,7 @@ def wait_gone(pids, timeout_s):
 
 
 # == daemons recorded for `zray stop` ==========================================
-_DAEMON_MODULES = ("zray.kv", "zray.sched")
+_DAEMON_MODULES = ("zray.kv", "zray.sched", "zray.dashboard")
 
 
 def procs_dir(root):
@@ -344,7 +359,8 @@ def record_daemons(root, daemons):
     except FileExistsError:
         pass
     info = daemons.info
-    for role, process in (("kv", daemons.kv_process), ("node", daemons.node_process)):
+    for role, process in (("kv", daemons.kv_process), ("node", daemons.node_process),
+                          ("dashboard", daemons.dashboard_process)):
         if process is None:
             continue
         try:
@@ -408,7 +424,7 @@ def stop_recorded(root, timeout_s=10.0):
     for record in alive:
         if record["role"] == "node":
             workers.extend(_worker_children(record["process"]))
-    for role in ("node", "kv"):
+    for role in ("node", "dashboard", "kv"):
         group = [r["process"] for r in alive if r["role"] == role]
         for process in group:
             _signal(process, signal.SIGTERM)

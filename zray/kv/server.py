@@ -109,6 +109,13 @@ class KvServer:
             self.data[f"event:{self.event_sequence:012d}"] = event
             self.data.pop(f"event:{self.event_sequence - MAX_EVENTS:012d}", None)
 
+    def op_events_since(self, after, limit):
+        """(last sequence, the events after ``after``, at most the newest
+        ``limit``): the dashboard reads only what is new."""
+        first = max(int(after) + 1, self.event_sequence - int(limit) + 1, 1)
+        keys = (f"event:{seq:012d}" for seq in range(first, self.event_sequence + 1))
+        return self.event_sequence, [self.data[k] for k in keys if k in self.data]
+
     def op_get(self, key, default=None):
         return self.data.get(key, default)
 
@@ -143,7 +150,7 @@ class KvServer:
     def op_shutdown(self):
         self.running = False
 
-    OPS = frozenset(["put", "put_ttl", "put_many", "add_events", "get", "delete", "scan",
+    OPS = frozenset(["put", "put_ttl", "put_many", "add_events", "events_since", "get", "delete", "scan",
                      "ping", "info", "shutdown"])
 
     def _publish(self, key, value):
@@ -223,6 +230,8 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s kv: %(message)s")
     server = KvServer(args.address, args.pub_address, os.environ.pop(auth.TOKEN_ENV, ""),
                       args.owner_pid, args.journal)
+    from ..stackdump import install as install_stack_dump
+    install_stack_dump("kv")
     from ..transport.sockets import announce_ready
     announce_ready({"address": server.router_address, "pub_address": server.pub_address})
     started = time.time()

@@ -328,15 +328,16 @@ class ObjectTable:
                 "created_objects": self.created_objects, "created_bytes": self.created_bytes,
                 "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
 
-    def listing(self, holders=None):
-        """One dict per object; ``holders`` maps id -> names of who holds it."""
+    def listing(self, holders=None, only=None):
+        """One dict per object (or per entry in ``only``); ``holders`` maps
+        id -> names of who holds it."""
         holders = holders or {}
         contained_in = {}
         for entry in self.entries.values():
             for inner in entry.contained:
                 contained_in.setdefault(inner, []).append(entry.object_id)
         rows = []
-        for entry in self.entries.values():
+        for entry in self.entries.values() if only is None else only:
             where = "pending" if entry.state == PENDING else (
                 "spilled" if entry.spilled else "spilling" if entry.object_id in self.spilling
                 else ("shm" if entry.kind == SHM else "inline"))

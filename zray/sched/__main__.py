@@ -4,6 +4,7 @@ import logging
 import signal
 
 from .node import NodeDaemon
+from ..stackdump import install as install_stack_dump
 from ..transport.sockets import announce_ready
 
 
@@ -16,6 +17,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s node: %(message)s")
     node = NodeDaemon(config)
+    install_stack_dump("node", config["session_dir"])
     signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
     if node.kv is not None and node.peers is None:
         # Listed before anyone hears READY: a driver connecting next finds it.

@@ -398,7 +398,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             return
         key = f"err:{time.time():.6f}:{cmd.task_id.hex()}"
         self.kv.tell("put", key, {"type": "task", "message": cmd.text, "pid": cmd.pid,
-                                  "node_id": self.node_id, "time": time.time()})
+                                  "name": cmd.name, "node_id": self.node_id, "time": time.time()})
 
     def _warn_drivers(self, cmd):
         log.warning(cmd.message)

@@ -60,3 +60,12 @@ class NodeRequests:
     def request_shutdown(self, _client):
         self.running = False
         return True
+
+    def request_introspect(self, _client, top_objects=10):
+        """Workers, actors, running tasks, biggest objects (dashboard, zray stack)."""
+        from .introspect import node_view
+        return node_view(self, top_objects)
+
+    def request_log_tail(self, _client, pid, max_bytes=64 * 1024):
+        from .introspect import log_tail
+        return log_tail(self, pid, max_bytes)

@@ -45,6 +45,7 @@ class RecordError(NamedTuple):      # the error table in the kv service
     task_id: bytes
     text: str
     pid: Any
+    name: Any = None                # the task's function or method name, when known
 
 
 class WarnDrivers(NamedTuple):      # log it and tell every driver

@@ -234,7 +234,7 @@ class NodeState:
             self.end(task, S.FAILED)
 
     def _report_failure(self, task, task_id, text, pid):
-        self.emit(C.RecordError(task_id, text, pid))
+        self.emit(C.RecordError(task_id, text, pid, task.spec.name if task is not None else None))
         if task is not None and task.spec.owner in self.clients:
             self.emit(C.ReportError(task.spec.owner, task.spec.name, text, task.spec.return_ids))
 
