@@ -141,7 +141,7 @@ def test_block_stays_in_the_foreground_and_ctrl_c_stops(tmp_path):
          "--temp-dir", str(tmp_path), "--block"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_for())
     try:
-        wait_for(lambda: len(records(tmp_path)) == 2, 30, "the daemons to be recorded")
+        wait_for(lambda: len(records(tmp_path)) == 3, 30, "the daemons to be recorded")
         pids, sessions = Cluster(tmp_path).snapshot()
         assert process.poll() is None
         process.send_signal(signal.SIGINT)

@@ -1,7 +1,6 @@
 """`zray stack`: the Python stacks of every zray process on this machine, a
 worker's running task named at the top."""
 import os
-import time
 
 import zray as ray
 
@@ -9,40 +8,47 @@ from cluster_util import env_for, wait_for, zray
 from conftest import assert_no_leftovers
 
 
-def sleepy_function_for_the_stack_test(flag_path):
-    while not os.path.exists(flag_path):
-        time.sleep(0.02)
-    return "woke"
+def sleepy_function_for_the_stack_test(fifo_path):
+    with open(fifo_path) as fifo:       # blocks (in C) until the test opens it to write
+        return fifo.read()
 
 
-SLEEP_LINE = sleepy_function_for_the_stack_test.__code__.co_firstlineno + 2
+SLEEP_LINE = sleepy_function_for_the_stack_test.__code__.co_firstlineno + 1
 
 
 @ray.remote
 class ActorThatWaitsForStack:
-    def wait_for_flag(self, flag_path):
-        while not os.path.exists(flag_path):
-            time.sleep(0.02)
-        return "woke"
+    def wait_for_flag(self, fifo_path):
+        with open(fifo_path) as fifo:
+            return fifo.read()
+
+
+def wake(fifo_path):
+    with open(fifo_path, "w") as fifo:
+        fifo.write("woke")
 
 
 def test_zray_stack_names_the_running_function_and_line(tmp_path):
     info = ray.init(num_cpus=2, temp_dir=str(tmp_path / "root"))
-    flag = str(tmp_path / "flag")
+    fifos = [str(tmp_path / "task.fifo"), str(tmp_path / "actor.fifo")]
+    for fifo in fifos:
+        os.mkfifo(fifo)
     try:
-        ref = ray.remote(sleepy_function_for_the_stack_test).remote(flag)
+        ref = ray.remote(sleepy_function_for_the_stack_test).remote(fifos[0])
         actor = ActorThatWaitsForStack.remote()
-        method_ref = actor.wait_for_flag.remote(flag)
+        method_ref = actor.wait_for_flag.remote(fifos[1])
 
         def stacks():
             out = zray("stack", "--temp-dir", tmp_path / "root", env=env_for()).stdout
+            # The node names a task as soon as it sent it; the worker's frames
+            # show it once the function has started.
             wanted = ["task sleepy_function_for_the_stack_test",
-                      "actor ActorThatWaitsForStack: ActorThatWaitsForStack.wait_for_flag"]
+                      f"line {SLEEP_LINE} in sleepy_function_for_the_stack_test",
+                      "actor ActorThatWaitsForStack: ActorThatWaitsForStack.wait_for_flag",
+                      "in wait_for_flag"]
             return out if all(w in out for w in wanted) else None
 
         out = wait_for(stacks, 60, "zray stack to show the sleeping task and actor method")
-        assert f"line {SLEEP_LINE} in sleepy_function_for_the_stack_test" in out
-        assert "in wait_for_flag" in out
         for role, pid in (("kv", info["kv_pid"]), ("node", info["node_pid"]),
                           ("driver", os.getpid())):
             assert f"{role} pid {pid}" in out, f"no stack of the {role}"
@@ -50,7 +56,8 @@ def test_zray_stack_names_the_running_function_and_line(tmp_path):
         # The worker's header names its task above its frames.
         block = out.split("task sleepy_function_for_the_stack_test", 1)[1].split("=" * 78)[0]
         assert "sleepy_function_for_the_stack_test" in block
-        open(flag, "w").close()
+        for fifo in fifos:
+            wake(fifo)
         assert ray.get([ref, method_ref]) == ["woke", "woke"]
     finally:
         ray.shutdown()

@@ -147,7 +147,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
         num_gpus=num_gpus, gpu_ids=gpu_ids, resources=resources,
         object_store_memory=object_store_memory or session.default_object_store_memory(),
         plasma_dir=plasma_dir, temp_dir=temp_dir, password=password, owner_pid=os.getpid(),
-        spill_dir=spill_dir, head=True, **dashboard_options)
+        spill_dir=spill_dir, head=True, wait_dashboard=False, **dashboard_options)
     try:
         runtime = Runtime(daemons.node_address, "driver", password=daemons.token,
                           log_to_driver=log_to_driver)

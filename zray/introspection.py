@@ -89,6 +89,9 @@ def get_resource_ids():
 def get_webui_url():
     """The dashboard's URL, token included (None in local mode or without a
     dashboard). The head publishes it in the kv, so connected drivers see it too."""
+    daemons = getattr(api._session, "daemons", None)
+    if daemons is not None:         # started by this ray.init: wait for it once
+        return daemons.webui_url()
     kv = api._kv()
     return kv.get("webui:url") if kv is not None else None
 

@@ -178,11 +178,23 @@ class LocalDaemons:
     def node_address(self):
         return self.info["node_address"]
 
+    def webui_url(self):
+        """The dashboard's URL, waiting for it to start the first time (None if it failed)."""
+        if self.info.get("webui_url") is None and self.dashboard_process is not None:
+            if not self.dashboard_process.stdout.closed:
+                self.info["webui_url"] = dashboard.wait_started(
+                    self.dashboard_process, self.session_dir, _terminate)
+        return self.info.get("webui_url")
+
     def stop(self, timeout_s=5.0):
-        for process in (self.dashboard_process, self.node_process, self.kv_process):
+        if self.dashboard_process is not None and self.dashboard_process.poll() is None:
+            self.dashboard_process.terminate()      # it exits while the node stops
+        for process in (self.node_process, self.kv_process, self.dashboard_process):
             if process is None:
                 continue
             _terminate(process, timeout_s)
+            if process.stdout is not None and not process.stdout.closed:
+                process.stdout.close()
         remove_session_files(self.session_dir, self.info.get("plasma_dir"), self.session_name,
                              self.info.get("spill_dir"))
 
@@ -232,14 +244,15 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                   kv_address=None, kv_pub_address=None, node_address=None,
                   max_workers=None, prestart_workers=None, node_ip_address=None, kv_port=None,
                   detach=False, spill_dir=None, include_dashboard=False, dashboard_host=None,
-                  dashboard_port=None):
+                  dashboard_port=None, wait_dashboard=True):
     """Start kv (when head) and a node; return once both said READY.
 
     With ``node_ip_address`` the daemons also listen on tcp there (the kv on
     ``kv_port``, 0 = any free port; the node on a free port) so other nodes
     and drivers can reach them. ``detach`` starts them in their own session
     so they outlive the caller (``zray start``). ``include_dashboard`` also
-    starts the web dashboard next to the head's kv service.
+    starts the web dashboard next to the head's kv service (waited for
+    unless ``wait_dashboard`` is False: then ``webui_url()`` waits).
     """
     session_name, session_dir = new_session_dir(temp_dir)
     # No cluster listens without a token: none given, a random one. It goes
@@ -306,7 +319,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             kv_info = wait_ready(kv_process, START_TIMEOUT_S, "kv service", kv_log)
         node_info = wait_ready(node_process, START_TIMEOUT_S, "node daemon", node_log)
         webui_url = None
-        if dashboard_process is not None:
+        if dashboard_process is not None and wait_dashboard:
             webui_url = dashboard.wait_started(dashboard_process, session_dir, _terminate)
     except BaseException:
         for process in processes:

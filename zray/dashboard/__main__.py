@@ -34,16 +34,15 @@ def main(argv=None):
     reader.kv.put(URL_KEY, url)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threading.Thread(target=server.serve_forever, args=(0.2,), daemon=True,
-                     name="http").start()
+    # A daemon thread: the process exits without waiting for a page being served.
+    threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
     announce_ready({"url": url, "port": server.port})
     owner = OwnerWatch(args.kv_pid, interval_s=1.0)
     while not stop.wait(1.0) and not owner.gone():
         pass
-    server.shutdown()
     server.server_close()
     try:
-        reader.kv.call("delete", URL_KEY, timeout_s=1.0)
+        reader.kv.call("delete", URL_KEY, timeout_s=0.5)
     except Exception:
         pass        # the kv service is gone already
     reader.close()
