@@ -17,6 +17,7 @@ import threading
 import time
 
 from ..cluster import NodeClient
+from ..introspection import _ip_and_port as ip_and_port
 from ..kv.client import KvClient
 
 log = logging.getLogger("zray.dashboard")
@@ -73,7 +74,8 @@ class ClusterReader:
                 "worker_nodes": dict(self.worker_nodes), "first_seen": dict(self.first_seen)}
 
     def _read_node(self, node_id, info, listed):
-        row = {"node_id": node_id, "info": info, "alive": listed}
+        ip, port = ip_and_port(info.get("tcp_address"))     # as ray.nodes() gives them
+        row = {"node_id": node_id, "info": info, "alive": listed, "ip": ip, "port": port}
         if not listed:
             self._drop_client(node_id)
             return row

@@ -8,10 +8,6 @@ LATEST_ERRORS = 20
 TIMELINE_WINDOW_S = 60.0
 
 
-def _node_address(info):
-    return info.get("tcp_address") or info.get("address", "?")
-
-
 def _live_views(snapshot):
     for node in snapshot["nodes"]:
         if node.get("view") is not None:
@@ -22,7 +18,9 @@ def cluster(snapshot):
     nodes, totals = [], {}
     for node in snapshot["nodes"]:
         info, status = node["info"], node.get("status")
-        row = {"node_id": node["node_id"], "address": _node_address(info),
+        row = {"node_id": node["node_id"],
+               "address": f"{node['ip']}:{node['port']}" if node["port"] else node["ip"],
+               "endpoint": info.get("tcp_address") or info.get("address"),
                "hostname": info.get("hostname"),
                "head": bool(info.get("head")) or len(snapshot["nodes"]) == 1,
                "alive": node["alive"] and "error" not in node, "error": node.get("error"),

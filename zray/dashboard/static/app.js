@@ -110,7 +110,7 @@ function renderSummary(cluster, tasks, objects) {
 
 function renderNodes(cluster) {
   const rows = cluster.nodes.map((n) => [
-    el("td", {}, el("div", { class: "mono" }, n.address), el("div", { class: "sub" },
+    el("td", { title: n.endpoint }, el("div", { class: "mono" }, n.address), el("div", { class: "sub" },
       `${n.hostname || "?"} · node ${shortId(n.node_id)}${n.head ? " · head" : ""}`)),
     el("td", {}, n.alive ? badge("alive") : badge(n.error ? "unreachable" : "dead", "dead")),
     el("td", {}, ...n.resources.map((r) => meter(r.used, r.total, `${r.name} ${num(r.used)} / ${num(r.total)}`))),
