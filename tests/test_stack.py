@@ -29,7 +29,8 @@ def wake(fifo_path):
 
 
 def test_zray_stack_names_the_running_function_and_line(tmp_path):
-    info = ray.init(num_cpus=2, temp_dir=str(tmp_path / "root"))
+    # A token the command can be given (ray.init's own is random and kept in the driver).
+    info = ray.init(num_cpus=2, temp_dir=str(tmp_path / "root"), redis_password="stack-test")
     fifos = [str(tmp_path / "task.fifo"), str(tmp_path / "actor.fifo")]
     for fifo in fifos:
         os.mkfifo(fifo)
@@ -39,7 +40,8 @@ def test_zray_stack_names_the_running_function_and_line(tmp_path):
         method_ref = actor.wait_for_flag.remote(fifos[1])
 
         def stacks():
-            out = zray("stack", "--temp-dir", tmp_path / "root", env=env_for()).stdout
+            out = zray("stack", "--temp-dir", tmp_path / "root", "--redis-password", "stack-test",
+                       env=env_for()).stdout
             # The node names a task as soon as it sent it; the worker's frames
             # show it once the function has started.
             wanted = ["task sleepy_function_for_the_stack_test",

@@ -454,10 +454,16 @@ def _flush_node_events(info, password):
 @main.command()
 @click.option("--temp-dir", default=None, help="the --temp-dir the cluster was started with")
 @click.option("--redis-password", "--password", "password", default="",
-              help="the cluster's password (to ask nodes what their workers run)")
+              help="the cluster's token (to ask nodes what their workers run; default: the "
+                   "one `zray start` recorded)")
 def stack(temp_dir, password):
     """Print the Python stack of every thread of every zray process on this machine."""
+    from .cluster import current_token
     from .stack_report import dump_all, format_report, registered_processes
+    try:
+        password = current_token("auto", password, temp_dir)
+    except OSError:
+        password = ""       # the stacks still print; workers' tasks come from their frames
     processes = registered_processes(_temp_root(temp_dir))
     tasks = _running_tasks_by_pid({os.path.dirname(os.path.dirname(path))
                                    for _pid, _role, path in processes}, password)

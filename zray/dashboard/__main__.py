@@ -2,7 +2,6 @@
 service is at ``--kv-address``; the password comes by environment."""
 import argparse
 import logging
-import os
 import signal
 import threading
 
@@ -26,9 +25,11 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s dashboard: %(message)s")
     install_stack_dump("dashboard")
-    password = os.environ.get("ZRAY_PASSWORD", "")
-    token = cluster_token(password)
-    reader = ClusterReader(args.kv_address, password)
+    token = cluster_token()
+    if not token:
+        parser.error("the dashboard never serves without the cluster's token "
+                     "(it comes by environment, as for every zray daemon)")
+    reader = ClusterReader(args.kv_address, token)
     server = DashboardServer((args.host, args.port), reader, token)
     url = page_url(args.host, server.port, token)
     reader.kv.put(URL_KEY, url)

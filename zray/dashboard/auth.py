@@ -5,20 +5,21 @@ cookie (HttpOnly, SameSite=Strict), or comes in an ``Authorization: Bearer``
 header from scripts. Tokens are compared in constant time.
 """
 import hmac
-import secrets
+import os
 from http.cookies import CookieError, SimpleCookie
 from urllib.parse import parse_qs
+
+from ..transport.auth import TOKEN_ENV
 
 UNAUTHORIZED_HINT = ("401 Unauthorized: this zray dashboard needs the cluster's token. Open the "
                      "URL that ray.get_webui_url() (or `zray start --head`) gives: it ends in "
                      "?token=...")
 
 
-def cluster_token(password=""):
-    """The secret the dashboard asks for: the cluster password if one was
-    given, else a random token made for this dashboard (kept only in the kv
-    service and the 0600 session files)."""
-    return password or secrets.token_urlsafe(24)
+def cluster_token():
+    """The secret the dashboard asks for: the cluster's own token, which the
+    dashboard process gets by environment as every daemon does."""
+    return os.environ.pop(TOKEN_ENV, "")
 
 
 def cookie_name(port):

@@ -150,8 +150,8 @@ class KvServer:
     def op_shutdown(self):
         self.running = False
 
-    OPS = frozenset(["put", "put_ttl", "put_many", "add_events", "events_since", "get", "delete", "scan",
-                     "ping", "info", "shutdown"])
+    OPS = frozenset(["put", "put_ttl", "put_many", "add_events", "events_since", "get",
+                     "delete", "scan", "ping", "info", "shutdown"])
 
     def _publish(self, key, value):
         self.sequence += 1
