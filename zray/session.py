@@ -312,8 +312,9 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                               node_log, env, detach)
         processes.append(node_process)
         if head and include_dashboard:
-            dashboard_process = dashboard.spawn(_spawn, session_dir, kv_address, kv_process.pid,
-                                                env, detach, dashboard_host, dashboard_port)
+            dashboard_process = dashboard.spawn(_spawn, session_dir, kv_address,
+                                                node_process.pid, env, detach, dashboard_host,
+                                                dashboard_port)
             processes.append(dashboard_process)
         if head and not kv_info:
             kv_info = wait_ready(kv_process, START_TIMEOUT_S, "kv service", kv_log)

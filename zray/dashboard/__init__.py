@@ -10,7 +10,7 @@
 - ``python -m zray.dashboard`` runs it in a process of its own (``launch.py``
   starts it next to the kv service): a slow page or a big JSON answer never
   takes the GIL from the node's loop, and the dashboard can fail without
-  touching the cluster. It exits when the kv service does.
+  touching the cluster. It exits with the head's node daemon.
 - ``auth.py``: every route needs the cluster's token (``?token=`` once, then
   a cookie). ``static/``: the page, hand-written HTML/JS/CSS, no build step.
 - The head publishes the page's URL (token included) in the kv under

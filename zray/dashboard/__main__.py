@@ -19,8 +19,8 @@ def main(argv=None):
     parser.add_argument("--kv-address", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--kv-pid", type=int, default=None,
-                        help="exit when this process (the kv service) is gone")
+    parser.add_argument("--watch-pid", type=int, default=None,
+                        help="exit when this process (the head's node daemon) is gone")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s dashboard: %(message)s")
@@ -38,7 +38,7 @@ def main(argv=None):
     # A daemon thread: the process exits without waiting for a page being served.
     threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
     announce_ready({"url": url, "port": server.port})
-    owner = OwnerWatch(args.kv_pid, interval_s=1.0)
+    owner = OwnerWatch(args.watch_pid, interval_s=1.0)
     while not stop.wait(1.0) and not owner.gone():
         pass
     server.server_close()

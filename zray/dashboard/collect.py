@@ -25,6 +25,7 @@ log = logging.getLogger("zray.dashboard")
 EVENTS_KEPT = 20_000          # task spans kept for the tasks and timeline pages
 FIRST_READ_EVENTS = 20_000    # a dashboard opened late reads only this many old events
 NODE_TIMEOUT_S = 2.0
+KV_TIMEOUT_S = 3.0            # a page waits at most this for a kv service being restarted
 
 
 class ClusterReader:
@@ -52,12 +53,13 @@ class ClusterReader:
             return self.snapshot
 
     def _refresh(self):
-        records = {key[len("node:"):]: info for key, info in self.kv.scan("node:").items()}
+        listed = self.kv.call("scan", "node:", timeout_s=KV_TIMEOUT_S)
+        records = {key[len("node:"):]: info for key, info in listed.items()}
         for node_id, info in records.items():
             self.known_nodes[node_id] = info
         nodes = [self._read_node(node_id, info, node_id in records)
                  for node_id, info in self.known_nodes.items()]
-        errors = self.kv.scan("err:")
+        errors = self.kv.call("scan", "err:", timeout_s=KV_TIMEOUT_S)
         self._read_events()
         running_ids = set()
         for node in nodes:
@@ -100,11 +102,18 @@ class ClusterReader:
         for client in list(self.clients.values()):
             # Nodes hold events back for a moment; this page wants them now.
             try:
-                client.request("flush_events")
+                held = client.request("flush_events")     # its batch: we store it
             except Exception:
-                pass        # _read_node reports an unreachable node
+                continue    # _read_node reports an unreachable node
+            if held:
+                self.kv.call("add_events", held, timeout_s=KV_TIMEOUT_S)
         limit = FIRST_READ_EVENTS if self.event_sequence == 0 else EVENTS_KEPT
-        self.event_sequence, events = self.kv.call("events_since", self.event_sequence, limit)
+        last, events = self.kv.call("events_since", self.event_sequence, limit,
+                                    timeout_s=KV_TIMEOUT_S)
+        if last < self.event_sequence:
+            # A restarted kv service (events are not journaled) counts from 0 again.
+            last, events = self.kv.call("events_since", 0, limit, timeout_s=KV_TIMEOUT_S)
+        self.event_sequence = last
         for event in events:
             if event.get("ph") == "X":
                 self.spans.append(event)
