@@ -26,8 +26,7 @@ def node_view(node, top_objects=10):
             running = [worker.task.spec.name]
         workers.append({"pid": worker.pid, "state": worker.state, "blocked": worker.blocked,
                         "actor": actor.class_name if actor is not None else None,
-                        "running": running,
-                        "age_s": time.monotonic() - worker.started_at})
+                        "running": running})
     return {"node_id": node.node_id, "time": time.time(), "workers": workers,
             "actors": [_actor_row(actor) for actor in actors.values()],
             "running": [{"task_id": task_id.hex(), "name": task.spec.name,
@@ -44,14 +43,15 @@ def _actor_row(actor):
             "name": actor.name, "restarts": actor.max_restarts - actor.restarts_left
             if actor.max_restarts != float("inf") else None,
             "max_restarts": actor.max_restarts if actor.max_restarts != float("inf") else -1,
-            "death_reason": actor.death_reason, "queued": len(actor.queue)}
+            "death_reason": actor.death_reason,
+            "queued": sum(len(queue) for queue in actor.queues.values())}
 
 
 def _biggest_objects(node, count):
     biggest = heapq.nlargest(count, node.objects.entries.values(), key=lambda e: e.size)
     wanted = {entry.object_id for entry in biggest}
     holders = {}
-    for client in node.clients.values():
+    for client in node.state.clients.values():
         for object_id in client.held & wanted:
             holders.setdefault(object_id, []).append(f"{client.kind} pid {client.pid}")
     return node.objects.listing(holders, only=biggest)
