@@ -19,7 +19,7 @@ from ..exceptions import RayActorError, RayTaskError
 from ..serialization import SerializationError, deserialize, loads_function, serialize
 from ..transport import auth
 from ..transport import protocol as P
-from .. import stackdump
+from ..stackdump import install as install_stack_dump
 from . import context
 from .runtime import Runtime
 from ..plasma import client as object_store
@@ -340,7 +340,7 @@ def _short(value):
 
 def main():
     node_address, worker_id = sys.argv[1], sys.argv[2]
-    stackdump.install("worker")
+    install_stack_dump("worker")
     # Popped: user code run here (and what it starts) does not inherit them.
     runtime = Runtime(node_address, "worker", identity=worker_id.encode(),
                       password=os.environ.pop(auth.TOKEN_ENV, ""), watch_parent=True,
