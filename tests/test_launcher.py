@@ -5,6 +5,7 @@ ssh_hosts.py), and the messages for bad configs.
 The hosts are this machine, so the config's commands name this test's
 interpreter and checkout (the remote shell inherits nothing from the test).
 """
+import json
 import os
 import shlex
 import shutil
@@ -17,10 +18,10 @@ import pytest
 from cluster_util import ROOT, env_for, wait_for, zray
 from ssh_hosts import ADDRESSES, SSHHosts, find_sshd, zray_processes_under
 
-from zray.launcher.config import ConfigError, load_config
+from zray.launcher.config import (DEFAULT_HEAD_START, DEFAULT_WORKER_START, ConfigError,
+                                  load_config)
 from zray.launcher.ssh import SSHRunner
 
-PASSWORD = "launcher-test-pw"
 HEAD, WORKER = ADDRESSES
 
 
@@ -68,6 +69,14 @@ def zray_cmd():
     return (f"PYTHONPATH={shlex.quote(ROOT)} {shlex.quote(sys.executable)} -m zray.cli")
 
 
+def _from_defaults(commands, kv_port, extra):
+    z = zray_cmd()
+    out = [c.replace("zray ", f"{z} ", 1).replace("6379", str(kv_port)) for c in commands]
+    assert out[-1].startswith(f"{z} start") and str(kv_port) in out[-1]
+    out[-1] += " " + extra
+    return out
+
+
 def write_config(path, hosts, kv_port, mount_dir, setup_log):
     z = zray_cmd()
     config = {
@@ -76,15 +85,15 @@ def write_config(path, hosts, kv_port, mount_dir, setup_log):
         "auth": {"ssh_user": hosts.user, "ssh_private_key": hosts.key, "ssh_port": hosts.port},
         "file_mounts": {os.path.join(hosts.directory, "mounted"): str(mount_dir)},
         "setup_commands": [f"echo \"$ZRAY_TEMP_DIR\" >> {shlex.quote(str(setup_log))}"],
-        "head_start_ray_commands": [
-            f"{z} stop",
-            f"{z} start --head --port={kv_port} --node-ip-address=$ZRAY_HEAD_IP --num-cpus=1 "
-            f"--num-gpus=0 --resources='{{\"head\": 1}}' --redis-password={PASSWORD}"],
-        "worker_start_ray_commands": [
-            f"{z} stop",
-            f"{z} start --address=$RAY_HEAD_IP:{kv_port} --node-ip-address={WORKER} "
-            f"--num-cpus=1 --num-gpus=0 --resources='{{\"worker\": 1}}' "
-            f"--redis-password={PASSWORD}"],
+        # The default start commands (the cluster's own token, $ZRAY_HEAD_IP),
+        # run with this checkout's zray on a free port, plus resources that
+        # tell the nodes apart.
+        "head_start_ray_commands": _from_defaults(
+            DEFAULT_HEAD_START, kv_port, "--num-cpus=1 --num-gpus=0 --resources='{\"head\": 1}'"),
+        "worker_start_ray_commands": _from_defaults(
+            DEFAULT_WORKER_START, kv_port,
+            f"--node-ip-address={WORKER} --num-cpus=1 --num-gpus=0 "
+            f"--resources='{{\"worker\": 1}}'"),
         "head_stop_ray_commands": [f"{z} stop"],
         "worker_stop_ray_commands": [f"{z} stop"],
     }
@@ -98,16 +107,16 @@ def launcher(*args, check=True, timeout=120, env=None):
     return zray(*args, check=check, timeout=timeout, env=env)
 
 
-DRIVER = textwrap.dedent(f"""
+DRIVER = textwrap.dedent("""
     import os, zray as ray
-    ray.init(address="auto", redis_password={PASSWORD!r})
+    ray.init(address="auto")     # the head's token, found on the head
     alive = [n for n in ray.nodes() if n["Alive"]]
     @ray.remote(num_cpus=0)
     def where():
         return os.environ["ZRAY_TEMP_DIR"]
     print("NODES", len(alive))
     for resource in ("head", "worker"):
-        print("RAN", resource, ray.get(where.options(resources={{resource: 1}}).remote()))
+        print("RAN", resource, ray.get(where.options(resources={resource: 1}).remote()))
     ray.shutdown()
 """)
 
@@ -135,6 +144,9 @@ def test_up_exec_attach_down_over_ssh(hosts, tmp_path):
             assert f.read() == "version 1\n"
         state_file = home / "clusters.json"
         assert oct(state_file.stat().st_mode & 0o777) == "0o600"
+        token = json.loads(state_file.read_text())["clusters"]["launcher-test"]["token"]
+        assert not [cmd for _pid, cmd in zray_processes_under(list(hosts.temp_dirs.values()))
+                    if token in cmd]
 
         assert launcher("get_head_ip", config, env=env).stdout.strip() == HEAD
 
@@ -343,7 +355,6 @@ def test_ssh_refused_key_fails_at_once_with_ssh_words(hosts, tmp_path):
 
 
 def test_hosts_of_another_cluster_are_refused(tmp_path):
-    import json
     (tmp_path / "clusters.json").write_text(json.dumps({"clusters": {"other": {
         "token": "x", "nodes": {"10.0.0.3": {"kind": "worker", "address": "10.0.0.3",
                                              "done": [], "start": "abc"}}}}}))
