@@ -58,6 +58,12 @@ function seconds(s) {
   return `${Math.floor(s / 60)} min ${Math.round(s % 60)} s`;
 }
 
+const BYTE_RESOURCES = new Set(["memory", "object_store_memory"]);
+
+function amount(name, value) {   // a resource quantity as people read it
+  return BYTE_RESOURCES.has(name) ? bytes(value) : num(value);
+}
+
 function shortId(id) { return id ? String(id).slice(0, 8) : "-"; }
 
 function colour(name) {       // one stable colour per function name
@@ -97,7 +103,7 @@ function renderSummary(cluster, tasks, objects) {
   const cards = [];
   const alive = cluster.nodes.filter((n) => n.alive).length;
   cards.push(["Nodes", `${alive} / ${cluster.nodes.length}`, "alive / known"]);
-  for (const r of cluster.totals.filter((t) => ["CPU", "GPU"].includes(t.name) || t.total > 0).slice(0, 3)) {
+  for (const r of cluster.totals.filter((t) => t.name === "CPU" || (t.name === "GPU" && t.total > 0))) {
     cards.push([r.name, `${num(r.used)} / ${num(r.total)}`, "used / total"]);
   }
   cards.push(["Tasks running", tasks.counts.running, `${tasks.counts.queued} queued`]);
@@ -113,7 +119,8 @@ function renderNodes(cluster) {
     el("td", { title: n.endpoint }, el("div", { class: "mono" }, n.address), el("div", { class: "sub" },
       `${n.hostname || "?"} · node ${shortId(n.node_id)}${n.head ? " · head" : ""}`)),
     el("td", {}, n.alive ? badge("alive") : badge(n.error ? "unreachable" : "dead", "dead")),
-    el("td", {}, ...n.resources.map((r) => meter(r.used, r.total, `${r.name} ${num(r.used)} / ${num(r.total)}`))),
+    el("td", {}, ...n.resources.map((r) => meter(r.used, r.total,
+      `${r.name} ${amount(r.name, r.used)} / ${amount(r.name, r.total)}`))),
     n.store ? el("td", {}, meter(n.store.used, n.store.capacity,
       `${bytes(n.store.used)} / ${bytes(n.store.capacity)}`),
     el("div", { class: "sub" }, `${n.store.objects} objects` + (n.store.spilled ? `, ${bytes(n.store.spilled)} spilled` : ""))) : "-",
