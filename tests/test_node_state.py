@@ -140,6 +140,34 @@ def test_dropped_driver_releases_what_it_held():
     assert node.state.objects.get(held) is None
 
 
+def freed_then_asked_for(node):
+    """Put an object, drop it, then bring a copy of its ref back (pickled
+    outside zray) and ask for it; the commands of the ask."""
+    node.driver()
+    gone = new_id()
+    node.do(E.ObjectsPut(b"driver", [inline(gone)], [b"v"]))
+    node.do(E.RefsRemoved(b"driver", [gone]))
+    assert node.state.objects.get(gone) is None
+    node.do(E.RefsAdded(b"driver", [gone]))
+    return gone, node.do(E.Subscribed(b"driver", [gone]))
+
+
+def test_a_freed_object_asked_for_again_fails_at_once_on_a_node_alone():
+    from zray.exceptions import ObjectLostError
+    gone, out = freed_then_asked_for(Node())
+    (push,) = of(C.PushObject, out)
+    assert push.entry.object_id == gone and push.entry.is_error
+    assert isinstance(value_of(push), ObjectLostError)
+
+
+def test_a_freed_object_asked_for_again_waits_on_a_node_with_peers():
+    # Another node may still have it: the ask waits (the peer protocol fetches).
+    node = Node()
+    node.do(E.ClientJoined(b"pnode-b-0000000000", "peer", 7))
+    _, out = freed_then_asked_for(node)
+    assert not of(C.PushObject, out)
+
+
 def test_spilling_decisions_oldest_first_then_disk_then_full_store_error():
     node = Node(store_bytes=3000)
     node.driver()
