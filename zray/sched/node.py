@@ -247,8 +247,10 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             self.complaints.warn("unknown", "unknown message %r from %r", msg_type, identity)
             return
         event = decode(self, identity, fields, frames[2:])
-        if event is not None:
-            self.handle(event)
+        if event is not None:       # self.handle, inlined: this is every message's path
+            do = self._do
+            for command in self.state.handle(event):
+                do[type(command)](self, command)
 
     def _on_hello(self, identity, kind, pid, password, version, sys_path, worker_secret):
         if not isinstance(password, str) or not authorize(self.password, password):

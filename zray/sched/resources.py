@@ -120,7 +120,11 @@ class NodeResources:
 
     def feasible(self, demand):
         """Could this demand ever be met here (with nothing else running)?"""
-        return not self.missing(demand)
+        totals = self.totals
+        for name, amount in demand.items():
+            if totals.get(name, 0) < amount:
+                return False
+        return "GPU" not in demand or bool(self.missing(demand)) is False
 
     def missing(self, demand):
         """{name: (asked, total)} for what this node can never give."""

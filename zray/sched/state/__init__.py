@@ -11,16 +11,19 @@
 
 - ``events.py`` / ``commands.py``: the vocabulary, small typed records.
 - ``node_state.py``: ``NodeState``, one entry point ``handle(event) ->
-  list[command]``; tasks, workers, objects and clients.
+  list[command]``; tasks, workers and clients; ``objects.py``: its object
+  and reference events.
 - ``actors.py``: the actor table (creation, per-caller call queues, restart,
   kill); ``forwarding.py``: which tasks go to other nodes.
 - Task states are ``sched.task.TaskState`` with an explicit transition
   table; an illegal transition raises under ``ZRAY_STRICT_STATE=1`` (tests)
   and is logged otherwise.
 - Nothing here imports zmq, starts a process, reads the clock (time comes in
-  ``Tick``) or opens a file: the object table's two file operations (unlink,
-  move to the spill directory) are functions the node passes in, since a
-  reservation's answer depends on whether spilling worked; tests pass fakes.
+  ``Tick``) or opens a file. The object table reaches files through a port
+  the node passes in (``plasma/disk.py``: unlink, start a spill copy on the
+  spiller thread, free space in the spill directory), since a reservation's
+  answer depends on the disk's room; finished copies come back as the event
+  ``SpillsFinished``. Unit tests pass a fake port.
 """
 from . import commands, events
 from .node_state import Client, NodeState

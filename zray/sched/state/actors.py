@@ -141,6 +141,12 @@ class ActorTable:
             return
         task.retries_left = actor.task_retries
         caller = task.spec.owner
+        if not task.spec.dep_ids and caller not in actor.queues and self._can_send(actor):
+            # The common case, kept short: no argument to wait for and nothing
+            # of this caller's ahead of it.
+            task.to(S.READY)
+            self._send(actor, task)
+            return
         queue = actor.queues.get(caller)
         if queue is None:
             queue = actor.queues[caller] = deque()
@@ -173,12 +179,14 @@ class ActorTable:
         if queue is None:
             return
         while queue and queue[0].state is S.READY:
-            task = queue.popleft()
-            task.to(S.RUNNING)
-            actor.inflight[task.spec.task_id] = task
-            self.state.send_task(actor.worker, task)
+            self._send(actor, queue.popleft())
         if not queue:
             del actor.queues[caller]
+
+    def _send(self, actor, task):
+        task.to(S.RUNNING)
+        actor.inflight[task.spec.task_id] = task
+        self.state.send_task(actor.worker, task)
 
     def _exit_if_unreferenced(self, actor):
         if actor.unreferenced and not actor.queues and not actor.inflight:

@@ -1,13 +1,14 @@
 """``NodeState``: everything one node knows, changed only by ``handle(event)``.
 
 It owns the scheduler queues and resources, the object table (readiness,
-reference counts), the workers' records, the actor table and the view of
-peer nodes, and returns the commands the node's loop carries out. No zmq,
-no processes, no clock: see the package docstring.
+reference counts; its events are in ``objects.py``), the workers' records,
+the actor table and the view of peer nodes, and returns the commands the
+node's loop carries out. No zmq, no processes, no clock: see the package
+docstring.
 """
 import logging
 
-from ...exceptions import ObjectLostError, WorkerCrashedError
+from ...exceptions import WorkerCrashedError
 from ...plasma.store import READY as OBJECT_READY, ObjectTable
 from ...serialization import serialize
 from ...transport import protocol as P
@@ -19,6 +20,7 @@ from . import commands as C
 from . import events as E
 from .actors import ActorTable
 from .forwarding import Forwarding
+from .objects import ObjectEvents
 
 log = logging.getLogger("zray.state")
 
@@ -35,7 +37,7 @@ class Client:
         self.held = set()     # object ids this process holds refs to
 
 
-class NodeState:
+class NodeState(ObjectEvents):
     def __init__(self, totals, object_store_memory, spill_dir, max_workers, disk, *,
                  node_id="node", gpu_ids=None, max_starting=2, soft_limit=2,
                  worker_prefix=b"w", logs_dir="logs"):
@@ -309,123 +311,6 @@ class NodeState:
             worker.exiting = True
             self.emit(C.StopWorker(worker.worker_id))
 
-    # == objects =============================================================
-    def _on_put(self, ev):
-        client = self.clients.get(ev.client)
-        if client is not None:
-            self.store_objects(ev.headers, ev.frames, holder=client)
-
-    def _on_sealed(self, ev):
-        self.store_objects(ev.headers, ev.frames)
-
-    def _on_expected(self, ev):
-        for object_id in ev.object_ids:
-            self.objects.expect(object_id)
-
-    def store_objects(self, headers, frames, holder=None):
-        offset = 0
-        objects = self.objects
-        for header in headers:
-            n_frames = header[2]
-            part = frames[offset:offset + n_frames]
-            offset += n_frames
-            if holder is not None:
-                objects.expect(header[0])
-                self._hold(holder, header[0])
-            entry = objects.seal(header, part)
-            if entry is not None:
-                self._on_object_ready(entry)
-
-    def _on_object_ready(self, entry):
-        if entry.subscribers:
-            for identity in entry.subscribers:
-                if identity in self.clients:
-                    self.emit(C.PushObject(identity, entry))
-            entry.subscribers = set()
-        if self.forwarding.result_of:
-            self.forwarding.arrived(entry.object_id)
-        if entry.waiting_tasks:
-            waiting, entry.waiting_tasks = entry.waiting_tasks, []
-            for task, when_ready in waiting:
-                task.missing -= 1
-                if task.missing == 0:
-                    when_ready(task)
-            self.needs_dispatch = True
-
-    def _on_lost(self, ev):
-        entry = self.objects.get(ev.object_id)
-        if entry is None or entry.state == OBJECT_READY:
-            return
-        error = ObjectLostError(f"object {ev.object_id.hex()} is lost: {ev.why}. Objects live "
-                                f"on the node that made them until they are copied; if that "
-                                f"node left, recreate the object (rerun the task that made it)")
-        self.store_objects([(ev.object_id, P.INLINE, 1, None, (), True)],
-                           [serialize(error).meta])
-
-    def _on_subscribe(self, ev):
-        client = self.clients.get(ev.client)
-        if client is None:
-            return
-        for object_id in ev.object_ids:
-            entry = self.objects.get(object_id)
-            if entry is None or (entry.state != OBJECT_READY and self._freed_here(object_id)):
-                entry = self._lost(object_id)
-            if entry.state == OBJECT_READY:
-                self.emit(C.PushObject(client.identity, entry))
-            else:
-                entry.subscribers.add(client.identity)
-
-    def _freed_here(self, object_id):
-        # Only a node that never had peers knows every copy: in a cluster, an
-        # object freed here may still live on the node that made it.
-        alone = not (self.had_peers or self.forwarding.peers)
-        return alone and self.objects.was_freed(object_id)
-
-    def _lost(self, object_id):
-        entry = self.objects.expect(object_id)
-        error = ObjectLostError(f"object {object_id.hex()} no longer exists: every reference "
-                                f"to it was dropped before it was read")
-        entry.refcount = max(entry.refcount, 1)
-        self.objects.seal((object_id, P.INLINE, 1, None, (), True), [serialize(error).meta])
-        return entry
-
-    def _on_add_ref(self, ev):
-        client = self.clients.get(ev.client)
-        if client is not None:
-            for object_id in ev.object_ids:
-                self._hold(client, object_id)
-
-    def _on_remove_ref(self, ev):
-        client = self.clients.get(ev.client)
-        if client is None:
-            return
-        held = client.held
-        for object_id in ev.object_ids:
-            if object_id in held:
-                held.discard(object_id)
-                self.release_object(object_id)
-
-    def _hold(self, client, object_id):
-        if object_id not in client.held:
-            client.held.add(object_id)
-            self.objects.add_ref(object_id)
-
-    def release_object(self, object_id):
-        entry = self.objects.get(object_id)
-        if entry is not None and entry.refcount == 1 and object_id in self.actors.by_id:
-            self.actors.out_of_scope(object_id)
-        self.objects.remove_ref(object_id)
-
-    def _on_reserve(self, ev):
-        where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner)
-        self.emit(C.Reserved(ev.object_id, where))
-
-    def _on_spills_finished(self, ev):
-        self.objects.finish_spills(ev.results)
-
-    def _on_unreserve(self, ev):
-        self.objects.release_reservation(ev.object_id)
-
     # == placing work ========================================================
     def _dispatch(self):
         self.needs_dispatch = False
@@ -434,8 +319,9 @@ class NodeState:
         for task in pairs:
             task.worker.idle_since = None
             self._execute(task, task.worker)
-        for _ in range(pool.how_many_to_start(want)):
-            self.emit(C.StartWorker(pool.new_worker().worker_id))
+        if want:
+            for _ in range(pool.how_many_to_start(want)):
+                self.emit(C.StartWorker(pool.new_worker().worker_id))
         if self.forwarding.peers:
             self.forwarding.spill()     # what cannot run here soon goes to another node
         if want and not pool.can_start():
@@ -511,17 +397,13 @@ class NodeState:
         return {c.identity: c.pid for c in self.clients.values() if c.kind == "driver" and c.pid}
 
     _handlers = {
+        **ObjectEvents.object_handlers,
         E.ClientJoined: _on_client_joined, E.ClientLeft: _on_client_left,
         E.FunctionRegistered: _on_function, E.SerializerRegistered: _on_serializer,
         E.TaskSubmitted: _on_submit, E.TaskDone: _on_task_done,
         E.WorkerBlocked: _on_blocked, E.WorkerUnblocked: _on_unblocked,
         E.WorkerExited: _on_worker_exited, E.Tick: _on_tick,
         E.WorkersWanted: _on_workers_wanted,
-        E.ObjectsPut: _on_put, E.ObjectsSealed: _on_sealed, E.ObjectsExpected: _on_expected,
-        E.ObjectLost: _on_lost, E.Subscribed: _on_subscribe,
-        E.RefsAdded: _on_add_ref, E.RefsRemoved: _on_remove_ref,
-        E.ReserveRequested: _on_reserve, E.ReservationReleased: _on_unreserve,
-        E.SpillsFinished: _on_spills_finished,
         E.KillActorRequested: lambda self, ev: self.actors.kill(ev.actor_id, ev.no_restart),
         E.ActorNameReserved: lambda self, ev: self.actors.reserve_name(ev.name, ev.actor_id),
         E.PeerSeen: lambda self, ev: self.forwarding.seen(ev.node_id, ev.info),
