@@ -15,7 +15,8 @@ import zmq
 from .exceptions import RaySystemError
 from .kv.client import KvClient
 from .kv.records import valid_node_record
-from .session import check_temp_root, default_temp_root, read_private_json, write_private_json
+from .session import default_temp_root
+from .temp_root import check_temp_root, read_private_json, write_private_json
 from .transport import auth
 from .transport import protocol as P
 

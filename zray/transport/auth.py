@@ -14,7 +14,7 @@
   accepts only the client key derived from the token.
 - ipc sockets carry no CURVE (it would cost the hot path): they live in the
   session directory, under a temp root only this user can enter
-  (``session.check_temp_root``).
+  (``temp_root.check_temp_root``).
 - A client that holds a wrong token never completes the handshake; zmq
   would retry forever, so ``connect`` watches the handshake and raises a
   clear error within a few seconds instead.
