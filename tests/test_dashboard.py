@@ -2,6 +2,7 @@
 closed to requests without the cluster's token, reachable from a driver
 connected with address=, and gone with the cluster."""
 import http.cookiejar
+import os
 import re
 import shutil
 import socket
@@ -207,3 +208,29 @@ def test_page_stays_up_while_the_cluster_is_busy(cluster_with_dashboard):
         thread.join(60)
     assert ray.get(refs) == [0.01] * 50
     assert not failures, failures
+
+
+def test_dashboard_outlives_a_kv_restart(cluster_with_dashboard):
+    """The head node restarts a killed kv service; the dashboard reads the new one."""
+    import json
+    import signal
+    url = ray.get_webui_url()
+    base = url.split("?", 1)[0].rstrip("/")
+    headers = {"Authorization": "Bearer " + url.split("token=", 1)[1]}
+
+    def tasks_done():
+        code, body = status_of(base + "/api/tasks", headers)
+        return json.loads(body)["counts"]["done"] if code == 200 else None
+
+    assert ray.get(busy_task.remote(0)) == 0
+    wait_for(lambda: tasks_done() == 1, 30, "the first task on the page")
+    os.kill(cluster_with_dashboard["kv_pid"], signal.SIGKILL)
+
+    def shown_after_restart():
+        # Events sent while the kv is down are lost: run tasks until one shows.
+        assert ray.get(busy_task.remote(0)) == 0
+        return (tasks_done() or 0) > 1
+
+    wait_for(shown_after_restart, 60, "a task run after the restart on the page")
+    code, body = status_of(base + "/api/cluster", headers)
+    assert code == 200 and json.loads(body)["nodes"][0]["alive"]
