@@ -40,6 +40,10 @@ class _CreatesFile:
 def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("secure")
     cluster = Cluster(root)
+    # A file of the test's own that hostile messages name as an object's
+    # location: it must survive (never a system file: the suite runs as root).
+    cluster.canary = root / "canary"
+    cluster.canary.write_text("keep me")
     cluster.start_head("--num-cpus", 1)
     cluster.wait_nodes(1)
     (node,) = live_nodes(cluster.address, cluster.token).values()
@@ -52,6 +56,7 @@ def cluster(tmp_path_factory):
 
 def _assert_daemons_serve(cluster):
     assert all(psutil.pid_exists(pid) for pid in cluster.pids)
+    assert cluster.canary.read_text() == "keep me"
     kv = KvClient(cluster.ports["kv"], cluster.token)
     try:
         assert kv.call("ping") == "pong"
@@ -182,14 +187,14 @@ def _member_socket(context, address, token):
     return sock
 
 
-def _valid_heads(token):
+def _valid_heads(token, canary):
     return [
         P.pack(P.KV_REQUEST, 7, "put", ("fuzz:a", 1), token)[0],
         P.pack(P.KV_REQUEST, 8, "put_ttl", ("node:0123456789abcdef", {"tcp_address": 5}, 1),
                token)[0],
         P.pack(P.HELLO, "driver", 1, token, P.PROTOCOL_VERSION, [], None)[0],
         P.pack(P.SUBMIT, None)[0],
-        P.pack(P.DONE, b"t", [(b"o", P.SHM, 0, ("/etc/passwd", 10), (), False)], False, "", [])[0],
+        P.pack(P.DONE, b"t", [(b"o", P.SHM, 0, (str(canary), 7), (), False)], False, "", [])[0],
         P.pack(P.PULL, b"x", -5, 1 << 40, True)[0],
         P.pack(P.REQUEST, 1, "status", ())[0],
     ]
@@ -213,7 +218,7 @@ class _Fuzzer:
         self.context = zmq.Context()
         self.sockets = [_member_socket(self.context, cluster.ports[name], cluster.token)
                         for name in ("kv", "node")]
-        self.heads = _valid_heads(cluster.token)
+        self.heads = _valid_heads(cluster.token, cluster.canary)
 
     def send(self, frames):
         for sock in self.sockets:
@@ -397,13 +402,16 @@ def test_a_client_cannot_pose_as_a_worker_finish_others_tasks_or_name_files(ray_
         # A PUT naming a file that is not its own object file is refused; a
         # valid one next to it is stored.
         planted, good = os.urandom(20), os.urandom(20)
-        client.send(P.PUT, [(planted, P.SHM, 0, ("/etc/passwd", 10), (), False)])
+        canary = tmp_path / "canary"
+        canary.write_text("keep me")
+        client.send(P.PUT, [(planted, P.SHM, 0, (str(canary), 7), (), False)])
         client.send(P.PUT, [(good, P.INLINE, 1, None, (), False)], frames=[serialize(1).meta])
         client.send(P.SUBSCRIBE, [planted, good])
         _, (entries,), _ = client.receive(lambda t: t == P.OBJECTS)
         kinds = {header[0]: (header[1], header[3]) for header in entries}
         assert kinds[good] == (P.INLINE, None)
-        assert kinds.get(planted, (P.INLINE, None))[1] is None      # never /etc/passwd
+        assert kinds.get(planted, (P.INLINE, None))[1] is None      # never the canary
+        assert canary.read_text() == "keep me"
     finally:
         client.close()
     release.touch()
