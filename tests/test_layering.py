@@ -10,6 +10,7 @@
 """
 import ast
 import pathlib
+import re
 
 import pytest
 
@@ -97,3 +98,20 @@ def test_the_layering_check_sees_a_violation(tmp_path):
     fake = ROOT / "sched" / "state" / "node_state.py"
     names = imports(fake)
     assert "zray.sched.scheduler" in names and "zray.plasma.store" in names
+
+
+def test_only_the_node_loop_writes_to_its_sockets():
+    """Everything sent to a client goes through ``node.send``, which keeps the
+    order a client sees (queued object pushes leave first)."""
+    offenders = [str(p.relative_to(ROOT)) for p in files("**/*.py")
+                 if p.name != "node.py" and re.search(r"\bnode\.(tcp_)?router\b", p.read_text())]
+    assert not offenders, f"{offenders} write to the node's ROUTER past node.send"
+
+
+def test_only_the_scheduler_changes_its_queues():
+    """Others ask it (make_ready, take_surplus, keep_holding ...), never rewrite it."""
+    pattern = re.compile(r"scheduler\.(queues|infeasible|running)\s*(\[|=[^=]|\.(pop|append|"
+                         r"remove|clear)\b)")
+    offenders = [str(p.relative_to(ROOT)) for p in files("**/*.py")
+                 if p.name != "scheduler.py" and pattern.search(p.read_text())]
+    assert not offenders, f"{offenders} change the scheduler's queues directly"
