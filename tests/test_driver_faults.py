@@ -126,3 +126,59 @@ def test_ctrl_c_while_results_arrive_loses_none(tmp_path):
             driver.wait()
     assert driver.returncode == 0, err[-3000:]
     assert int(out.split()[-1]) > 0, "no Ctrl-C reached the driver: the test proved nothing"
+
+
+DYING_DRIVER = """
+import os, sys
+import zray as ray
+
+ray.init(address=sys.argv[1], redis_password=os.environ["ZRAY_TEST_TOKEN"])
+never = sys.argv[2]
+
+
+@ray.remote
+def wait_forever(i):
+    import os, time
+    while not os.path.exists(never):       # never created
+        time.sleep(0.05)
+
+
+@ray.remote(num_cpus=1)
+class Named:
+    def ping(self):
+        return "pong"
+
+
+actor = Named.options(name="left-behind").remote()
+assert ray.get(actor.ping.remote()) == "pong"
+refs = [wait_forever.remote(i) for i in range(1000)]
+ray.wait(refs, timeout=0.5)
+os._exit(0)
+"""
+
+
+def test_a_dead_drivers_tasks_and_actors_stop_and_its_cpus_come_back(tmp_path):
+    cluster = Cluster(tmp_path / "cluster")
+    try:
+        cluster.start_head("--num-cpus", 3)
+        cluster.wait_nodes(1)
+        script = tmp_path / "driver.py"
+        script.write_text(DYING_DRIVER)
+        subprocess.run([sys.executable, str(script), cluster.address, str(tmp_path / "never")],
+                       env=env_for(extra={"ZRAY_TEST_TOKEN": cluster.token}), check=True,
+                       timeout=120)
+        ray.init(address=cluster.address, redis_password=cluster.token)
+        # Generous: the node checks its drivers' pids about once a second.
+        wait_for(lambda: ray.available_resources().get("CPU") == 3, 60,
+                 "the dead driver's CPUs to be free again")
+
+        @ray.remote(num_cpus=1)
+        class Named:
+            def ping(self):
+                return "again"
+
+        again = Named.options(name="left-behind").remote()
+        assert ray.get(again.ping.remote(), timeout=60) == "again"
+    finally:
+        ray.shutdown()
+        cluster.stop()

@@ -328,3 +328,114 @@ def test_forwarded_task_is_done_when_its_results_are_back():
     assert pushed(out) == {s.return_ids[0]: False}
     assert node.state.counts == {"submitted": 1, "ended": 1}
     assert not node.state.forwarding.forwarded
+
+
+# == a driver that leaves ========================================================
+def test_dead_driver_queued_tasks_are_dropped_and_nobody_is_told():
+    node = Node(cpus=1)
+    node.driver()
+    waiting_on = new_id()
+    specs = [spec() for _ in range(5)] + [spec(deps=[waiting_on]), spec(cpus=64)]
+    out = []
+    for s in specs:
+        out += node.submit(s)
+    node.start_workers(out)
+    out = node.do(E.ClientLeft(b"driver"))
+    assert not of(C.ReportError, out) and not of(C.RecordError, out)
+    assert len(node.state.scheduler.running) == 1   # recycled when reaped, not dropped here
+    assert node.state.scheduler.queued_count() == 0 and not node.state.scheduler.infeasible
+    # The late argument wakes nothing: its task is gone.
+    out = node.do(E.ObjectsPut(b"other", [inline(waiting_on)], [b"v"]))
+    assert not of(C.Execute, out)
+
+
+def test_dead_driver_running_tasks_workers_are_killed_then_cpus_come_back():
+    node = Node(cpus=2)
+    node.driver()
+    out = []
+    for _ in range(4):
+        out += node.submit(spec(max_retries=3))
+    executes = of(C.Execute, node.start_workers(out))
+    assert len(executes) == 2 and node.state.resources.available["CPU"] == 0
+    out = node.do(E.ClientLeft(b"driver"))
+    assert sorted(c.worker_id for c in of(C.KillWorker, out)) == sorted(
+        e.worker_id for e in executes)
+    for pid, execute in enumerate(executes):
+        out = node.do(E.WorkerExited(execute.worker_id, 200 + pid, -9))
+        assert not of(C.Execute, out) and not of(C.StartWorker, out)   # not retried
+        assert not of(C.RecordError, out)
+        assert execute.task.state is TaskState.FAILED
+    assert node.state.resources.available == node.state.resources.totals
+    assert node.state.counts == {"submitted": 4, "ended": 4}
+    # The node takes new work from another driver as usual.
+    node.driver(b"next")
+    out = node.start_workers(node.submit(spec(), client=b"next"))
+    assert len(of(C.Execute, out)) == 1
+
+
+def test_a_task_done_before_its_recycled_worker_dies_is_not_followed_by_another():
+    node = Node(cpus=1)
+    node.driver()
+    node.driver(b"next")
+    out = node.start_workers(node.submit(spec()))
+    (execute,) = of(C.Execute, out)
+    node.do(E.ClientLeft(b"driver"))
+    out = node.done(execute)            # it finished as the kill was on its way
+    assert not [c for c in of(C.Execute, node.submit(spec(), client=b"next"))
+                if c.worker_id == execute.worker_id]
+    node.do(E.WorkerExited(execute.worker_id, 300, -9))
+    assert node.state.counts["ended"] == 1
+
+
+def test_nested_tasks_of_a_dead_drivers_task_go_with_its_worker():
+    node = Node(cpus=1)
+    node.driver()
+    out = node.start_workers(node.submit(spec()))
+    (parent,) = of(C.Execute, out)
+    node.do(E.WorkerBlocked(parent.worker_id))      # lends its CPU to its children
+    out = node.submit(spec(), client=parent.worker_id)
+    (child,) = of(C.Execute, node.start_workers(out))
+    node.submit(spec(), client=parent.worker_id)    # queued behind the child
+    out = node.do(E.ClientLeft(b"driver"))
+    assert {c.worker_id for c in of(C.KillWorker, out)} == {parent.worker_id, child.worker_id}
+    assert node.state.scheduler.queued_count() == 0
+    # Submitted by the parent after the sweep, before it died: dropped when it is reaped.
+    node.submit(spec(), client=parent.worker_id)
+    node.do(E.WorkerExited(child.worker_id, 400, -9))
+    node.do(E.WorkerExited(parent.worker_id, 401, -9))
+    assert node.state.scheduler.queued_count() == 0 and not node.state.scheduler.running
+    assert node.state.resources.available == node.state.resources.totals
+
+
+def named_actor(node, name, detached=False, owner=b"driver"):
+    actor_id = new_id()
+    node.do(E.ActorNameReserved(name, actor_id))
+    creation = spec(P.ACTOR_CREATE, actor_id=actor_id, cpus=1, returns=0,
+                    options={"name": name, "detached": detached, "hold_resources": True})
+    (execute,) = of(C.Execute, node.start_workers(node.submit(creation, client=owner)))
+    node.done(execute)
+    node.do(E.RefsAdded(owner, [actor_id]))
+    return actor_id, execute.worker_id
+
+
+def test_dead_driver_actors_exit_and_free_their_names_detached_ones_stay():
+    node = Node(cpus=2)
+    node.driver()
+    node.driver(b"other")
+    gone_id, gone_worker = named_actor(node, "gone")
+    kept_id, kept_worker = named_actor(node, "kept", detached=True)
+    node.do(E.RefsAdded(b"other", [gone_id]))       # another driver's handle keeps nothing alive
+    queued = call(kept_id, deps=[new_id()])          # the dead driver's call on a detached actor
+    node.submit(queued)
+    out = node.do(E.ClientLeft(b"driver"))
+    assert of(C.KillWorker, out) == [C.KillWorker(gone_worker)]
+    with pytest.raises(ValueError, match="no live actor named 'gone'"):
+        node.state.actors.get_by_name("gone")
+    assert node.state.actors.get_by_name("kept")[0] == kept_id
+    node.do(E.ActorNameReserved("gone", new_id()))   # the name is free again
+    with pytest.raises(ValueError, match="already exists"):
+        node.do(E.ActorNameReserved("kept", new_id()))
+    assert queued.task_id not in {t.spec.task_id for a in node.state.actors.by_id.values()
+                                  for t in a.queued()}
+    node.do(E.WorkerExited(gone_worker, 500, -9))
+    assert node.state.resources.available["CPU"] == 10000   # the detached one holds the other

@@ -344,6 +344,17 @@ class ActorTable:
             self._die(actor, actor.death_reason)
             self._forget_if_done(actor)
 
+    def owner_gone(self, actor, reason):
+        """The driver (or worker) that created it left: it goes, name and all."""
+        if actor.state == DEAD:
+            return
+        actor.restarts_left = 0
+        actor.death_reason = reason
+        if actor.worker is not None:
+            self.state.emit(C.KillWorker(actor.worker.worker_id))
+        self._die(actor, reason)
+        self._forget_if_done(actor)
+
     def reserve_name(self, name, actor_id=None):
         existing = self.names.get(name)
         if existing is not None:

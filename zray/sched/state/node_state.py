@@ -21,6 +21,7 @@ from . import events as E
 from .actors import ActorTable
 from .forwarding import Forwarding
 from .objects import ObjectEvents
+from .owners import recycled_worker_reaped, stop_work_of
 
 log = logging.getLogger("zray.state")
 
@@ -56,6 +57,7 @@ class NodeState(ObjectEvents):
         self.clients = {}              # identity -> Client
         self.functions = {}            # function_id -> (name, blob, sys_path)
         self.serializers = []          # (blob, sys_path) in registration order
+        self.recycled = set()          # workers killed because their task's owner left
         self.warned_pool_exhausted = False
         self.had_peers = False         # another node ever connected (see _freed_here)
         self.counts = {"submitted": 0, "ended": 0}
@@ -97,6 +99,8 @@ class NodeState(ObjectEvents):
     def _drop_client(self, client):
         self.clients.pop(client.identity, None)
         self.emit(C.ClientGone(client.identity))
+        if client.kind == "driver":     # its work stops before its refs go
+            stop_work_of(self, client.identity, f"driver pid {client.pid}")
         self.objects.release_reservations_of(client.identity)
         held, client.held = client.held, set()
         for object_id in held:
@@ -273,6 +277,8 @@ class NodeState(ObjectEvents):
         if worker.actor_id is not None:
             self.actors.worker_died(worker, ev.code, pid)
         self.needs_dispatch = True
+        if recycled_worker_reaped(self, worker):
+            return
         task = worker.task
         if task is None or task.spec.task_id not in self.scheduler.running:
             return
