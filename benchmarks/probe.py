@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     mod = importlib.import_module(args.module)   # import cost not counted
     t0 = time.perf_counter()
     mod.init(num_cpus=args.num_cpus)
+    t_init = time.perf_counter()
     mod.get(remote_of(args.module, noop).remote())
     t1 = time.perf_counter()
     time.sleep(args.settle)   # let background worker start-up finish
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     t2 = time.perf_counter()
     mod.shutdown()
     t3 = time.perf_counter()
-    out = {"init_s": t1 - t0, "shutdown_s": t3 - t2, "rss_mb": rss_mb,
+    out = {"init_s": t1 - t0, "init_only_s": t_init - t0, "shutdown_s": t3 - t2, "rss_mb": rss_mb,
            "procs": nprocs, "pid": os.getpid()}
     # Marked line: workers' log lines may share this stdout.
     sys.stdout.write(MARK + json.dumps(out) + "\n")

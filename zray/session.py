@@ -151,6 +151,13 @@ def check_spill_dir(path):
     return path
 
 
+def default_prestart(num_cpus):
+    """Warm workers a node starts with: one per CPU it offers, but never more
+    than the machine's cores (``num_cpus=64`` on a laptop must not spawn 64
+    interpreters at init). The node keeps that many idle ones (soft limit)."""
+    return max(0, min(int(num_cpus), os.cpu_count() or 1))
+
+
 def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory,
                   plasma_dir, temp_dir=None, password="", owner_pid=None, head=True,
                   kv_address=None, kv_pub_address=None, node_address=None,
@@ -206,7 +213,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             "owner_pid": owner_pid,      # the password goes by environment, not argv
             "max_workers": max_workers or max(64, 8 * int(max(num_cpus, 1))),
             "prestart_workers": (prestart_workers if prestart_workers is not None
-                                 else min(int(num_cpus), 4)),
+                                 else default_prestart(num_cpus)),
             "remove_session_dir_on_orphan": True,
             "tcp_address": f"tcp://{node_ip_address}:*" if node_ip_address else None,
             "head": head, "node_ip_address": node_ip_address,

@@ -118,12 +118,20 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             self.peers = Peers(self)
         self.owner = OwnerWatch(config.get("owner_pid"))
         self.running = True
+        self.prestarted = False
         self.orphaned = False
         self.pushes = {}               # client -> (headers, frames) to send as one OBJECTS
         self.next_reap = 0.0
         self.next_event_flush = time.monotonic() + EVENT_FLUSH_S
         self.next_client_check = time.monotonic() + 1.0
         self.complaints = RateLimitedLog(log)
+
+    def prestart_workers(self):
+        """Spawn the configured warm workers (once): called before the node
+        says READY, so their interpreters start while the driver connects."""
+        if not self.prestarted:
+            self.prestarted = True
+            self.handle(E.WorkersWanted(self.config.get("prestart_workers", 0)))
 
     # == the loop ============================================================
     def serve_forever(self):
@@ -133,7 +141,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             poller.register(self.tcp_router, zmq.POLLIN)
         registered_fds, registered_sockets = set(), set()
         self.handle(E.Tick(time.monotonic(), time.time()))
-        self.handle(E.WorkersWanted(self.config.get("prestart_workers", 0)))
+        self.prestart_workers()
         self._publish_node_info()
         while self.running:
             by_fd = self.processes.by_fd
