@@ -221,7 +221,9 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         if now >= self.next_client_check:
             self.next_client_check = now + 1.0
             for identity, pid in self.state.driver_pids().items():
-                if not _pid_alive(pid):
+                # A pid says something only on this machine: drivers of other
+                # machines (tcp) leave by BYE.
+                if identity not in self.remote_clients and not _pid_alive(pid):
                     log.info("driver pid %d is gone; releasing its objects", pid)
                     self.handle(E.ClientLeft(identity))
             self.handle(E.Tick(now, time.time()))
