@@ -3,6 +3,7 @@
     python -m benchmarks.faults detect [--repeat 3]
     python -m benchmarks.faults spill [--size-mb 400] [--repeat 3]
     python -m benchmarks.faults kv [--repeat 3]
+    python -m benchmarks.faults driver [--repeat 3]
 
 - ``detect``: a `zray start --head` cluster under a fresh temp dir, a driver
   connected with ``ray.init(address=...)`` waiting in ``ray.get`` on a task
@@ -17,11 +18,16 @@
 - ``kv``: ``ray.init()``, a key put, the kv service killed with SIGKILL; the
   row is the time until it answers again with that key (restarted by the
   node, state reloaded from its journal).
+- ``driver``: a `zray start --head --num-cpus 3` cluster; a second driver
+  (a subprocess) creates a 1-CPU actor and queues 1,000 tasks that never
+  end, then ``os._exit(0)``; the row is the time from its exit to
+  ``ray.available_resources()`` showing all 3 CPUs free again.
 
 Standalone: it does not use the rest of benchmarks/. Run it on an older
 checkout (copy this file there) to compare.
 """
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,15 +40,26 @@ import time
 from .cluster import REPO, _zray
 
 
-def detect_once():
-    import zray as ray
+@contextlib.contextmanager
+def _head(num_cpus):
+    """A `zray start --head` cluster under a fresh temp dir: (root, env, cluster.json)."""
     root = tempfile.mkdtemp(prefix="zray-bench-faults-")
     env = dict(os.environ, ZRAY_TEMP_DIR=root, PYTHONPATH=os.pathsep.join(
         filter(None, [REPO, os.environ.get("PYTHONPATH")])))
     try:
-        _zray("start", "--head", "--port", 0, "--num-cpus", 1, "--temp-dir", root, env=env)
+        _zray("start", "--head", "--port", 0, "--num-cpus", num_cpus, "--temp-dir", root,
+              env=env)
         with open(os.path.join(root, "cluster.json")) as f:
             recorded = json.load(f)
+        yield root, env, recorded
+    finally:
+        _zray("stop", "--temp-dir", root, env=env)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def detect_once():
+    import zray as ray
+    with _head(1) as (root, _env, recorded):
         (node_pid,) = [r["pid"] for r in _records(root) if r["role"] == "node"]
         ray.init(address=recorded["address"], redis_password=recorded.get("token", ""))
 
@@ -61,9 +78,6 @@ def detect_once():
             kind = type(exc).__name__
         ray.shutdown()
         return noticed, kind
-    finally:
-        _zray("stop", "--temp-dir", root, env=env)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def _records(root):
@@ -133,9 +147,57 @@ def kv_restart_once():
         ray.shutdown()
 
 
+_DYING_DRIVER = '''
+import os, sys
+import zray as ray
+ray.init(address=sys.argv[1], redis_password=os.environ["ZRAY_BENCH_TOKEN"])
+
+@ray.remote
+def forever():
+    import time
+    time.sleep(600)
+
+@ray.remote(num_cpus=1)
+class Holder:
+    def ping(self):
+        return 1
+
+holder = Holder.remote()
+ray.get(holder.ping.remote())
+refs = [forever.remote() for _ in range(1000)]
+ray.wait(refs, timeout=0.5)
+os._exit(0)
+'''
+
+
+def driver_death_once():
+    import subprocess
+    import sys
+    import zray as ray
+    with _head(3) as (_root, env, recorded):
+        address, token = recorded["address"], recorded.get("token", "")
+        deadline = time.monotonic() + 60
+        while True:                      # until the node's first heartbeat is in the kv
+            try:
+                ray.init(address=address, redis_password=token)
+                break
+            except ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        subprocess.run([sys.executable, "-c", _DYING_DRIVER, address],   # no token in ps
+                       env=dict(env, ZRAY_BENCH_TOKEN=token), check=True, timeout=300)
+        exited = time.monotonic()
+        while ray.available_resources().get("CPU") != 3:
+            time.sleep(0.01)
+        freed = time.monotonic() - exited
+        ray.shutdown()
+        return freed
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults")
-    parser.add_argument("what", choices=["detect", "spill", "kv"])
+    parser.add_argument("what", choices=["detect", "spill", "kv", "driver"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     args = parser.parse_args(argv)
@@ -148,6 +210,10 @@ def main(argv=None):
         for _ in range(args.repeat):
             print(f"kv service killed: answering again, with its state, after "
                   f"{kv_restart_once():.2f} s", flush=True)
+    elif args.what == "driver":
+        for _ in range(args.repeat):
+            print(f"driver exited with 1,000 tasks queued: all CPUs free again after "
+                  f"{driver_death_once():.2f} s", flush=True)
     else:
         for _ in range(args.repeat):
             worst, median, put_s, gbps = spill_once(args.size_mb)
