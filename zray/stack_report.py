@@ -73,7 +73,7 @@ def dump_all(processes, timeout_s=3.0):
 
 
 def parse_threads(text):
-    """faulthandler's text -> [(thread header, [(file, line, func), ...])]."""
+    """A dump in faulthandler's format (stackdump.py writes it) -> [(thread header, [(file, line, func), ...])]."""
     threads = []
     for line in text.splitlines():
         if line.startswith(("Thread ", "Current thread ")):
