@@ -259,9 +259,17 @@ def test_node_killed_is_noticed_and_its_work_placed_elsewhere(driver, cluster, t
             return here()
 
         marker = str(tmp_path / "started-on-d")
-        # Spread over C and D by their room; with four, some land on D.
-        refs = [stays_on_d.remote(marker) for _ in range(4)]
-        wait_for(lambda: os.path.exists(marker), 30, "a task to start on node D")
+        # Spread over C and D by their room. The head hears of D through the
+        # kv feed a little after D is listed, so tasks sent before that all go
+        # to C: keep sending (C's finish at once) until one starts on D.
+        refs = []
+
+        def one_started_on_d():
+            if os.path.exists(marker):
+                return True
+            refs.append(stays_on_d.remote(marker))
+            return False
+        wait_for(one_started_on_d, 30, "a task to start on node D")
         os.kill(record["pid"], signal.SIGKILL)
         wait_for(lambda: not any(n["NodeID"] == node_d and n["Alive"] for n in ray.nodes()),
                  15, "the killed node to be noticed")

@@ -158,5 +158,6 @@ def workers(snapshot):
     for node_id, view, _status in _live_views(snapshot):
         rows += [{"pid": w["pid"], "node_id": node_id, "state": w["state"],
                   "actor": w["actor"], "running": w["running"]} for w in view["workers"]]
-    rows.sort(key=lambda w: (w["node_id"], w["pid"]))
+    # A worker still starting has no pid yet: it sorts last on its node.
+    rows.sort(key=lambda w: (w["node_id"], w["pid"] is None, w["pid"] or 0))
     return {"time": snapshot["time"], "workers": rows}
