@@ -2,13 +2,15 @@
 
 ::
 
-    api, actor, remote_function, local_mode, cli   (public API, tools)
-    core/ (runtime, worker)       sched/ edge: node, peers, worker_processes,
+    api ──► actor, remote_function, local_mode ──► object_ref  (public API, tools)
+    core/: worker ──► runtime ──► submit, connection ──► refcount, object_cache ──► context
+                                  sched/ edge: node, peers, worker_processes,
                                   node_requests, store_requests; plasma/transfer
     sched/state/ (NodeState) ──► scheduler, resources, task, worker_pool, plasma/store
     kv/ ──► transport/, exceptions, serialization
 """
 import ast
+import itertools
 import pathlib
 import re
 
@@ -26,6 +28,16 @@ EDGE = {"zray.sched.node", "zray.sched.peers", "zray.sched.worker_processes",
         "zray.transport.sockets", "zray.kv", "zray.kv.client", "zray.kv.server"}
 PUBLIC = {"zray", "zray.api", "zray.actor", "zray.remote_function", "zray.local_mode",
           "zray.cli", "zray.introspection"}
+
+
+# The API modules, lowest first: each may import only those before it (and
+# never ``api``, which imports them all): no cycle, even through a lazy import.
+API_ORDER = ["zray.object_ref", "zray.local_mode", "zray.remote_function", "zray.actor",
+             "zray.api", "zray.introspection"]
+# The client runtime's parts, lowest first, with what each may import of the others.
+CORE_ORDER = ["zray.core.context", "zray.core.refcount", "zray.core.object_cache",
+              "zray.core.connection", "zray.core.submit", "zray.core.runtime",
+              "zray.core.worker"]
 
 
 def imports(path, toplevel_only=False):
@@ -75,7 +87,7 @@ def test_node_state_does_no_io(path):
                                        "exceptions.py"),
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_runtime_never_imports_the_public_api(path):
-    upper = sorted(n for n in imports(path, toplevel_only=True) if n in PUBLIC)
+    upper = sorted(n for n in imports(path) if n in PUBLIC)
     assert not upper, f"{path.relative_to(ROOT)} imports the API layer {upper}"
 
 
@@ -115,3 +127,47 @@ def test_only_the_scheduler_changes_its_queues():
     offenders = [str(p.relative_to(ROOT)) for p in files("**/*.py")
                  if p.name != "scheduler.py" and pattern.search(p.read_text())]
     assert not offenders, f"{offenders} change the scheduler's queues directly"
+
+
+def _module_path(name):
+    parts = name.split(".")[1:]
+    path = ROOT.joinpath(*parts)
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _imported_modules(name, among):
+    """The modules of ``among`` that module ``name`` imports, at any depth in the file."""
+    found = imports(_module_path(name))
+    return {m for m in among if m != name and (m in found or any(f.startswith(m + ".")
+                                                                  for f in found))}
+
+
+@pytest.mark.parametrize("order", [API_ORDER, CORE_ORDER], ids=["api", "core"])
+def test_modules_import_only_lower_ones(order):
+    """A strict order means no cycle: not even a lazy ``from .api import``
+    inside a function (the API modules find the runtime in core.context)."""
+    for index, name in enumerate(order):
+        upper = sorted(_imported_modules(name, order[index + 1:]))
+        assert not upper, f"{name} imports {upper}, which sit above it"
+
+
+def test_the_api_graph_has_no_cycle():
+    modules = set(API_ORDER) | {"zray.core.context"}
+    graph = {m: _imported_modules(m, modules) for m in modules}
+    for a, b in itertools.permutations(modules, 2):
+        assert not (b in graph[a] and a in graph[b]), f"{a} and {b} import each other"
+
+
+def test_nothing_asks_which_runtime_it_has():
+    """Local mode is a runtime with the same methods: the API never branches on it."""
+    offenders = [str(p.relative_to(ROOT)) for p in files("**/*.py")
+                 if re.search(r"is_local_mode|isinstance\([^)]*LocalRuntime", p.read_text())]
+    assert not offenders, f"{offenders} branch on local mode"
+
+
+def test_objects_are_decoded_in_one_place():
+    """Shared-memory objects are mapped and decoded only by the object cache."""
+    offenders = [str(p.relative_to(ROOT)) for p in files("**/*.py")
+                 if p.name not in ("object_cache.py", "client.py")
+                 and re.search(r"object_store\.read\(|plasma\.client\.read\(", p.read_text())]
+    assert not offenders, f"{offenders} decode objects past ObjectCache.decode"

@@ -1,4 +1,11 @@
-"""zray: the Ray API on a broker-less ZeroMQ runtime. ``import zray as ray``."""
+"""zray: the Ray API on a broker-less ZeroMQ runtime. ``import zray as ray``.
+
+Layers, top down: the API (``api`` over ``actor``, ``remote_function``,
+``local_mode``, ``object_ref``), the per-process runtime (``core/``, current
+one in ``core.context``), the node daemon (``sched/``, its pure state in
+``sched/state/``), the object store (``plasma/``), the metadata service
+(``kv/``), and the wire (``transport/``). Lower layers never import upper ones
+(``tests/test_layering.py``)."""
 from . import exceptions
 from .actor import ActorClass, ActorHandle, exit_actor, method
 from .api import get, get_actor, init, is_initialized, kill, put, remote, shutdown, wait

@@ -4,14 +4,11 @@ A handle holds an ``ObjectRef`` to the actor's id, so handles are counted
 like objects: when none is left in any process, the actor exits.
 """
 import inspect
-import os
 
-from .core.submit import (ACTOR_OPTIONS, FunctionBlob, check_options, encode_arguments,
-                          legacy_options, make_spec, new_task_id, num_returns_of)
+from .core import context
+from .core.submit import ACTOR_OPTIONS, FunctionBlob, check_options, legacy_options, num_returns_of
 from .object_ref import ObjectRef
-from .sched.resources import demand_from_options
 from .signature import check_call, describe, describe_method
-from .transport import protocol as P
 
 
 def method(*args, **kwargs):
@@ -43,14 +40,8 @@ class ActorExit(SystemExit):
 def exit_actor():
     """End the current actor: this call's caller gets RayActorError, the
     process exits, and the actor is not restarted."""
-    from . import api
-    from .core import context
-    if api.is_local_mode():
-        in_actor = context.current().in_actor_method
-    else:
-        worker = context.current_worker()
-        in_actor = worker is not None and worker.actor is not None
-    if not in_actor:
+    runtime = context.current()
+    if runtime is None or not runtime.in_actor():
         raise TypeError("ray.exit_actor() can only be called inside a method of an actor; "
                         "to stop an actor from outside use ray.kill(handle)")
     raise ActorExit(0)
@@ -142,49 +133,9 @@ class ActorClass:
         return _Bound()
 
     def _create(self, args, kwargs, options):
-        from . import api
         check_call(self._init_signature, self.__name__, args, kwargs)
-        runtime = api.runtime_for_submit()
-        if api.is_local_mode():
-            return api.local_actor(self._cls, args, kwargs, self._handle_meta(), options)
-        name = options.get("name")
-        if name is not None and options.get("get_if_exists"):
-            try:
-                return api.get_actor(name)
-            except ValueError:
-                pass
-        function_id = self._code.ensure(runtime)
-        frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
-                                                              api.put_serialized)
-        actor_id = os.urandom(20)
-        if name is not None:
-            # Raises ValueError on a duplicate before anything is submitted.
-            runtime.request("reserve_actor_name", name, actor_id)
-        explicit = any(options.get(k) is not None for k in ("num_cpus", "num_gpus", "resources"))
-        if explicit:
-            # Resources asked for explicitly are held for the actor's life.
-            demand = demand_from_options(options.get("num_cpus"), options.get("num_gpus"),
-                                         options.get("resources"), default_cpus=0)
-        else:
-            # As Ray: one CPU to place the actor, none while it lives.
-            demand = demand_from_options(1)
-        restarts = options.get("max_restarts")
-        if restarts is None:
-            restarts = options.get("max_reconstructions") or 0
-        handle_meta = self._handle_meta()
-        extra = {"max_restarts": float("inf") if restarts == -1 else restarts,
-                 "max_task_retries": options.get("max_task_retries") or 0,
-                 "max_concurrency": options.get("max_concurrency"), "name": name,
-                 "hold_resources": explicit, "handle_meta": handle_meta,
-                 "detached": options.get("lifetime") == "detached"}
-        spec = make_spec(P.ACTOR_CREATE, new_task_id(), function_id, self._cls.__name__, 1,
-                         deps, contained + self._code.contained, demand, n_arg_frames=len(frames), actor_id=actor_id,
-                         options=extra, returns=(actor_id,))
-        ref = ObjectRef(actor_id, _runtime=runtime)
-        runtime.expect_results([actor_id])
-        runtime.send_message(P.SUBMIT, spec, frames=frames)
-        del keepalive
-        return ActorHandle(actor_id, handle_meta, ref)
+        return context.for_submit().create_actor(self._code, args, kwargs, options,
+                                                 self._handle_meta(), ActorHandle)
 
     def _handle_meta(self):
         """What a handle needs, in every process: names, returns, signatures."""
@@ -251,23 +202,8 @@ class ActorMethod:
         return method.remote(*(args or ()), **(kwargs or {}))
 
     def remote(self, *args, **kwargs):
-        from . import api
         handle = self._handle
-        check_call(handle._signatures.get(self._name), f"{handle._class_name}.{self._name}",
-                   args, kwargs)
-        if api.is_local_mode():
-            return api.local_method(handle, self._name, args, kwargs, self._num_returns)
-        runtime = api.runtime_for_submit()
-        frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
-                                                              api.put_serialized)
-        spec = make_spec(P.ACTOR_METHOD, new_task_id(), b"",
-                         f"{handle._class_name}.{self._name}", self._num_returns, deps,
-                         contained, {}, n_arg_frames=len(frames), actor_id=handle._actor_id,
-                         method=self._name)
-        refs = [ObjectRef(object_id, _runtime=runtime) for object_id in spec.return_ids]
-        runtime.expect_results(spec.return_ids)
-        runtime.send_message(P.SUBMIT, spec, frames=frames)
-        del keepalive
-        if self._num_returns == 1:
-            return refs[0]
-        return refs if self._num_returns else None
+        label = f"{handle._class_name}.{self._name}"
+        check_call(handle._signatures.get(self._name), label, args, kwargs)
+        return context.for_submit().submit_actor_method(handle._actor_id, label, self._name,
+                                                        args, kwargs, self._num_returns)

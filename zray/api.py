@@ -1,23 +1,24 @@
 """The public functions of ``zray``: init/shutdown, get/put/wait, remote.
 
 One ``_Session`` object holds everything ``init`` made; ``shutdown`` undoes
-it. Nothing is created at import time.
+it. Nothing is created at import time. ``init`` puts a runtime in
+``core.context`` (a cluster ``Runtime``, or a ``LocalRuntime`` in local
+mode, with the same methods); every call here and in ``actor`` /
+``remote_function`` goes to whichever it is, without asking which.
 """
 import atexit
 import numbers
 import os
 import threading
 
-from . import local_mode as _local
 from . import stackdump
 from .actor import ActorClass, ActorHandle
 from .core import context
 from .core.runtime import Runtime
-from .exceptions import RaySystemError
+from .local_mode import LocalRuntime
 from .object_ref import ObjectRef
 from .plasma import shm
 from .remote_function import RemoteFunction
-from .serialization import serialize
 
 _INIT_LEGACY_OPTIONS = {
     "redis_max_memory", "node_ip_address", "object_id_seed", "num_redis_shards",
@@ -35,12 +36,10 @@ _lock = threading.RLock()
 
 
 class _Session:
-    def __init__(self, runtime, daemons, kv, info, local=None):
+    def __init__(self, runtime, daemons, info):
         self.runtime = runtime
         self.daemons = daemons
-        self.kv = kv
         self.info = info
-        self.local = local
 
 
 # == init / shutdown ===========================================================
@@ -75,9 +74,8 @@ def init(address=None, *, num_cpus=None, num_gpus=None, resources=None,
         password = redis_password or _password or options.get("_redis_password") or ""
         _check_resources(num_cpus, num_gpus, resources, object_store_memory)
         if local_mode:
-            _session = _Session(None, None, None, {"local_mode": True},
-                                local=_local.LocalRuntime())
-            context.set_current(_session.local)
+            _session = _Session(LocalRuntime(), None, {"local_mode": True})
+            context.set_current(_session.runtime)
         elif address:
             if any(v is not None for v in (num_cpus, num_gpus, resources, object_store_memory)):
                 raise ValueError("when connecting to an existing cluster (address=...), "
@@ -158,7 +156,7 @@ def _start_local(num_cpus, num_gpus, resources, object_store_memory, plasma_dire
     context.set_current(runtime)
     info = dict(daemons.info)
     info["address"] = daemons.info["kv_address"]
-    return _Session(runtime, daemons, None, info)
+    return _Session(runtime, daemons, info)
 
 
 def _connect(address, password, log_to_driver):
@@ -167,7 +165,7 @@ def _connect(address, password, log_to_driver):
     node_address, info = find_cluster(address, password)
     runtime = Runtime(node_address, "driver", password=password, log_to_driver=log_to_driver)
     context.set_current(runtime)
-    return _Session(runtime, None, None, info)
+    return _Session(runtime, None, info)
 
 
 def shutdown(exiting_interpreter=False):
@@ -179,13 +177,13 @@ def shutdown(exiting_interpreter=False):
             return
         context.set_current(None)
         stackdump.uninstall()
-        if session.runtime is not None:
-            session.runtime.close()
+        session.runtime.close()
         if session.daemons is not None:
             session.daemons.stop()
 
 
 _exit_hook_registered = False
+context.set_auto_init(init)     # a .remote() before ray.init starts zray, as in Ray
 
 
 def _register_exit_hook():
@@ -200,66 +198,23 @@ def is_initialized():
 
 
 # == helpers for the other API modules =========================================
-def runtime_for_submit():
-    runtime = context.current()
-    if runtime is None:
-        init()
-        runtime = context.current()
-    return runtime
-
-
-def is_local_mode():
-    return isinstance(context.current(), _local.LocalRuntime)
-
-
 def _runtime():
-    runtime = context.current()
-    if runtime is None:
-        raise RaySystemError("zray is not running in this process: call ray.init() first")
-    return runtime
+    return context.require()
 
 
 def _kv():
-    """A kv client for this process (drivers and workers alike), made on first use."""
+    """A kv client for this process (drivers and workers alike); None in local mode."""
     runtime = context.current()
-    if runtime is None or is_local_mode():
-        return None
-    if getattr(runtime, "kv", None) is None:
-        from .kv.client import KvClient
-        address = runtime.node_info.get("kv_address")
-        if not address:
-            return None
-        runtime.kv = KvClient(address, runtime.password)
-    return runtime.kv
-
-
-def _in_task():
-    worker = context.current_worker()
-    return worker is not None and getattr(worker.current_task, "spec", None) is not None
-
-
-local_call = _local.local_call
-local_actor = _local.local_actor
-local_method = _local.local_method
+    return None if runtime is None else runtime.kv_client()
 
 
 # == objects ===================================================================
 def put(value):
     """Store ``value`` in the object store; return its ObjectRef."""
-    runtime = runtime_for_submit()
+    runtime = context.for_submit()
     if isinstance(value, ObjectRef):
         raise TypeError("ray.put of an ObjectRef is not allowed; pass the ObjectRef itself")
-    if is_local_mode():
-        return runtime.put(value)
-    return put_serialized(serialize(value))
-
-
-def put_serialized(data):
-    runtime = _runtime()
-    object_id = os.urandom(16) + b"\xff\xff\xff\xff"
-    ref = ObjectRef(object_id, _runtime=runtime)
-    runtime.put_serialized(object_id, data)
-    return ref
+    return runtime.put(value)
 
 
 def _as_ref_list(refs, what):
@@ -285,11 +240,7 @@ def get(object_refs, *, timeout=None):
     """The value(s) of one ObjectRef or a list of them; blocks until ready."""
     refs, single = _as_ref_list(object_refs, "ray.get")
     _check_timeout(timeout)
-    runtime = _runtime()
-    if is_local_mode():
-        values = runtime.get([r.id for r in refs])
-    else:
-        values = runtime.get_values([r.id for r in refs], timeout, _in_task())
+    values = context.require().get([r.id for r in refs], timeout)
     return values[0] if single else values
 
 
@@ -307,11 +258,7 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
     if num_returns > len(refs):
         raise ValueError(f"num_returns={num_returns} is more than the {len(refs)} refs given")
-    runtime = _runtime()
-    if is_local_mode():
-        ready_ids = {r.id for r in refs}
-    else:
-        ready_ids = runtime.wait_objects([r.id for r in refs], num_returns, timeout, _in_task())
+    ready_ids = context.require().wait([r.id for r in refs], num_returns, timeout)
     ready, not_ready = [], []
     for ref in refs:
         if ref.id in ready_ids and len(ready) < num_returns:
@@ -346,18 +293,12 @@ def _make_remote(target, options):
 
 # == actors ====================================================================
 def kill(actor, *, no_restart=True):
-    if not isinstance(actor, (ActorHandle, _local.LocalActorHandle)):
+    if not isinstance(actor, ActorHandle):
         raise TypeError(f"ray.kill takes an actor handle, got {type(actor).__name__}")
-    if is_local_mode():
-        return actor._kill()
-    _runtime().request("kill_actor", actor._actor_id, no_restart)
+    context.require().kill_actor(actor._actor_id, no_restart)
 
 
 def get_actor(name):
     if not isinstance(name, str):
         raise TypeError(f"ray.get_actor takes the actor's name, got {name!r}")
-    runtime = _runtime()
-    if is_local_mode():
-        return runtime.get_actor(name)
-    actor_id, meta = runtime.request("get_actor", name)
-    return ActorHandle(actor_id, meta, ObjectRef(actor_id, borrowed=True, _runtime=runtime))
+    return context.require().get_actor(name, ActorHandle)

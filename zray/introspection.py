@@ -11,24 +11,18 @@ from .core import context
 
 def cluster_resources():
     """Total resources of the cluster: {'CPU': 2, 'GPU': 0, ...}."""
-    if api.is_local_mode():
-        return {}
-    return api._runtime().request("cluster_resources")
+    return context.require().request("cluster_resources")
 
 
 def available_resources():
     """Resources free right now."""
-    if api.is_local_mode():
-        return {}
-    return api._runtime().request("available_resources")
+    return context.require().request("available_resources")
 
 
 def nodes():
     """One dict per node: id, address, resources, alive."""
-    if api.is_local_mode():
-        return []
     rows = []
-    for n in api._runtime().request("nodes"):
+    for n in context.require().request("nodes"):
         ip, port = _ip_and_port(n.get("tcp_address"))
         rows.append({"NodeID": n["node_id"], "Alive": n["alive"], "Resources": n["resources"],
                      "NodeManagerAddress": ip, "NodeManagerPort": port,
@@ -98,17 +92,14 @@ def get_webui_url():
 
 def timeline(filename=None):
     """Task start/end events (chrome://tracing format); written to ``filename`` if given."""
-    runtime = api._runtime()
-    if api.is_local_mode():
-        events = []
-    else:
-        runtime._flush_events_now()
-        held = runtime.request("flush_events")      # the node's batch, not yet stored
-        kv = api._kv()
-        if kv is not None and held:
-            kv.call("add_events", held)
-        stored = kv.scan("event:") if kv is not None else {}
-        events = [stored[key] for key in sorted(stored)]
+    runtime = context.require()
+    runtime.flush_events()
+    held = runtime.request("flush_events")      # the node's batch, not yet stored
+    kv = runtime.kv_client()
+    if kv is not None and held:
+        kv.call("add_events", held)
+    stored = kv.scan("event:") if kv is not None else {}
+    events = [stored[key] for key in sorted(stored)]
     if filename is not None:
         with open(filename, "w") as out:
             json.dump(events, out)
@@ -131,7 +122,7 @@ class profile:
 
     def __exit__(self, *exc):
         runtime = context.current()
-        if runtime is None or not hasattr(runtime, "record_event"):
+        if runtime is None:
             return False
         event = {"name": self.extra_data.get("name", self.event_type), "cat": self.event_type,
                  "ph": "X", "pid": os.getpid(), "tid": threading.get_ident() % 100000,

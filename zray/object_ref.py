@@ -52,14 +52,12 @@ class ObjectRef:
         # ``await ref`` in an async actor: the blocking get runs on the loop's
         # thread pool, so other calls on the loop keep running meanwhile.
         import asyncio
-        from .api import get
-        return asyncio.get_running_loop().run_in_executor(None, get, self).__await__()
+        return asyncio.get_running_loop().run_in_executor(None, _value_of, self).__await__()
 
     def as_future(self):
         """An asyncio future of the value (call from inside a running loop)."""
         import asyncio
-        from .api import get
-        return asyncio.get_running_loop().run_in_executor(None, get, self)
+        return asyncio.get_running_loop().run_in_executor(None, _value_of, self)
 
     @classmethod
     def from_random(cls):
@@ -88,6 +86,10 @@ class _NotCounted:
 
 
 _NOT_COUNTED = _NotCounted()
+
+
+def _value_of(ref):
+    return context.require().get([ref.id])[0]
 
 
 def _rebuild_ref(object_id):

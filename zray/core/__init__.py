@@ -1,2 +1,10 @@
-"""Per-process runtime: the connection to the node (``runtime``), the worker
-main loop (``worker``) and the process-wide current runtime (``context``)."""
+"""The client runtime, in layers (each imports only those below it)::
+
+    worker       the worker main loop: runs tasks and actor methods
+    runtime      what the API calls (put, get, wait, submit_task, ...), built from
+    submit       task specs: argument encoding, options, ids
+    connection   the socket to the node, its I/O thread, Ctrl-C safety
+    refcount     live ObjectRefs here; ADD_REF / REMOVE_REF to send
+    object_cache objects received and the one ``decode``
+    context      the current runtime (cluster or local), for the API modules
+"""

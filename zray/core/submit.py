@@ -1,4 +1,5 @@
-"""Building task specs: argument encoding, option checking, ids.
+"""Building and sending task specs: argument encoding, option checking, ids;
+the cluster runtime's submit_task, create_actor and submit_actor_method.
 
 Top-level ``ObjectRef`` arguments become dependencies (the task runs once
 they exist and receives their values); refs nested deeper travel as refs.
@@ -12,8 +13,7 @@ from ..sched.resources import demand_from_options
 from ..serialization import dumps_function, serialize
 from ..transport import protocol as P
 from ..transport.protocol import function_id_of
-from .runtime import INLINE_MAX_BYTES
-from .worker import ArgRef
+from .object_cache import INLINE_MAX_BYTES
 
 # Options Ray accepts that zray takes without acting on them.
 _ACCEPTED_QUIETLY = {"memory", "object_store_memory", "accelerator_type", "runtime_env",
@@ -28,6 +28,17 @@ ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "max_restarts", "max_recon
                  "get_if_exists", "concurrency_groups"} | _ACCEPTED_QUIETLY
 
 DEFAULT_MAX_RETRIES = 3
+
+
+class ArgRef:
+    """Placeholder for a top-level ObjectRef argument, replaced by its value."""
+    __slots__ = ("index",)
+
+    def __init__(self, index):
+        self.index = index
+
+    def __reduce__(self):
+        return ArgRef, (self.index,)
 
 
 def check_options(options, allowed, what):
@@ -99,7 +110,7 @@ class FunctionBlob:
         return self._id
 
 
-def encode_arguments(runtime, args, kwargs, put_large):
+def encode_arguments(runtime, args, kwargs):
     """Return (frames, dep_ids, contained_ids, keepalive) for a task's arguments."""
     deps, keepalive = [], []
 
@@ -119,7 +130,7 @@ def encode_arguments(runtime, args, kwargs, put_large):
             single = serialize(value)
             if single.nbytes < INLINE_MAX_BYTES // 4:
                 return value
-            ref = put_large(single)
+            ref = runtime.put_data(single)
             keepalive.append(ref)
             return as_marker(ref)
         plain_args = [by_ref_if_large(a) for a in plain_args]
@@ -136,3 +147,81 @@ def make_spec(kind, task_id, function_id, name, n_returns, deps, contained, dema
                       returns if returns is not None else return_ids(task_id, n_returns),
                       deps, contained, demand, max_retries, max_calls, n_arg_frames,
                       actor_id, method, options or {}, None)
+
+
+def _refs(runtime, spec, n_returns):
+    refs = [ObjectRef(object_id, _runtime=runtime) for object_id in spec.return_ids]
+    if n_returns == 1:
+        return refs[0]
+    return refs if n_returns else None
+
+
+def submit_task(runtime, code, args, kwargs, options):
+    """Send a task of ``code`` (a FunctionBlob); its ObjectRef(s)."""
+    n_returns = num_returns_of(options)
+    function_id = code.ensure(runtime)
+    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
+    demand = demand_from_options(options.get("num_cpus"), options.get("num_gpus"),
+                                 options.get("resources"))
+    max_retries = options.get("max_retries")
+    spec = make_spec(P.TASK, new_task_id(), function_id, code.name, n_returns, deps,
+                     contained + code.contained, demand,
+                     max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+                     max_calls=options.get("max_calls") or 0, n_arg_frames=len(frames))
+    refs = _refs(runtime, spec, n_returns)
+    runtime.expect_results(spec.return_ids)
+    runtime.send_message(P.SUBMIT, spec, frames=frames)
+    del keepalive
+    return refs
+
+
+def create_actor(runtime, code, args, kwargs, options, handle_meta, make_handle):
+    """Send an actor's creation task; ``make_handle(actor_id, meta, ref)``."""
+    name = options.get("name")
+    if name is not None and options.get("get_if_exists"):
+        try:
+            return runtime.get_actor(name, make_handle)
+        except ValueError:
+            pass
+    function_id = code.ensure(runtime)
+    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
+    actor_id = os.urandom(20)
+    if name is not None:
+        # Raises ValueError on a duplicate before anything is submitted.
+        runtime.request("reserve_actor_name", name, actor_id)
+    explicit = any(options.get(k) is not None for k in ("num_cpus", "num_gpus", "resources"))
+    if explicit:
+        # Resources asked for explicitly are held for the actor's life.
+        demand = demand_from_options(options.get("num_cpus"), options.get("num_gpus"),
+                                     options.get("resources"), default_cpus=0)
+    else:
+        # As Ray: one CPU to place the actor, none while it lives.
+        demand = demand_from_options(1)
+    restarts = options.get("max_restarts")
+    if restarts is None:
+        restarts = options.get("max_reconstructions") or 0
+    extra = {"max_restarts": float("inf") if restarts == -1 else restarts,
+             "max_task_retries": options.get("max_task_retries") or 0,
+             "max_concurrency": options.get("max_concurrency"), "name": name,
+             "hold_resources": explicit, "handle_meta": handle_meta,
+             "detached": options.get("lifetime") == "detached"}
+    spec = make_spec(P.ACTOR_CREATE, new_task_id(), function_id, handle_meta[0], 1, deps,
+                     contained + code.contained, demand, n_arg_frames=len(frames),
+                     actor_id=actor_id, options=extra, returns=(actor_id,))
+    ref = ObjectRef(actor_id, _runtime=runtime)
+    runtime.expect_results([actor_id])
+    runtime.send_message(P.SUBMIT, spec, frames=frames)
+    del keepalive
+    return make_handle(actor_id, handle_meta, ref)
+
+
+def submit_actor_method(runtime, actor_id, label, method, args, kwargs, n_returns):
+    """Send one call of an actor's method; its ObjectRef(s)."""
+    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
+    spec = make_spec(P.ACTOR_METHOD, new_task_id(), b"", label, n_returns, deps, contained, {},
+                     n_arg_frames=len(frames), actor_id=actor_id, method=method)
+    refs = _refs(runtime, spec, n_returns)
+    runtime.expect_results(spec.return_ids)
+    runtime.send_message(P.SUBMIT, spec, frames=frames)
+    del keepalive
+    return refs

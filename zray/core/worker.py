@@ -22,18 +22,7 @@ from ..transport import protocol as P
 from ..stackdump import install as install_stack_dump
 from . import context
 from .runtime import Runtime
-from ..plasma import client as object_store
-
-
-class ArgRef:
-    """Placeholder for a top-level ObjectRef argument, replaced by its value."""
-    __slots__ = ("index",)
-
-    def __init__(self, index):
-        self.index = index
-
-    def __reduce__(self):
-        return ArgRef, (self.index,)
+from .submit import ArgRef
 
 
 class Worker:
@@ -167,9 +156,10 @@ class Worker:
         if not dep_headers:
             return args, kwargs
         dep_values, offset = [], n_args
+        decode = self.runtime.objects.decode
         for header in dep_headers:
             n = header[2]
-            dep_values.append(_decode_entry(header, frames[offset:offset + n], self.runtime))
+            dep_values.append(decode(header, frames[offset:offset + n]))
             offset += n
         args = [dep_values[a.index] if isinstance(a, ArgRef) else a for a in args]
         kwargs = {k: dep_values[v.index] if isinstance(v, ArgRef) else v
@@ -318,19 +308,6 @@ class _Unloadable:
         raise RuntimeError(f"could not load the code of {self.name} in the worker: "
                            f"{type(self.exc).__name__}: {self.exc}. Is the module it comes from "
                            f"importable on this node (same working directory / PYTHONPATH)?")
-
-
-def _decode_entry(header, frames, runtime):
-    if header[1] == P.INLINE:
-        value = deserialize(frames[0], frames[1:])
-        is_error = header[5]
-    else:
-        meta, buffers, is_error = object_store.read(runtime.mapped, header[0], header[3],
-                                                    runtime.spill_dir)
-        value = deserialize(meta, buffers)
-    if is_error:
-        raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value
-    return value
 
 
 def _short(value):

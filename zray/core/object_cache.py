@@ -1,0 +1,79 @@
+"""The objects this process has received, and the one way to decode them.
+
+An entry is ``(header, frames)`` as the node sent it: inline frames, or the
+location of a shared-memory file (mapped on first read, and kept mapped
+while any value still views it). An object is kept while a local
+``ObjectRef`` to it lives (``holds``); the ref counter ``forget``s it after.
+"""
+import weakref
+
+from ..exceptions import RayTaskError
+from ..plasma import client as object_store
+from ..serialization import deserialize
+from ..transport import protocol as P
+
+# header fields
+ID, KIND, N_FRAMES, LOCATION, CONTAINED, IS_ERROR = range(6)
+
+
+class ObjectCache:
+    def __init__(self, cond, holds, spill_dir):
+        self.cond = cond            # the connection's: notified as objects arrive
+        self.holds = holds          # fn(object_id) -> True while a local ref lives
+        self.spill_dir = spill_dir
+        self.objects = {}           # object_id -> (header, frames)
+        self.mapped = weakref.WeakValueDictionary()   # object_id -> mmap, while values use it
+        self.owned_pending = set()  # results of our tasks not yet pushed to us
+        self.requested = set()      # ids we asked the node for
+
+    def on_objects(self, fields, frames):
+        """OBJECTS from the node: results we own, or objects we asked for."""
+        (entries,) = fields
+        offset = 0
+        with self.cond:
+            for header in entries:
+                object_id, n = header[ID], header[N_FRAMES]
+                self.owned_pending.discard(object_id)
+                self.requested.discard(object_id)
+                if self.holds(object_id):
+                    self.objects[object_id] = (header, frames[offset:offset + n])
+                offset += n
+            self.cond.notify_all()
+
+    def add(self, object_id, header, frames):
+        with self.cond:
+            self.objects[object_id] = (header, frames)
+
+    def expect(self, object_ids):
+        """Results of tasks we submitted: the node pushes them, no need to ask."""
+        with self.cond:
+            self.owned_pending.update(object_ids)
+
+    def forget(self, object_ids):
+        """No local ref left; True if one of them was in shared memory."""
+        in_shared_memory = False
+        with self.cond:
+            for object_id in object_ids:
+                entry = self.objects.pop(object_id, None)
+                self.mapped.pop(object_id, None)
+                if entry is not None and entry[0][KIND] != P.INLINE:
+                    in_shared_memory = True
+        return in_shared_memory
+
+    def decode(self, header, frames):
+        """The value of an object; raises it if it is an error (a task's error
+        as an instance of its cause, as Ray does)."""
+        if header[KIND] == P.INLINE:
+            value = deserialize(frames[0], frames[1:])
+            is_error = header[IS_ERROR]
+        else:
+            meta, buffers, is_error = object_store.read(self.mapped, header[ID],
+                                                        header[LOCATION], self.spill_dir)
+            value = deserialize(meta, buffers)
+        if is_error:
+            raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value
+        return value
+
+
+# Below this an object travels inside messages; above, in a shared-memory file.
+INLINE_MAX_BYTES = 100 * 1024
