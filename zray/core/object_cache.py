@@ -55,9 +55,10 @@ class ObjectCache:
         with self.cond:
             for object_id in object_ids:
                 entry = self.objects.pop(object_id, None)
-                self.mapped.pop(object_id, None)
-                if entry is not None and entry[0][KIND] != P.INLINE:
-                    in_shared_memory = True
+                if entry is None or entry[0][KIND] != P.INLINE:
+                    # Only shared-memory objects are mapped (a weak dict's pop is dear).
+                    self.mapped.pop(object_id, None)
+                    in_shared_memory = entry is not None or in_shared_memory
         return in_shared_memory
 
     def decode(self, header, frames):
