@@ -45,8 +45,14 @@ class FakeDisk:
     def unlink(self, path):
         self.unlinked.append(path)
 
-    def start_copy(self, object_id, path, spill_dir):
-        self.copies.append((object_id, path, spill_dir))
+    def start_copy(self, object_id, location, spill_dir):
+        self.copies.append((object_id, location[0], spill_dir))
+
+    def make_chunk(self, index, size):
+        return f"/shm/arena-{index}"
+
+    def allocate_pages(self, path, offset, size):
+        pass
 
     def free_bytes(self, spill_dir):
         return self.free

@@ -50,6 +50,31 @@ def store_stats():
     return ray.api._runtime().request("store_stats")
 
 
+def stored(ref):
+    """The node's row for ``ref`` (``where``, ``path``: its file or arena
+    chunk, ``offset``, ``size``), or None once it is freed."""
+    rows = ray.api._runtime().request("memory")
+    return next((r for r in rows if r["object_id"] == ref.hex()), None)
+
+
+def _row(object_hex):
+    rows = ray.api._runtime().request("memory")
+    return next((r for r in rows if r["object_id"] == object_hex), None)
+
+
+def in_block(array, row):
+    """True if the array's data lies inside the object's own bytes."""
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split()
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if start <= array.ctypes.data < end and fields[-1] == row["path"]:
+                # Where the mapping starts in the file, plus the address's distance.
+                at = int(fields[2], 16) + array.ctypes.data - start
+                return row["offset"] <= at and at + array.nbytes <= row["offset"] + row["size"]
+    return False
+
+
 def arrays_in(value):
     if isinstance(value, np.ndarray):
         return [value]
@@ -97,7 +122,9 @@ class TestSharedSession:
         np.testing.assert_array_equal(value, array)
         assert not value.flags.writeable
         path, perms = mapping_of(value.ctypes.data)
-        assert path == object_file(ray_shared, ref)
+        row = stored(ref)
+        assert path == row["path"] and in_block(value, row)
+        assert "-arena-" in path                # large objects live in the arena
         assert perms.startswith("r-")           # mapped read-only, not just flagged
         with pytest.raises(ValueError, match="read-only"):
             value[0] = 1.0
@@ -117,7 +144,7 @@ class TestSharedSession:
         for original, array in zip((a, b), found):
             np.testing.assert_array_equal(array, original)
             assert not array.flags.writeable
-            assert mapping_of(array.ctypes.data)[0] == object_file(ray_shared, ref)
+            assert in_block(array, stored(ref))
 
     def test_task_argument_and_result_are_zero_copy(self, ray_shared):
         @ray.remote
@@ -126,7 +153,7 @@ class TestSharedSession:
 
         ref = ray.put(np.zeros(MiB // 8))
         path, writeable = ray.get(where.remote(ref))
-        assert path == object_file(ray_shared, ref) and writeable is False
+        assert path == stored(ref)["path"] and writeable is False
 
         @ray.remote
         def make():
@@ -135,42 +162,72 @@ class TestSharedSession:
         result_ref = make.remote()
         result = ray.get(result_ref)
         assert (result == 7.0).all() and not result.flags.writeable
-        assert mapping_of(result.ctypes.data)[0] == object_file(ray_shared, result_ref)
+        assert in_block(result, stored(result_ref))
 
     def test_memory_released_after_del(self, ray_shared):
-        ref = ray.put(np.ones(2 * MiB // 8))
+        # Mid-sized objects get a file of their own; it goes with the last ref.
+        ref = ray.put(np.ones(MiB // 16))
         path = object_file(ray_shared, ref)
-        assert os.path.exists(path)
+        assert os.path.exists(path) and stored(ref)["path"] == path
         size = os.path.getsize(path)
         held = store_stats()["shm_bytes"]
-        assert held >= size >= 2 * MiB
+        assert held >= size >= MiB // 2
         del ref
         stats = store_stats()        # the REMOVE_REF goes out before this request
         assert not os.path.exists(path)
         assert stats["shm_bytes"] == held - size
+        # Large ones live in an arena block; it is free again after the last ref.
+        before = store_stats()
+        ref = ray.put(np.ones(2 * MiB // 8))
+        size = stored(ref)["size"]
+        during = store_stats()
+        assert during["shm_bytes"] == before["shm_bytes"] + size >= 2 * MiB
+        assert during["arena_used_bytes"] >= before["arena_used_bytes"] + size
+        del ref
+        after = store_stats()
+        assert after["shm_bytes"] == before["shm_bytes"]
+        assert after["arena_used_bytes"] == before["arena_used_bytes"]
+
+    def test_arena_block_reused_only_when_no_value_views_it(self, ray_shared):
+        first = ray.put(np.full(2 * MiB // 8, 1.0))
+        block = stored(first)
+        del first                                   # never read: its block is free at once
+        second = ray.put(np.full(2 * MiB // 8, 2.0))
+        assert stored(second)["offset"] == block["offset"]      # same pages again
+        value = ray.get(second)
+        assert store_stats()["pinned_objects"] == 1
+        del second                                  # freed, but `value` still views it
+        third = ray.put(np.full(2 * MiB // 8, 3.0))
+        assert stored(third)["offset"] != block["offset"]
+        assert (value == 2.0).all()
+        del value                                   # the pin goes (batched with the refs)
+        assert wait_for(lambda: store_stats()["pinned_objects"] == 0)
+        del third
+        fourth = ray.put(np.full(2 * MiB // 8, 4.0))
+        assert stored(fourth)["offset"] == block["offset"]
+        assert (ray.get(fourth) == 4.0).all()
 
     def test_pending_task_and_containing_object_keep_objects_alive(self, ray_shared):
         inner = ray.put(np.ones(MiB // 8))
-        inner_path = object_file(ray_shared, inner)
+        inner_id = inner.hex()
         outer = ray.put([inner])        # a stored object holding a ref counts as a holder
         del inner
-        assert os.path.exists(inner_path)
+        assert stored(outer) is not None and _row(inner_id) is not None
         (inner_again,) = ray.get(outer)
         assert ray.get(inner_again).sum() == MiB // 8
         del inner_again, outer
-        assert wait_for(lambda: not os.path.exists(inner_path)), \
-            ray.api._runtime().request("memory")
+        assert wait_for(lambda: _row(inner_id) is None), ray.api._runtime().request("memory")
 
         @ray.remote
         def total(x):
             return float(x.sum())
 
         arg = ray.put(np.ones(MiB // 8))
-        arg_path = object_file(ray_shared, arg)
+        arg_id = arg.hex()
         result = total.remote(arg)
         del arg                     # the submitted task still needs it
         assert ray.get(result) == MiB // 8
-        assert wait_for(lambda: not os.path.exists(arg_path))
+        assert wait_for(lambda: _row(arg_id) is None)
 
 
 # == stored once ================================================================
@@ -234,7 +291,10 @@ def test_put_drop_50mb_1000_times_under_500mb(start_ray):
     stats = store_stats()
     assert stats["created_objects"] == 1000
     assert stats["shm_bytes"] == 0 and stats["spilled_objects"] == 0
-    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"zray-{info['session_name']}-")]
+    assert stats["arena_used_bytes"] == 0
+    # One arena chunk, no file per object.
+    assert [f for f in os.listdir("/dev/shm") if f.startswith(f"zray-{info['session_name']}-")] \
+        == [f"zray-{info['session_name']}-arena-0"]
 
 
 # == capacity and spilling ======================================================
@@ -249,7 +309,7 @@ def test_full_store_spills_oldest_and_restores_on_get(start_ray):
     spilled = set(os.listdir(stats["spill_dir"]))
     # Oldest first: the first object is on disk, the last one in memory.
     assert os.path.basename(object_file(info, refs[0])) in spilled
-    assert os.path.exists(object_file(info, refs[-1]))
+    assert stored(refs[-1])["where"] == "shm"
     for i, ref in enumerate(refs):
         value = ray.get(ref)
         assert value.shape == (16 * MiB // 8,) and (value == i).all()
@@ -282,8 +342,11 @@ def test_store_full_when_disk_cannot_take_spill(start_ray):
     assert isinstance(caught.value, MemoryError)
     # Nothing referenced was lost, and the failed put left no file behind.
     assert [float(ray.get(r)[0]) for r in kept] == [0.0, 1.0]
-    assert len([f for f in os.listdir("/dev/shm")
-                if f.startswith(f"zray-{info['session_name']}-")]) == 2
+    assert [f for f in os.listdir("/dev/shm")
+            if f.startswith(f"zray-{info['session_name']}-")] == [f"zray-{info['session_name']}-arena-0"]
+    stats = store_stats()
+    assert stats["reserved_bytes"] == 0
+    assert 0 <= stats["arena_used_bytes"] - sum(stored(r)["size"] for r in kept) < 2 * 4096
     os.unlink(spill_dir)           # the disk can take it again
     late = ray.put(np.full(16 * MiB // 8, 9.0))
     assert float(ray.get(late)[0]) == 9.0
@@ -335,10 +398,10 @@ def test_object_spilling_directory_must_be_usable(tmp_path):
 
 # == options ====================================================================
 def test_plasma_directory_holds_the_objects(start_ray, tmp_path):
-    info = start_ray(plasma_directory=str(tmp_path))
+    start_ray(plasma_directory=str(tmp_path))
     ref = ray.put(np.arange(MiB // 8))
-    path = object_file(info, ref, str(tmp_path))
-    assert os.path.exists(path)
+    path = stored(ref)["path"]
+    assert os.path.dirname(path) == str(tmp_path) and os.path.exists(path)
     value = ray.get(ref)
     assert mapping_of(value.ctypes.data)[0] == path and not value.flags.writeable
     del value, ref
@@ -393,6 +456,14 @@ def test_mapped_writer_makes_the_same_file(tmp_path):
 
 
 # == the store's state machine, without sockets ==================================
+def _disk(tmp_path):
+    return SpillDisk(str(tmp_path), "t")            # arena chunks in tmp_path, session "t"
+
+
+def spilled_name(object_id):
+    return shm.object_file_name("t", object_id)
+
+
 def _sealed_file(directory, name, size):
     path = os.path.join(directory, name)
     with open(path, "wb") as f:
@@ -403,7 +474,7 @@ def _sealed_file(directory, name, size):
 def test_object_table_reserve_spill_free(tmp_path):
     memory, spill = tmp_path / "mem", tmp_path / "spill"
     memory.mkdir()
-    table = ObjectTable(capacity_bytes=3000, spill_dir=str(spill), disk=SpillDisk())
+    table = ObjectTable(capacity_bytes=3000, spill_dir=str(spill), disk=_disk(tmp_path))
     ids = [bytes([i]) * 20 for i in range(4)]
     paths = []
     for object_id in ids[:3]:
@@ -422,14 +493,14 @@ def test_object_table_reserve_spill_free(tmp_path):
     table.finish_spills(wait=True)
     assert table.reserved_bytes == 1500 and table.shm_bytes == 1000
     assert table.spilling_bytes == 0
-    assert sorted(os.listdir(spill)) == sorted(i.hex() for i in ids[:2])
+    assert sorted(os.listdir(spill)) == sorted(spilled_name(i) for i in ids[:2])
     assert not os.path.exists(paths[0])
-    assert open(spill / ids[0].hex(), "rb").read() == contents
-    assert table.get(ids[0]).location == (str(spill / ids[0].hex()), 1000)
+    assert open(spill / spilled_name(ids[0]), "rb").read() == contents
+    assert table.get(ids[0]).location == (str(spill / spilled_name(ids[0])), 1000)
     table.release_reservations_of(b"w2")            # the writer died before sealing
     assert table.reserved_bytes == 0
     table.remove_ref(ids[0])
-    assert not (spill / ids[0].hex()).exists() and table.spilled_bytes == 1000
+    assert not (spill / spilled_name(ids[0])).exists() and table.spilled_bytes == 1000
     assert table.reserve(ids[3], 4000) == ON_DISK     # bigger than the store: to disk
     assert table.disk_reserved_bytes == 4000 and table.reserved_bytes == 0
     on_disk = _sealed_file(spill, shm.object_file_name("s", ids[3]), 4000)
@@ -445,7 +516,7 @@ def test_object_table_reserve_spill_free(tmp_path):
 
 
 def test_object_table_disk_full_names_sizes_and_paths(tmp_path):
-    table = ObjectTable(capacity_bytes=1000, spill_dir=str(tmp_path / "spill"), disk=SpillDisk())
+    table = ObjectTable(capacity_bytes=1000, spill_dir=str(tmp_path / "spill"), disk=_disk(tmp_path))
     too_big = shm.free_bytes(str(tmp_path)) + (1 << 30)
     with pytest.raises(ObjectStoreFullError) as caught:
         table.reserve(b"a" * 20, too_big)
@@ -459,11 +530,11 @@ def test_object_table_disk_full_names_sizes_and_paths(tmp_path):
 def test_object_table_spill_freed_in_flight_or_failed(tmp_path):
     memory, spill = tmp_path / "mem", tmp_path / "spill"
     memory.mkdir()
-    table = ObjectTable(capacity_bytes=2000, spill_dir=str(spill), disk=SpillDisk())
+    table = ObjectTable(capacity_bytes=2000, spill_dir=str(spill), disk=_disk(tmp_path))
     ids = [bytes([i]) * 20 for i in range(3)]
     paths = [_sealed_file(memory, i.hex(), 1000) for i in ids]
     # A directory where the copy of ids[1] should go: its rename fails.
-    (spill / ids[1].hex() / "x").mkdir(parents=True)
+    (spill / spilled_name(ids[1]) / "x").mkdir(parents=True)
     for object_id, path in zip(ids[:2], paths):
         table.expect(object_id).refcount = 1
         table.seal((object_id, P.SHM, 0, (path, 1000), (), False), [])
@@ -471,7 +542,7 @@ def test_object_table_spill_freed_in_flight_or_failed(tmp_path):
     assert table.reserve(ids[2], 2000) == IN_MEMORY      # spills both
     table.remove_ref(ids[0])                              # freed while being copied
     table.finish_spills(wait=True)
-    assert not os.path.exists(paths[0]) and not (spill / ids[0].hex()).exists()
+    assert not os.path.exists(paths[0]) and not (spill / spilled_name(ids[0])).exists()
     # The failed copy left the object in memory, readable, and said why.
     assert table.get(ids[1]).location == (paths[1], 1000) and os.path.exists(paths[1])
     assert table.shm_bytes == 1000 and table.spilling_bytes == 0
@@ -483,7 +554,7 @@ def test_object_table_spill_freed_in_flight_or_failed(tmp_path):
 
 def test_object_table_reports_why_it_is_full(tmp_path):
     (tmp_path / "spill").write_text("not a directory")
-    table = ObjectTable(capacity_bytes=2000, spill_dir=str(tmp_path / "spill"), disk=SpillDisk())
+    table = ObjectTable(capacity_bytes=2000, spill_dir=str(tmp_path / "spill"), disk=_disk(tmp_path))
     table.expect(b"a" * 20).refcount = 1
     path = _sealed_file(tmp_path, "a", 1500)
     table.seal((b"a" * 20, P.SHM, 0, (path, 1500), (), False), [])
@@ -516,3 +587,103 @@ def test_zray_memory_lists_objects_and_holders(start_ray):
     result = CliRunner().invoke(main, ["memory", "--address", info["address"]])
     assert result.exit_code == 0, result.output
     assert refs[0].hex() in result.output and small.hex() in result.output
+
+
+# == the arena: blocks of one chunk, reused ======================================
+def test_arena_first_fit_merges_free_neighbours():
+    from zray.plasma.arena import ALIGN, Arena
+    made = []
+    arena = Arena(8 * MiB, lambda index, size: made.append(size) or f"/chunk{index}")
+    a, b, c = (arena.allocate(MiB) for _ in range(3))
+    assert made == [8 * MiB] and [a[1], b[1], c[1]] == [0, MiB, 2 * MiB]
+    assert arena.allocate(6 * MiB) is None                # 5 MiB left, in one piece
+    arena.free(a[0], a[1], MiB)
+    arena.free(b[0], b[1], MiB)                           # merges with a's range
+    assert arena.allocate(2 * MiB) == ("/chunk0", 0)
+    arena.free("/chunk0", 0, 2 * MiB)
+    arena.free(c[0], c[1], MiB)
+    assert arena.used_bytes() == 0 and arena.allocate(8 * MiB) == ("/chunk0", 0)
+    arena.free("/chunk0", 0, 8 * MiB)
+    with pytest.raises(ValueError, match="already free"):
+        arena.free("/chunk0", 0, ALIGN)
+    assert not arena.contains("/chunk0", 8 * MiB - 10, 11) and arena.contains("/chunk0", 0, 10)
+
+
+def _arena_object(table, tmp_path, object_id, size, fill):
+    """Reserve an arena block, write ``fill`` bytes into it, seal it."""
+    table.expect(object_id).refcount = 1
+    location = table.reserve(object_id, size, owner=b"c1", arena=True)
+    assert isinstance(location, tuple) and os.path.dirname(location[0]) == str(tmp_path)
+    fd = os.open(location[0], os.O_RDWR)
+    os.pwrite(fd, bytes([fill]) * size, location[2])
+    os.close(fd)
+    table.seal((object_id, P.SHM, 0, location, (), False), [])
+    return location
+
+
+def test_object_table_arena_pins_keep_blocks(tmp_path):
+    table = ObjectTable(capacity_bytes=8 * MiB, spill_dir=str(tmp_path / "spill"),
+                        disk=_disk(tmp_path))
+    a, b = b"a" * 20, b"b" * 20
+    where_a = _arena_object(table, tmp_path, a, MiB, 1)
+    assert table.reserved_location(a, b"c1") is None       # sealed: no longer reserved
+    assert table.pin(a, b"reader") == where_a
+    table.remove_ref(a)                                     # freed while a reader views it
+    assert table.get(a) is None and table.arena.used_bytes() == MiB
+    where_b = _arena_object(table, tmp_path, b, MiB, 2)
+    assert where_b[2] != where_a[2]                         # not a's pages
+    table.release_pins_of(b"reader")                        # the reader left
+    assert table.arena.used_bytes() == MiB and table.pins == {}
+    # A reservation given up frees its block; the next one reuses it.
+    table.expect(a).refcount = 1
+    again = table.reserve(a, MiB, owner=b"c2", arena=True)
+    assert again[2] == where_a[2] and table.reserved_location(a, b"c2") == again
+    assert table.reserved_location(a, b"c1") is None       # another client's block
+    table.release_reservations_of(b"c2")
+    assert table.arena.used_bytes() == MiB
+    table.unlink_all()
+    assert [n for n in os.listdir(tmp_path) if "arena" in n] == []
+
+
+def test_object_table_spills_arena_objects(tmp_path):
+    spill = tmp_path / "spill"
+    table = ObjectTable(capacity_bytes=3 * MiB, spill_dir=str(spill), disk=_disk(tmp_path))
+    ids = [bytes([i]) * 20 for i in range(4)]
+    first = _arena_object(table, tmp_path, ids[0], MiB, 7)
+    _arena_object(table, tmp_path, ids[1], MiB, 8)
+    table.expect(ids[2]).refcount = 1
+    table.reserve(ids[2], 2 * MiB, owner=b"c1", arena=True)      # spills ids[0]
+    assert ids[0] in table.spilling
+    table.finish_spills(wait=True)
+    entry = table.get(ids[0])
+    assert entry.spilled and entry.location == (str(spill / spilled_name(ids[0])), MiB)
+    assert open(entry.location[0], "rb").read() == bytes([7]) * MiB
+    table.release_reservation(ids[2])
+    assert table.arena.used_bytes() == MiB                       # ids[0]'s block is free
+    # Pinned while its copy is made: the copy is dropped, it stays in memory.
+    assert table.pin(ids[1], b"reader") is not None
+    table.expect(ids[3]).refcount = 1
+    assert table.reserve(ids[3], 5 * MiB // 2, owner=b"c1") == ON_DISK
+    assert ids[1] not in table.spilling                          # pinned: never picked
+    table.release_reservation(ids[3])
+    table.unpin(ids[1], b"reader")
+    table.reserve(ids[3], 5 * MiB // 2, owner=b"c1")             # now it is spilled
+    assert ids[1] in table.spilling
+    table.pin(ids[1], b"reader")                                 # mapped meanwhile
+    table.finish_spills(wait=True)
+    assert not table.get(ids[1]).spilled and ids[1] in table.in_memory
+    assert not (spill / spilled_name(ids[1])).exists()
+    table.unpin(ids[1], b"reader")
+    table.release_reservation(ids[3])
+    # Freed while being copied: the block is given back once the copy is done.
+    table.reserve(ids[3], 5 * MiB // 2, owner=b"c1")
+    assert ids[1] in table.spilling
+    table.remove_ref(ids[1])
+    assert table.arena.used_bytes() == MiB
+    table.finish_spills(wait=True)
+    assert table.arena.used_bytes() == 0 and not (spill / spilled_name(ids[1])).exists()
+    table.release_reservation(ids[3])
+    table.remove_ref(ids[0])
+    assert os.listdir(spill) == []
+    table.unlink_all()
+    assert [n for n in os.listdir(tmp_path) if "arena" in n] == []

@@ -444,3 +444,12 @@ def test_admission_rules():
     assert "payload frames" in check([(oid, P.INLINE, 3, None, (), False)], 2)
     assert check([(oid, 7, 0, None, (), False)]) is not None
     assert check("junk") is not None and check([("a",)]) is not None
+    # An arena block must be the one reserved for this object and this client.
+    block = ("/dev/shm/zray-abcd1234-arena-0", 5000, 8192)
+    reserved = {oid: block}
+    arena_check = lambda entries: admission.object_entries_refusal(  # noqa: E731
+        entries, 0, "abcd1234", ("/dev/shm", "/spill"), reserved.get)
+    assert arena_check([(oid, P.SHM, 0, block, (), False)]) is None
+    for forged in [(block[0], 5000, 0), (block[0], 9000, 8192), ("/etc/passwd", 5000, 8192)]:
+        assert "did not reserve" in arena_check([(oid, P.SHM, 0, forged, (), False)])
+    assert "did not reserve" in arena_check([(b"y" * 20, P.SHM, 0, block, (), False)])

@@ -17,10 +17,12 @@ ID, KIND, N_FRAMES, LOCATION, CONTAINED, IS_ERROR = range(6)
 
 
 class ObjectCache:
-    def __init__(self, cond, holds, spill_dir):
+    def __init__(self, cond, holds, spill_dir, arena=None, request=None):
         self.cond = cond            # the connection's: notified as objects arrive
         self.holds = holds          # fn(object_id) -> True while a local ref lives
         self.spill_dir = spill_dir
+        self.arena = arena          # plasma.client.ArenaViews: the node's arena mapped here
+        self.request = request      # the connection's request (to pin arena objects)
         self.objects = {}           # object_id -> (header, frames)
         self.mapped = weakref.WeakValueDictionary()   # object_id -> mmap, while values use it
         self.owned_pending = set()  # results of our tasks not yet pushed to us
@@ -68,8 +70,7 @@ class ObjectCache:
             value = deserialize(frames[0], frames[1:])
             is_error = header[IS_ERROR]
         else:
-            meta, buffers, is_error = object_store.read(self.mapped, header[ID],
-                                                        header[LOCATION], self.spill_dir)
+            meta, buffers, is_error = object_store.read(self, header[ID], header[LOCATION])
             value = deserialize(meta, buffers)
         if is_error:
             raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value

@@ -26,6 +26,7 @@ class RefCounter:
         self.local_refs = {}        # object_id -> live ObjectRefs in this process
         self.borrowed = []          # ids to announce with ADD_REF
         self.drops = deque()        # ids of dead ObjectRefs, counted down by flush
+        self.unpins = deque()       # ids of arena objects no value here views any more
         self.pending_release = set()  # ids to send in the next batched REMOVE_REF
         self.release_due = 0.0
 
@@ -51,6 +52,9 @@ class RefCounter:
             if self.borrowed:
                 enqueue(P.ADD_REF, self.borrowed)
                 self.borrowed = []
+            if self.unpins:
+                unpins = self.unpins
+                enqueue(P.REQUEST, 0, "unpin", ([unpins.popleft() for _ in range(len(unpins))],))
             if not self.drops:
                 self._release_if_due(enqueue)
                 return

@@ -48,7 +48,8 @@ class Runtime:
         self.log_to_driver = log_to_driver
         self.password = password
         self.kv = None              # a KvClient, made on first use
-        self.objects = ObjectCache(connection.cond, self.refs.holds, self.spill_dir)
+        self.objects = ObjectCache(connection.cond, self.refs.holds, self.spill_dir,
+                                   object_store.ArenaViews(self.refs.unpins), connection.request)
         self.cond = connection.cond
         # The hot paths, bound once: ObjectRef.__init__/__del__ and every send.
         self.add_local_ref = self.refs.add
@@ -304,6 +305,7 @@ class Runtime:
         self.connection.close()
         if self.kv is not None:
             self.kv.close()
+        self.objects.arena.close()
 
 
 def _in_task():

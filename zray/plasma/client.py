@@ -2,22 +2,58 @@
 
 - ``write``: large objects are first admitted by the node (a ``reserve``
   request that may spill older objects to make room, or fail with
-  ``ObjectStoreFullError``), then written straight into their file. Smaller
-  ones skip the round trip; the node accounts them when sealed.
-- ``read``: map an object's file read-only (following it to the spill
-  directory if it moved). Mappings are cached weakly: reused while any value
-  still views them, unmapped when the last one goes, so a spilled object's
-  shared memory is really given back.
+  ``ObjectStoreFullError``); the answer is usually a block of the node's
+  arena, which this process maps once per chunk and copies the value into
+  (one memcpy, into pages already faulted in). Without a free block the
+  object gets a file of its own, in memory or on disk. Smaller objects
+  skip the round trip and get their own file; the node accounts them when
+  sealed.
+- ``read``: a file is mapped read-only (following it to the spill
+  directory if it moved). An arena object is first *pinned* (one request:
+  the node says where it is now and keeps its block from reuse) and read
+  from this process's read-only mapping of its chunk; the pin is dropped
+  (``unpin``, batched with the reference traffic) when the last value
+  viewing it goes. Per-object views are cached weakly either way, so the
+  second get of a value still alive costs nothing.
 """
 import os
+import weakref
 
 from ..exceptions import ObjectLostError, ObjectStoreFullError
 from ..transport import protocol as P
 from . import shm
-from .store import ON_DISK
+from .store import IN_MEMORY, ON_DISK
 
 # Below this the reservation round trip costs more than the write itself.
 RESERVE_MIN_BYTES = 1 << 20
+
+
+class ArenaViews:
+    """One process's mappings of arena chunks (each mapped once) and the
+    pins to give back (``unpins``, sent with the reference traffic)."""
+
+    def __init__(self, unpins):
+        self.readable = {}          # chunk path -> read-only mmap
+        self.writable = {}          # chunk path -> writable mmap
+        self.unpins = unpins        # a deque: ids whose last view died (any thread appends)
+
+    def chunk(self, path, writable):
+        maps = self.writable if writable else self.readable
+        mapping = maps.get(path)
+        if mapping is None:
+            mapping = maps[path] = shm.map_chunk(path, writable)
+        return mapping
+
+    def close(self):
+        """Unmap the chunks no value views any more (the rest go with the process)."""
+        for maps in (self.readable, self.writable):
+            for path, mapping in list(maps.items()):
+                try:
+                    mapping.close()
+                    del maps[path]
+                except BufferError:
+                    pass
+
 
 
 def write(runtime, object_id, data, is_error=False):
@@ -25,34 +61,71 @@ def write(runtime, object_id, data, is_error=False):
     size = shm.object_size(data.meta, data.buffers)
     reserved = size >= RESERVE_MIN_BYTES
     directory = runtime.plasma_dir
+    where = IN_MEMORY
     if reserved:
         # Raises ObjectStoreFullError; ON_DISK: too big for memory, straight to disk.
-        if runtime.request("reserve", object_id, size) == ON_DISK:
+        where = runtime.request("reserve", object_id, size, True)
+        if where == ON_DISK:
             directory = runtime.spill_dir
-    path = os.path.join(directory, shm.object_file_name(runtime.session_name, object_id))
     try:
+        if isinstance(where, tuple):
+            path, _, offset = where
+            block = memoryview(runtime.objects.arena.chunk(path, True))[offset:offset + size]
+            shm.write_into(block, data.meta, data.buffers, is_error)
+            block.release()
+            return (object_id, P.SHM, 0, where, data.contained, is_error)
+        path = os.path.join(directory, shm.object_file_name(runtime.session_name, object_id))
         size = shm.write_object(path, data.meta, data.buffers, is_error)
     except OSError as exc:
         if reserved:
             runtime.send_message(P.REQUEST, 0, "unreserve", (object_id,))
         raise ObjectStoreFullError(
-            f"could not write an object of {size} bytes to {path}: {exc}. Free space in "
+            f"could not write an object of {size} bytes to {directory}: {exc}. Free space in "
             f"{directory} (drop ObjectRefs you no longer need), or start zray with a "
             f"smaller object_store_memory, another plasma_directory or another "
             f"object_spilling_directory") from exc
     return (object_id, P.SHM, 0, (path, size), data.contained, is_error)
 
 
-def read(cache, object_id, location, spill_dir):
-    """``(meta, buffers, is_error)`` of a shared-memory object, as views."""
+def read(objects, object_id, location):
+    """``(meta, buffers, is_error)`` of a shared-memory object, as views.
+    ``objects``: the process's ``core.object_cache.ObjectCache``."""
+    cache = objects.mapped
     mapping = cache.get(object_id)
     if mapping is None:
-        try:
-            mapping = shm.map_file(location[0], spill_dir)
-        except FileNotFoundError:
-            raise ObjectLostError(
-                f"object {object_id.hex()} is gone from {location[0]} and from the spill "
-                f"directory {spill_dir}: its files were removed outside zray, or the node "
-                f"holding it stopped") from None
+        if len(location) == 3:
+            location = objects.request("pin", object_id)
+            if location is None:
+                raise ObjectLostError(f"object {object_id.hex()} is no longer in its node's store")
+        if len(location) == 3:
+            mapping = _pinned_view(objects.arena, object_id, location)
+        else:
+            mapping = _map_file(object_id, location, objects.spill_dir)
         cache[object_id] = mapping
     return shm.parse(mapping)
+
+
+def _map_file(object_id, location, spill_dir):
+    try:
+        return shm.map_file(location[0], spill_dir)
+    except FileNotFoundError:
+        raise ObjectLostError(
+            f"object {object_id.hex()} is gone from {location[0]} and from the spill "
+            f"directory {spill_dir}: its files were removed outside zray, or the node "
+            f"holding it stopped") from None
+
+
+def _pinned_view(arena, object_id, location):
+    """A weak-referenceable read-only view of an arena block; when the last
+    value built on it goes, the block is unpinned."""
+    path, size, offset = location
+    try:
+        import numpy
+    except ImportError:
+        # Without numpy, a mapping of just this block (blocks are page-aligned).
+        view = shm.map_block(path, offset, size)
+    else:
+        chunk = memoryview(arena.chunk(path, False))[offset:offset + size]
+        view = numpy.frombuffer(chunk, dtype=numpy.uint8)     # read-only, like the mapping
+    weakref.finalize(view, arena.unpins.append, object_id)
+    return view

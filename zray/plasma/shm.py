@@ -12,6 +12,11 @@ reader has it mapped is safe: the memory goes when the last mapping does.
 
 A spilled object is the same file moved to the spill directory under the same
 name, so a reader that finds the shared-memory path gone looks there.
+
+Large objects of clients live in arena chunks instead (``arena.py``): the
+same layout at an offset of a chunk file (``write_into``, ``parse`` of a
+slice of the chunk's mapping); spilled, such an object becomes a file like
+any other.
 """
 import errno
 import mmap
@@ -50,8 +55,8 @@ def object_size(meta, buffers):
     return layout(len(meta), [memoryview(b).nbytes for b in buffers])[2]
 
 
-def write_object(path, meta, buffers, is_error=False):
-    """Write a serialized value to ``path``; return the file's size in bytes."""
+def _parts(meta, buffers, is_error):
+    """``(parts, size)``: the ``(offset, bytes)`` pieces of an object's layout."""
     views = [memoryview(b).cast("B") for b in buffers]
     lengths = [len(meta)] + [v.nbytes for v in views]
     header_room, offsets, size = layout(lengths[0], lengths[1:])
@@ -60,7 +65,12 @@ def write_object(path, meta, buffers, is_error=False):
     if 8 + len(header) > header_room:
         raise AssertionError("object header outgrew its room")
     prefix = MAGIC + struct.pack("<I", len(header)) + header
-    parts = [(0, prefix)] + list(zip(offsets, [meta] + views))
+    return [(0, prefix)] + list(zip(offsets, [meta] + views)), size
+
+
+def write_object(path, meta, buffers, is_error=False):
+    """Write a serialized value to ``path``; return the file's size in bytes."""
+    parts, size = _parts(meta, buffers, is_error)
     fd = _create(path)
     try:
         if is_hugetlbfs(os.path.dirname(path)):
@@ -73,6 +83,52 @@ def write_object(path, meta, buffers, is_error=False):
         raise
     os.close(fd)
     return size
+
+
+def write_into(block, meta, buffers, is_error=False):
+    """Write a serialized value into ``block`` (a writable memoryview of an
+    arena block, at least ``object_size`` long): one copy per part."""
+    parts, size = _parts(meta, buffers, is_error)
+    if size > block.nbytes:
+        raise ValueError(f"an object of {size} bytes does not fit its {block.nbytes}-byte block")
+    for offset, part in parts:
+        view = memoryview(part).cast("B")
+        block[offset:offset + view.nbytes] = view
+    return size
+
+
+def create_chunk(path, size):
+    """Make an arena chunk of ``size`` bytes, sparse: no pages yet."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+    except BaseException:
+        os.close(fd)
+        unlink_quietly(path)
+        raise
+    os.close(fd)
+
+
+def allocate_pages(path, offset, size):
+    """Give ``[offset, offset + size)`` of a chunk its pages now (cheap where
+    it already has them); raises OSError (ENOSPC) if the file system is full."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, offset, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise                           # else: no fallocate here, pages come on first touch
+    finally:
+        os.close(fd)
+
+
+def map_chunk(path, writable):
+    """The whole chunk ``path`` mapped (read-only unless ``writable``)."""
+    fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, 0, access=mmap.ACCESS_WRITE if writable else mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
 
 
 def _create(path):
@@ -129,6 +185,15 @@ def map_file(path, spill_dir=None):
         os.close(fd)
 
 
+def map_block(path, offset, size):
+    """``size`` bytes at the page-aligned ``offset`` of a chunk, mapped read-only."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=offset)
+    finally:
+        os.close(fd)
+
+
 def parse(mapping):
     """``(meta, buffers, is_error)``: views into a mapped object file."""
     view = memoryview(mapping)
@@ -141,20 +206,20 @@ def parse(mapping):
     return meta, buffers, is_error
 
 
-def copy_to_spill(path, spill_dir):
-    """Copy an object file into ``spill_dir``; return the copy's path.
+def copy_to_spill(location, target):
+    """Copy an object (its file, or its arena block) to ``target``.
 
     Copies under a temporary name and renames into place, so a reader always
-    finds one complete file; the caller unlinks the original once it has
-    recorded the new place. Raises OSError (disk full, not writable) with
-    nothing left behind.
+    finds one complete file; the caller unlinks the original (or frees the
+    block) once it has recorded the new place. Raises OSError (disk full,
+    not writable) with nothing left behind.
     """
-    target = os.path.join(spill_dir, os.path.basename(path))
     partial = target + ".partial"
-    os.makedirs(spill_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    offset, size = (location[2], location[1]) if len(location) == 3 else (0, None)
     try:
-        with open(path, "rb") as source, open(partial, "wb") as out:
-            _copy_file(source.fileno(), out.fileno())
+        with open(location[0], "rb") as source, open(partial, "wb") as out:
+            _copy_file(source.fileno(), out.fileno(), offset, size)
         os.rename(partial, target)
     except BaseException:
         unlink_quietly(partial)
@@ -168,26 +233,30 @@ def free_bytes(directory):
     return stat.f_bavail * stat.f_frsize
 
 
-def _copy_file(src_fd, dst_fd):
-    size = os.fstat(src_fd).st_size
+def _copy_file(src_fd, dst_fd, offset=0, size=None):
+    """Copy ``size`` bytes (all, if None) from ``offset`` of ``src_fd``."""
+    if size is None:
+        size = os.fstat(src_fd).st_size - offset
     copied = 0
     while copied < size:
         try:
-            sent = os.sendfile(dst_fd, src_fd, copied, size - copied)
+            sent = os.sendfile(dst_fd, src_fd, offset + copied, size - copied)
         except OSError as exc:
             if exc.errno in (errno.EINVAL, errno.ENOSYS) and copied == 0:
-                return _copy_by_read(src_fd, dst_fd)
+                return _copy_by_read(src_fd, dst_fd, offset, size)
             raise
         if sent == 0:
             raise OSError(errno.EIO, "short copy while spilling")
         copied += sent
 
 
-def _copy_by_read(src_fd, dst_fd):
-    while True:
-        chunk = os.read(src_fd, 1 << 22)
+def _copy_by_read(src_fd, dst_fd, offset, size):
+    while size > 0:
+        chunk = os.pread(src_fd, min(size, 1 << 22), offset)
         if not chunk:
-            return
+            raise OSError(errno.EIO, "short copy while spilling")
+        offset += len(chunk)
+        size -= len(chunk)
         view = memoryview(chunk)
         while view.nbytes:
             view = view[os.write(dst_fd, view):]

@@ -2,7 +2,7 @@
 
 ::
 
-    node loop ── start(id, path) ──► jobs ──► spill thread: copy to <name>.partial,
+    node loop ── start(id, location, target) ──► jobs ──► spill thread: copy to <name>.partial,
         ▲                                                   rename into place
         └── done_fd readable ◄── byte on pipe ◄── results ◄─┘
             finished() -> [(id, path, target, error)]: the loop applies them
@@ -36,13 +36,13 @@ class Spiller:
         """Readable when results wait for ``finished()``."""
         return self.done_r
 
-    def start(self, object_id, path, spill_dir):
+    def start(self, object_id, location, target):
         if self.thread is None:
             self.thread = threading.Thread(target=self._run, name="zray-spill", daemon=True)
             self.thread.start()
         with self.lock:
             self.in_flight += 1
-        self.jobs.put((object_id, path, spill_dir))
+        self.jobs.put((object_id, location, target))
 
     def finished(self, wait=False):
         """Results so far (all of them, waiting for copies in flight, if ``wait``)."""
@@ -68,12 +68,12 @@ class Spiller:
             job = self.jobs.get()
             if job is None:
                 return
-            object_id, path, spill_dir = job
+            object_id, location, target = job
             try:
-                target, error = shm.copy_to_spill(path, spill_dir), None
+                target, error = shm.copy_to_spill(location, target), None
             except Exception as exc:         # reported to the loop, never raised here
                 target, error = None, exc
-            self.results.put((object_id, path, target, error))
+            self.results.put((object_id, location[0], target, error))
             try:
                 os.write(self.done_w, b"x")
             except (BlockingIOError, OSError):

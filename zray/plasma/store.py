@@ -31,10 +31,12 @@ from collections import OrderedDict
 
 from ..exceptions import ObjectStoreFullError
 from ..transport.protocol import INLINE, SHM
+from .arena import Arena
+from .pins import ArenaBlocks, is_arena
+from .table_report import PENDING, TableReport
 
 log = logging.getLogger("zray.store")
 
-PENDING = 0
 READY = 1
 
 # Where a reserved object is to be written (``reserve``'s answer).
@@ -57,7 +59,8 @@ class ObjectEntry:
         self.state = PENDING
         self.kind = INLINE
         self.frames = ()          # INLINE: [pickle, *buffers] as bytes
-        self.location = None      # SHM: (path, size); path is in the spill dir once spilled
+        self.location = None      # SHM: (path, size) of its file (in the spill dir once
+                                  # spilled), or (chunk path, size, offset) in the arena
         self.contained = ()
         self.is_error = False
         self.refcount = 0
@@ -72,7 +75,7 @@ class ObjectEntry:
         return (self.object_id, self.kind, n_frames, self.location, self.contained, self.is_error)
 
 
-class ObjectTable:
+class ObjectTable(ArenaBlocks, TableReport):
     def __init__(self, capacity_bytes, spill_dir, disk, clock=lambda: 0.0):
         # The table decides, ``disk`` acts (``disk.SpillDisk`` on a node, a fake
         # in unit tests); ``clock`` gives the wall time stamped on new entries.
@@ -97,6 +100,12 @@ class ObjectTable:
         self.spilling_bytes = 0
         self.disk_reserved_bytes = 0    # admitted straight to the spill directory
         self.freed = OrderedDict()      # ids of objects freed after they were made, newest last
+        # Large objects written by clients go into the arena's blocks; a block
+        # is reused only once no process views it: clients pin what they map.
+        self.arena = Arena(capacity_bytes, disk.make_chunk)
+        self.pins = {}                  # object_id -> {owner: count} of arena objects mapped
+        self.retired = {}               # object_id -> arena location freed while pinned
+        self.free_after_copy = {}       # object_id -> arena location freed while being spilled
 
     # -- lifecycle ----------------------------------------------------------
     def expect(self, object_id):
@@ -107,9 +116,11 @@ class ObjectTable:
             entry = self.entries[object_id] = ObjectEntry(object_id, self.clock())
         return entry
 
-    def reserve(self, object_id, size, owner=None):
+    def reserve(self, object_id, size, owner=None, arena=False):
         """Admit an object of ``size`` bytes before it is written; return where
-        to write it: IN_MEMORY (plasma directory) or ON_DISK (spill directory).
+        to write it: IN_MEMORY (a file in the plasma directory), ON_DISK (spill
+        directory) or, if ``arena`` and a block is free, its arena location
+        ``(chunk path, size, offset)``.
 
         Starts spilling the oldest objects to make room in memory; falls back
         to the disk when memory cannot hold it; raises ObjectStoreFullError
@@ -122,9 +133,10 @@ class ObjectTable:
         else:
             why_not_memory = self._make_room(size)
             if why_not_memory is None:
-                self.reserved[object_id] = (size, owner, IN_MEMORY)
+                location = self._arena_block(object_id, size) if arena else None
+                self.reserved[object_id] = (size, owner, IN_MEMORY, location)
                 self.reserved_bytes += size
-                return IN_MEMORY
+                return IN_MEMORY if location is None else location
         why_not_disk = self._disk_problem(size)
         if why_not_disk is not None:
             raise ObjectStoreFullError(
@@ -139,17 +151,31 @@ class ObjectTable:
                 f"object_store_memory")
         log.info("object %s (%s) goes straight to %s: %s", object_id.hex(),
                  format_bytes(size), self.spill_dir, why_not_memory)
-        self.reserved[object_id] = (size, owner, ON_DISK)
+        self.reserved[object_id] = (size, owner, ON_DISK, None)
         self.disk_reserved_bytes += size
         return ON_DISK
 
+    def reserved_location(self, object_id, owner):
+        """The arena block ``owner`` reserved for ``object_id``, or None."""
+        reservation = self.reserved.get(object_id)
+        if reservation is None or reservation[1] != owner:
+            return None
+        return reservation[3]
+
     def release_reservation(self, object_id):
+        """Give back what was reserved for an object that will not be sealed."""
+        reservation = self._take_reservation(object_id)
+        if reservation is not None and reservation[3] is not None:
+            self._free_block(object_id, reservation[3])
+
+    def _take_reservation(self, object_id):
         reservation = self.reserved.pop(object_id, None)
         if reservation is not None:
             if reservation[2] == ON_DISK:
                 self.disk_reserved_bytes -= reservation[0]
             else:
                 self.reserved_bytes -= reservation[0]
+        return reservation
 
     def release_reservations_of(self, owner):
         """A writer left before sealing: give back what it reserved."""
@@ -159,14 +185,19 @@ class ObjectTable:
     def seal(self, header, frames):
         """Store a finished value. Returns the entry, or None if nobody wants it."""
         object_id, kind, _, location, contained, is_error = header
-        self.release_reservation(object_id)
+        reservation = self._take_reservation(object_id)
+        if reservation is not None and reservation[3] is not None and reservation[3] != location:
+            self._free_block(object_id, reservation[3])      # reserved, then written elsewhere
         entry = self.entries.get(object_id)
         if entry is None or entry.state == READY:
             # Every ref was dropped before it was made (or a retried task
             # made it twice): nobody can ask for it, so let it go. Never
             # unlink the file a live entry of the same id points to.
-            if kind == SHM and not (entry is not None and entry.kind == SHM
-                                    and entry.location[0] == location[0]):
+            if kind == SHM and is_arena(location):
+                if not (entry is not None and entry.location == location):
+                    self._free_block(object_id, location)
+            elif kind == SHM and not (entry is not None and entry.kind == SHM
+                                      and entry.location[0] == location[0]):
                 self.disk.unlink(location[0])
             return None
         entry.state = READY
@@ -220,14 +251,18 @@ class ObjectTable:
                 self.freed.popitem(last=False)
             if entry.kind == SHM:
                 self.in_memory.pop(entry.object_id, None)
-                if self.spilling.pop(entry.object_id, None) is not None:
+                spilling = self.spilling.pop(entry.object_id, None) is not None
+                if spilling:
                     self.spilling_bytes -= entry.size    # its copy is unlinked when done
                 if entry.spilled:
                     self.spilled_bytes -= entry.size
                     self.spilled_objects -= 1
                 else:
                     self.shm_bytes -= entry.size
-                self.disk.unlink(entry.location[0])
+                if is_arena(entry.location):
+                    self._free_block(entry.object_id, entry.location, spilling)
+                else:
+                    self.disk.unlink(entry.location[0])
             else:
                 self.inline_bytes -= entry.size
         for inner in entry.contained:
@@ -255,7 +290,10 @@ class ObjectTable:
                         "being written)")
             if self.disk.now() - self.spill_failed_at < SPILL_RETRY_S:
                 return self.spill_failure
-            victim = next(iter(self.in_memory.values()))
+            victim = next((e for e in self.in_memory.values() if e.object_id not in self.pins),
+                          None)
+            if victim is None:
+                return "every object in memory is being read by a process (pinned)"
             problem = self._disk_problem(victim.size)
             if problem is not None:
                 self._spill_failed(f"spilling the oldest object ({format_bytes(victim.size)}) "
@@ -264,7 +302,7 @@ class ObjectTable:
             del self.in_memory[victim.object_id]
             self.spilling[victim.object_id] = victim
             self.spilling_bytes += victim.size
-            self.disk.start_copy(victim.object_id, victim.location[0], self.spill_dir)
+            self.disk.start_copy(victim.object_id, victim.location, self.spill_dir)
         return None
 
     def _disk_problem(self, size):
@@ -299,8 +337,16 @@ class ObjectTable:
             if entry is None or entry.location[0] != path:
                 if target is not None:
                     self.disk.unlink(target)      # freed while it was being copied
+                location = self.free_after_copy.pop(object_id, None)
+                if location is not None:
+                    self._free_block(object_id, location)
                 continue
             self.spilling_bytes -= entry.size
+            if error is None and object_id in self.pins:
+                # Mapped by a process while it was copied: it stays in memory.
+                self.disk.unlink(target)
+                self.in_memory[object_id] = entry
+                continue
             if error is not None:
                 self._spill_failed(f"spilling object {object_id.hex()} "
                                    f"({format_bytes(entry.size)}) to {self.spill_dir} failed: "
@@ -308,9 +354,12 @@ class ObjectTable:
                 self.in_memory[object_id] = entry
                 self.in_memory.move_to_end(object_id, last=False)
                 continue
+            if is_arena(entry.location):
+                self._free_block(object_id, entry.location)
+            else:
+                self.disk.unlink(path)    # readers that mapped it keep their view
             entry.location = (target, entry.size)
             entry.spilled = True
-            self.disk.unlink(path)        # readers that mapped it keep their view
             self.shm_bytes -= entry.size
             self.spilled_bytes += entry.size
             self.spilled_objects += 1
@@ -318,45 +367,12 @@ class ObjectTable:
             log.info("spilled object %s (%s) to %s", object_id.hex(),
                      format_bytes(entry.size), target)
 
-    # -- reporting ----------------------------------------------------------
-    def stats(self):
-        return {"objects": len(self.entries), "shm_bytes": self.shm_bytes,
-                "shm_objects": len(self.in_memory), "reserved_bytes": self.reserved_bytes,
-                "spilled_bytes": self.spilled_bytes, "spilled_objects": self.spilled_objects,
-                "spilling_bytes": self.spilling_bytes,
-                "inline_bytes": self.inline_bytes, "capacity_bytes": self.capacity_bytes,
-                "created_objects": self.created_objects, "created_bytes": self.created_bytes,
-                "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
-
-    def listing(self, holders=None, only=None):
-        """One dict per object (or per entry in ``only``); ``holders`` maps
-        id -> names of who holds it."""
-        holders = holders or {}
-        contained_in = {}
-        for entry in self.entries.values():
-            for inner in entry.contained:
-                contained_in.setdefault(inner, []).append(entry.object_id)
-        rows = []
-        for entry in self.entries.values() if only is None else only:
-            where = "pending" if entry.state == PENDING else (
-                "spilled" if entry.spilled else "spilling" if entry.object_id in self.spilling
-                else ("shm" if entry.kind == SHM else "inline"))
-            named = list(holders.get(entry.object_id, ()))
-            named += [f"object {outer.hex()[:16]}" for outer in contained_in.get(entry.object_id, ())]
-            others = entry.refcount - len(named)
-            if others > 0:
-                named.append(f"{others} pending task argument{'s' if others > 1 else ''}")
-            rows.append({"object_id": entry.object_id.hex(), "size": entry.size,
-                         "where": where, "refcount": entry.refcount, "error": entry.is_error,
-                         "holders": named, "created_at": entry.created_at,
-                         "path": entry.location[0] if entry.kind == SHM and entry.location
-                         else None})
-        return rows
-
     def unlink_all(self):
         for entry in list(self.entries.values()):
-            if entry.kind == SHM and entry.state == READY:
+            if entry.kind == SHM and entry.state == READY and not is_arena(entry.location):
                 self.disk.unlink(entry.location[0])
+        for path in self.arena.paths():
+            self.disk.unlink(path)
         self.entries.clear()
 
 

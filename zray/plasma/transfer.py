@@ -26,6 +26,9 @@
   ``ZRAY_TRANSFER_LZ4=on|off`` (in the pulling node's environment) overrides.
 - An object file is copied byte for byte into the puller's own
   shared-memory file, so local readers map it like any other object.
+- An object in the holder's arena is pinned while it is served (its block
+  is not reused, even if the object is spilled meanwhile) and for
+  UNPIN_DELAY_S after its last chunk, while zmq may still send from it.
 """
 import logging
 import mmap
@@ -45,6 +48,8 @@ CHUNK_BYTES = 4 << 20
 WINDOW = 4
 COMPRESS_RATIO = 0.5
 SERVE_IDLE_S = 30.0
+UNPIN_DELAY_S = 5.0
+PIN_OWNER = b"transfer"       # who pins arena objects being served to other nodes
 
 
 class _Pull:
@@ -61,13 +66,14 @@ class _Pull:
 
 
 class _Served:
-    __slots__ = ("mapping", "size", "compress", "last_used")
+    __slots__ = ("mapping", "size", "compress", "last_used", "pinned")
 
-    def __init__(self, mapping, size):
+    def __init__(self, mapping, size, pinned):
         self.mapping = mapping
         self.size = size
         self.compress = None          # undecided until the first chunk
         self.last_used = time.monotonic()
+        self.pinned = pinned          # an arena block: unpin when done
 
 
 class Transfers:
@@ -76,6 +82,7 @@ class Transfers:
         self.pulls = {}               # object_id -> _Pull (bytes on the way)
         self.requested = {}           # object_id -> peer (asked for, header not here yet)
         self.served = {}              # object_id -> _Served (files we are sending)
+        self.unpin_due = {}           # object_id -> when to unpin its arena block
         mode = os.environ.get("ZRAY_TRANSFER_LZ4", "auto").lower()
         self.compression = mode if mode in ("auto", "on", "off") else "auto"
         self.stats = {"pulled_objects": 0, "pulled_bytes": 0, "sent_bytes": 0,
@@ -233,23 +240,41 @@ class Transfers:
         if offset + length >= served.size:
             # The puller asks in order: this was its last chunk. The mapping
             # itself goes when zmq lets go of the views on it.
-            self.served.pop(object_id, None)
+            self._done_serving(object_id)
 
     def _open(self, object_id):
         entry = self.node.objects.get(object_id)
         if entry is None or not self.node.objects.is_ready(object_id) or entry.kind != P.SHM:
             return None, "the object is no longer in this node's store"
-        path, size = entry.location
+        path, size = entry.location[:2]
+        pinned = len(entry.location) == 3
+        if pinned:
+            location = entry.location
+            if self.unpin_due.pop(object_id, None) is None:     # else: still pinned
+                location = self.node.pin(PIN_OWNER, object_id)
         try:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-            finally:
-                os.close(fd)
+            if pinned:
+                mapping = shm.map_block(path, location[2], size)
+            else:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                finally:
+                    os.close(fd)
         except (OSError, ValueError) as exc:
+            if pinned:
+                self._unpin(object_id)
             return None, f"could not open its file {path}: {exc}"
-        served = self.served[object_id] = _Served(mapping, size)
+        served = self.served[object_id] = _Served(mapping, size, pinned)
         return served, None
+
+    def _done_serving(self, object_id):
+        served = self.served.pop(object_id, None)
+        if served is not None and served.pinned:
+            self.unpin_due[object_id] = time.monotonic() + UNPIN_DELAY_S
+
+    def _unpin(self, object_id):
+        self.node.handle(E.Unpinned(PIN_OWNER, [object_id]))
 
     def _reply(self, identity, object_id, offset, length, compressed, error, data):
         self.node.send(identity, P.CHUNK, object_id, offset, length, compressed, error,
@@ -259,7 +284,11 @@ class Transfers:
     def tick(self, now):
         for object_id, served in list(self.served.items()):
             if now - served.last_used > SERVE_IDLE_S:
-                del self.served[object_id]
+                self._done_serving(object_id)
+        for object_id, due in list(self.unpin_due.items()):
+            if now >= due:
+                del self.unpin_due[object_id]
+                self._unpin(object_id)
 
     def close(self):
         for pull in list(self.pulls.values()):

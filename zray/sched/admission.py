@@ -6,7 +6,9 @@
 - Objects a client stores (PUT, DONE) that live in a file must live in the
   file this node would give that object: in its plasma directory or its
   spill directory, named after this session and the object id. So no client
-  can make the node serve, or unlink, any other file.
+  can make the node serve, or unlink, any other file. One that lives in the
+  arena must name exactly the block this node reserved for that object and
+  that client: no client can claim (and later free) bytes it was not given.
 - A function blob is stored under its hash, so no client can replace the
   code another client registered.
 
@@ -36,9 +38,12 @@ def hello_refusal(worker, remote, kind, worker_secret):
     return None
 
 
-def object_entries_refusal(entries, n_frames, session_name, directories):
+def object_entries_refusal(entries, n_frames, session_name, directories,
+                           reserved_block=lambda object_id: None):
     """Why these object headers (of a PUT or DONE, with ``n_frames`` payload
-    frames) must be refused. ``directories``: where this node keeps objects."""
+    frames) must be refused. ``directories``: where this node keeps objects;
+    ``reserved_block(object_id)``: the arena location reserved for the
+    sender, or None."""
     if not isinstance(entries, (list, tuple)):
         return "object entries must be a list"
     needed = 0
@@ -52,6 +57,10 @@ def object_entries_refusal(entries, n_frames, session_name, directories):
             if not isinstance(count, int) or count < 1:
                 return "an inline object has one frame or more"
             needed += count
+        elif kind == P.SHM and isinstance(location, tuple) and len(location) == 3:
+            if location != reserved_block(object_id):
+                return (f"object {object_id.hex()} names the arena block {location!r}, which "
+                        f"this node did not reserve for it and this client")
         elif kind == P.SHM:
             if not (isinstance(location, tuple) and len(location) == 2
                     and isinstance(location[0], str) and isinstance(location[1], int)

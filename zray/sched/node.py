@@ -83,7 +83,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         cpus = max(1, -(-totals.get("CPU", 0) // R.UNIT))
         # Start at most as many workers at once as there are cores (as Ray's
         # maximum_startup_concurrency); keep that many warm when idle.
-        self.disk = SpillDisk()        # files of the object table; spill copies in a thread
+        # Files of the object table (arena chunks, spill copies in a thread).
+        self.disk = SpillDisk(config["plasma_dir"], self.session_name)
         self.state = NodeState(
             totals, config["object_store_memory"],
             config.get("spill_dir") or os.path.join(self.session_dir, "spill"),
@@ -289,21 +290,22 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         if not self.state.may_finish(identity, task_id):
             self.complaints.warn("done", "ignored a DONE from a client not running that task")
             return None
-        if self._refused_objects(entries, payload, "DONE"):
+        if self._refused_objects(identity, entries, payload, "DONE"):
             return None
         self.events.extend(events)
         return E.TaskDone(identity, task_id, entries, payload, exiting, error_text)
 
     def _on_put(self, identity, fields, payload):
         (entries,) = fields
-        if self._refused_objects(entries, payload, "PUT"):
+        if self._refused_objects(identity, entries, payload, "PUT"):
             return None
         return E.ObjectsPut(identity, entries, payload)
 
-    def _refused_objects(self, entries, payload, what):
+    def _refused_objects(self, identity, entries, payload, what):
         refusal = admission.object_entries_refusal(
             entries, len(payload), self.session_name,
-            (self.config["plasma_dir"], self.objects.spill_dir))
+            (self.config["plasma_dir"], self.objects.spill_dir),
+            lambda object_id: self.objects.reserved_location(object_id, identity))
         if refusal is not None:
             self.complaints.warn(what, "ignored a %s: %s", what, refusal)
         return refusal is not None
@@ -439,6 +441,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         C.StopWorker: _stop_worker,
         C.KillWorker: lambda self, c: self.processes.kill(c.worker_id),
         C.Reserved: lambda self, c: None,          # read by whoever asked
+        C.Pinned: lambda self, c: None,
         C.ClientGone: lambda self, c: self.remote_clients.discard(c.identity),
         C.ShareSerializers: lambda self, c: self.peers.share_serializers(c.node_id,
                                                                          c.registrations),
@@ -448,12 +451,20 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
                                                                        c.expected_again),
     }
 
-    def reserve(self, owner, object_id, size):
-        """Admit a large object: IN_MEMORY or ON_DISK (raises ObjectStoreFullError)."""
-        for command in self.handle(E.ReserveRequested(owner, object_id, size)):
+    def reserve(self, owner, object_id, size, arena=False):
+        """Admit a large object: IN_MEMORY, ON_DISK or (``arena``) an arena
+        location (raises ObjectStoreFullError)."""
+        for command in self.handle(E.ReserveRequested(owner, object_id, size, arena)):
             if isinstance(command, C.Reserved):
                 return command.where
         return IN_MEMORY
+
+    def pin(self, owner, object_id):
+        """Where ``owner`` reads the object now (arena blocks stay until unpinned)."""
+        for command in self.handle(E.PinRequested(owner, object_id)):
+            if isinstance(command, C.Pinned):
+                return command.location
+        return None
 
     # == the rest of the edge ================================================
     def _node_info(self):

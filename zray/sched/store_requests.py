@@ -9,8 +9,11 @@ A mixin of the node daemon (``request_<op>`` methods); the ones that change
 the store go through ``handle(event)``. Ops:
 
 - ``reserve`` / ``unreserve``: admit a large object before it is written
-  (spilling to make room; the answer says memory or disk), or give the room
-  back when the write failed.
+  (spilling to make room; the answer says memory, disk or an arena block),
+  or give the room back when the write failed.
+- ``pin`` / ``unpin``: a process maps an arena object (the answer says
+  where it is now; its block is not reused until unpinned, or the process
+  leaves), and is done with it.
 - ``store_stats``: the table's counters (bytes in memory, spilled, created).
 - ``memory``: one row per object with who holds it (``zray memory``).
 - ``register_serializer``: a driver's ``register_custom_serializer``; kept
@@ -22,11 +25,20 @@ from .state import events as E
 
 
 class ObjectStoreRequests:
-    def request_reserve(self, client, object_id, size):
-        return self.reserve(client.identity, object_id, size)
+    def request_reserve(self, client, object_id, size, arena=False):
+        # Only a process on this machine can write into the arena's chunks.
+        arena = arena is True and client.identity not in self.remote_clients
+        return self.reserve(client.identity, object_id, size, arena)
 
     def request_unreserve(self, _client, object_id):
         self.handle(E.ReservationReleased(object_id))
+        return True
+
+    def request_pin(self, client, object_id):
+        return self.pin(client.identity, object_id)
+
+    def request_unpin(self, client, object_ids):
+        self.handle(E.Unpinned(client.identity, list(object_ids)))
         return True
 
     def request_store_stats(self, _client):

@@ -38,7 +38,12 @@ class ReportError(NamedTuple):      # TASK_ERROR to the owner (return_ids None: 
 
 class Reserved(NamedTuple):         # the answer to ReserveRequested: where to write it
     object_id: bytes
-    where: str                # store.IN_MEMORY or store.ON_DISK
+    where: object             # store.IN_MEMORY, store.ON_DISK or an arena location
+
+
+class Pinned(NamedTuple):           # the answer to PinRequested: where to read it
+    object_id: bytes
+    location: object          # arena location (kept until Unpinned), a file's, or None
 
 
 class RecordError(NamedTuple):      # the error table in the kv service

@@ -69,6 +69,7 @@ class ReserveRequested(NamedTuple):  # answered by Reserved; ObjectStoreFullErro
     owner: Any
     object_id: bytes
     size: int
+    arena: bool = False       # the writer can write into an arena block (same machine)
 
 
 class SpillsFinished(NamedTuple):  # copies to the spill directory done (or failed)
@@ -77,6 +78,16 @@ class SpillsFinished(NamedTuple):  # copies to the spill directory done (or fail
 
 class ReservationReleased(NamedTuple):
     object_id: bytes
+
+
+class PinRequested(NamedTuple):    # a client maps an object: answered by Pinned
+    owner: Any
+    object_id: bytes
+
+
+class Unpinned(NamedTuple):        # the client's views of these objects are gone
+    owner: Any
+    object_ids: list
 
 
 class SerializerRegistered(NamedTuple):

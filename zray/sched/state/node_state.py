@@ -102,6 +102,7 @@ class NodeState(ObjectEvents):
         if client.kind == "driver":     # its work stops before its refs go
             stop_work_of(self, client.identity, f"driver pid {client.pid}")
         self.objects.release_reservations_of(client.identity)
+        self.objects.release_pins_of(client.identity)
         held, client.held = client.held, set()
         for object_id in held:
             self.release_object(object_id)

@@ -128,8 +128,15 @@ class ObjectEvents:
         self.objects.remove_ref(object_id)
 
     def _on_reserve(self, ev):
-        where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner)
+        where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner, arena=ev.arena)
         self.emit(C.Reserved(ev.object_id, where))
+
+    def _on_pin(self, ev):
+        self.emit(C.Pinned(ev.object_id, self.objects.pin(ev.object_id, ev.owner)))
+
+    def _on_unpinned(self, ev):
+        for object_id in ev.object_ids:
+            self.objects.unpin(object_id, ev.owner)
 
     def _on_spills_finished(self, ev):
         self.objects.finish_spills(ev.results)
@@ -143,4 +150,5 @@ class ObjectEvents:
         E.RefsAdded: _on_add_ref, E.RefsRemoved: _on_remove_ref,
         E.ReserveRequested: _on_reserve, E.ReservationReleased: _on_unreserve,
         E.SpillsFinished: _on_spills_finished,
+        E.PinRequested: _on_pin, E.Unpinned: _on_unpinned,
     }

@@ -1,0 +1,69 @@
+"""Arena blocks of the object table: when one may be reused.
+
+A block goes back to the arena only when nothing can read it any more: its
+object is freed (or spilled), no process has it mapped (``pin`` until
+``unpin``; a client's pins go with it) and the spiller is not copying it.
+Mixed into ``store.ObjectTable``: needs ``entries``, ``is_ready``, ``arena``, ``pins``,
+``retired`` and ``free_after_copy``.
+"""
+from ..transport.protocol import SHM
+
+
+def is_arena(location):
+    """True for an arena location ``(chunk path, size, offset)``."""
+    return location is not None and len(location) == 3
+
+
+class ArenaBlocks:
+    def _arena_block(self, object_id, size):
+        """An arena location for a new object, pages allocated; None if no room."""
+        block = self.arena.allocate(size)
+        if block is None:
+            return None
+        try:
+            self.disk.allocate_pages(block[0], block[1], size)
+        except OSError as exc:
+            self.arena.free(block[0], block[1], size)
+            self.arena.failure = f"the arena's pages could not be allocated: {exc}"
+            return None
+        return (block[0], size, block[1])
+
+    def _free_block(self, object_id, location, being_copied=False):
+        """Give an arena block back, once nothing reads it any more."""
+        if being_copied:
+            self.free_after_copy[object_id] = location     # the spiller still reads it
+        elif object_id in self.pins:
+            self.retired[object_id] = location             # a process still views it
+        else:
+            self.arena.free(location[0], location[2], location[1])
+
+    # -- pins: a process maps an arena object ---------------------------------
+    def pin(self, object_id, owner):
+        """Where ``owner`` may read the object now: its arena location (the
+        block is then kept until ``unpin``) or its file; None if not here."""
+        entry = self.entries.get(object_id)
+        if not self.is_ready(object_id) or entry.kind != SHM:
+            return None
+        if is_arena(entry.location):
+            owners = self.pins.setdefault(object_id, {})
+            owners[owner] = owners.get(owner, 0) + 1
+        return entry.location
+
+    def unpin(self, object_id, owner, count=1):
+        owners = self.pins.get(object_id)
+        if owners is None or owner not in owners:
+            return
+        owners[owner] -= count
+        if owners[owner] <= 0:
+            del owners[owner]
+        if not owners:
+            del self.pins[object_id]
+            location = self.retired.pop(object_id, None)
+            if location is not None:
+                self.arena.free(location[0], location[2], location[1])
+
+    def release_pins_of(self, owner):
+        """A client left: whatever it mapped it no longer views."""
+        for object_id in [i for i, owners in self.pins.items() if owner in owners]:
+            self.unpin(object_id, owner, self.pins[object_id][owner])
+
