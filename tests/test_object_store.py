@@ -649,7 +649,7 @@ def test_object_table_spills_arena_objects(tmp_path):
     spill = tmp_path / "spill"
     table = ObjectTable(capacity_bytes=3 * MiB, spill_dir=str(spill), disk=_disk(tmp_path))
     ids = [bytes([i]) * 20 for i in range(4)]
-    first = _arena_object(table, tmp_path, ids[0], MiB, 7)
+    _arena_object(table, tmp_path, ids[0], MiB, 7)
     _arena_object(table, tmp_path, ids[1], MiB, 8)
     table.expect(ids[2]).refcount = 1
     table.reserve(ids[2], 2 * MiB, owner=b"c1", arena=True)      # spills ids[0]

@@ -29,7 +29,7 @@ def _round_up(n, to):
 
 
 class Chunk:
-    __slots__ = ("index", "path", "size", "free_offsets", "free_sizes", "used_bytes")
+    __slots__ = ("index", "path", "size", "free_offsets", "free_sizes", "used_bytes", "touched")
 
     def __init__(self, index, path, size):
         self.index = index
@@ -38,6 +38,7 @@ class Chunk:
         self.free_offsets = [0]        # sorted starts of free ranges
         self.free_sizes = [size]       # their lengths, same order
         self.used_bytes = 0
+        self.touched = 0               # bytes below this have their pages (a high-water mark)
 
     def allocate(self, size):
         for i, length in enumerate(self.free_sizes):

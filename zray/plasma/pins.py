@@ -20,12 +20,18 @@ class ArenaBlocks:
         block = self.arena.allocate(size)
         if block is None:
             return None
-        try:
-            self.disk.allocate_pages(block[0], block[1], size)
-        except OSError as exc:
-            self.arena.free(block[0], block[1], size)
-            self.arena.failure = f"the arena's pages could not be allocated: {exc}"
-            return None
+        chunk = self.arena.by_path[block[0]]
+        # Below its high-water mark a chunk's pages exist already (first fit
+        # hands out the untouched part only as a suffix): allocate the rest.
+        start, end = max(block[1], chunk.touched), block[1] + size
+        if end > start:
+            try:
+                self.disk.allocate_pages(block[0], start, end - start)
+            except OSError as exc:
+                self.arena.free(block[0], block[1], size)
+                self.arena.failure = f"the arena's pages could not be allocated: {exc}"
+                return None
+            chunk.touched = end
         return (block[0], size, block[1])
 
     def _free_block(self, object_id, location, being_copied=False):
