@@ -18,7 +18,7 @@ import tempfile
 import threading
 from typing import List, Optional
 
-from . import peers, table
+from . import floors, peers, table
 from .registry import all_rows, select
 from .system_runner import EXIT_NOT_INSTALLED, PROGRESS, REPO_ROOT
 
@@ -72,16 +72,18 @@ def _kill_group(proc):
             continue
 
 
-def run_side(system: str, python: str, args, progress: _Progress) -> dict:
-    """Runs one system's rows in a subprocess; returns its result document."""
+def run_side(system: str, python: str, args, progress: _Progress,
+             pattern: Optional[str] = None) -> dict:
+    """Runs one system's rows (``pattern``, else --filter) in a subprocess;
+    returns its result document."""
     fd, path = tempfile.mkstemp(prefix=f"zray-bench-{system}-", suffix=".json")
     os.close(fd)
     cmd = [python, "-m", "benchmarks.system_runner", "--system", system,
            "--json", path]
     if args.quick:
         cmd.append("--quick")
-    if args.filter:
-        cmd += ["--filter", args.filter]
+    if pattern or args.filter:
+        cmd += ["--filter", pattern or args.filter]
     if args.row_timeout:
         cmd += ["--row-timeout", str(args.row_timeout)]
     env = dict(os.environ)
@@ -142,7 +144,7 @@ def _combine_loaded(paths: List[str]) -> dict:
         with open(path) as f:
             doc = json.load(f)
         if "rows" not in doc:          # a combined file from --json
-            for key in ("zray", "peer"):
+            for key in ("zray", "peer", "pool", "memcpy"):
                 if doc.get(key) is not None:
                     result[key] = doc[key]
             if doc.get("peer") is not None:
@@ -160,7 +162,9 @@ def _report(result: dict) -> str:
     order = [r.name for r in all_rows()]
     peer = result.get("peer")
     label = result["meta"]["against"] if result["meta"]["against"] != "none" else None
-    lines = [table.render(order, result.get("zray"), peer, label)]
+    lines = [table.render(order, result.get("zray"), peer, label,
+                          floors=[("pool", result.get("pool")),
+                                  ("memcpy", result.get("memcpy"))])]
     extra = table.notes("zray", result.get("zray")) + table.notes(label or "peer", peer)
     extra += result["meta"].get("notes", [])
     lines.append("")
@@ -195,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--load", metavar="FILE", nargs="+",
                     help="re-print the table from earlier --json files (this "
                          "command's or system_runner's); runs nothing")
+    ap.add_argument("--no-floors", action="store_true",
+                    help="skip the ProcessPoolExecutor and memcpy columns "
+                         "(see benchmarks/floors.py)")
     ap.add_argument("--verbose", action="store_true",
                     help="pass the systems' own output through to stderr")
     return ap
@@ -222,6 +229,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             meta["peer_python"] = python
             result["peer"] = run_side(args.against, python, args, progress)
+    if not args.no_floors and not args.skip_zray and result["zray"] is not None:
+        if args.against != "pool" and select(all_rows(), floors.pool_filter(args.filter)):
+            result["pool"] = run_side("pool", sys.executable, args, progress,
+                                      pattern=floors.pool_filter(args.filter))
+        result["memcpy"] = floors.memcpy_doc(args.quick, args.filter)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -52,9 +52,12 @@ def by_name(doc: Optional[dict]) -> Dict[str, Measurement]:
 
 
 def render(order: List[str], zray_doc: Optional[dict], peer_doc: Optional[dict],
-           peer_label: Optional[str]) -> str:
+           peer_label: Optional[str], floors=()) -> str:
     """Columns for the systems that ran (a None doc means "not run"); the
-    ratio column only when both zray and a peer ran."""
+    ratio column only when both zray and a peer ran. ``floors``: (label,
+    doc) of references (a process pool, memcpy) measured on some rows only;
+    each adds its column and zray's fraction of it (blank where it has no
+    figure)."""
     cols = []   # (label, measurements by row name, text for a missing row)
     for label, doc in (("zray", zray_doc), (peer_label, peer_doc)):
         if label and doc is not None:
@@ -66,12 +69,19 @@ def render(order: List[str], zray_doc: Optional[dict], peer_doc: Optional[dict],
     header = ["row"] + [c[0] for c in cols]
     if with_ratio:
         header.append(f"ratio (zray vs {peer_label}, >1 = zray better)")
+    floor_cols = [(label, by_name(doc)) for label, doc in floors if doc is not None]
+    zray_got = by_name(zray_doc)
+    for label, _ in floor_cols:
+        header += [label, f"zray / {label}"]
     lines = [header]
     for n in names:
         line = [n] + [cell(got.get(n), missing) for _, got, missing in cols]
         if with_ratio:
             r = ratio(cols[0][1].get(n), cols[1][1].get(n))
             line.append(f"{r:.2f}x" if r else "-")
+        for _, got in floor_cols:
+            r = ratio(zray_got.get(n), got.get(n))
+            line += [cell(got.get(n), ""), f"{r:.2f}" if r else ""]
         lines.append(line)
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
     out = []
