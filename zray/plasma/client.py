@@ -120,12 +120,18 @@ def _pinned_view(arena, object_id, location):
     value built on it goes, the block is unpinned."""
     path, size, offset = location
     try:
-        import numpy
-    except ImportError:
-        # Without numpy, a mapping of just this block (blocks are page-aligned).
-        view = shm.map_block(path, offset, size)
-    else:
-        chunk = memoryview(arena.chunk(path, False))[offset:offset + size]
-        view = numpy.frombuffer(chunk, dtype=numpy.uint8)     # read-only, like the mapping
+        try:
+            import numpy
+        except ImportError:
+            # Without numpy, a mapping of just this block (blocks are page-aligned).
+            view = shm.map_block(path, offset, size)
+        else:
+            chunk = memoryview(arena.chunk(path, False))[offset:offset + size]
+            view = numpy.frombuffer(chunk, dtype=numpy.uint8)     # read-only, like the mapping
+    except FileNotFoundError:
+        arena.unpins.append(object_id)
+        raise ObjectLostError(
+            f"object {object_id.hex()} lives in {path}, which this process cannot open: "
+            f"it runs on another machine than the object's node, or the node stopped") from None
     weakref.finalize(view, arena.unpins.append, object_id)
     return view
