@@ -136,7 +136,7 @@ class NodeState(ObjectEvents):
         objects = self.objects
         for object_id in spec.return_ids:
             entry = objects.expect(object_id)
-            entry.subscribers.add(client.identity)
+            entry.add_subscriber(client.identity)
             self._hold(client, object_id)
         for object_id in spec.dep_ids:
             objects.add_ref(object_id)
@@ -170,7 +170,7 @@ class NodeState(ObjectEvents):
             entry = objects.get(object_id)
             if entry is None or entry.state != OBJECT_READY:
                 entry = objects.expect(object_id)
-                entry.waiting_tasks.append((task, when_ready))
+                entry.add_waiting_task(task, when_ready)
                 task.missing += 1
         if task.missing == 0:
             when_ready(task)

@@ -52,11 +52,11 @@ class ObjectEvents:
             for identity in entry.subscribers:
                 if identity in self.clients:
                     self.emit(C.PushObject(identity, entry))
-            entry.subscribers = set()
+            entry.subscribers = ()
         if self.forwarding.result_of:
             self.forwarding.arrived(entry.object_id)
         if entry.waiting_tasks:
-            waiting, entry.waiting_tasks = entry.waiting_tasks, []
+            waiting, entry.waiting_tasks = entry.waiting_tasks, ()
             for task, when_ready in waiting:
                 task.missing -= 1
                 if task.missing == 0:
@@ -84,7 +84,7 @@ class ObjectEvents:
             if entry.state == OBJECT_READY:
                 self.emit(C.PushObject(client.identity, entry))
             else:
-                entry.subscribers.add(client.identity)
+                entry.add_subscriber(client.identity)
 
     def _freed_here(self, object_id):
         # Only a node that never had peers knows every copy: in a cluster, an
