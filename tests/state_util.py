@@ -65,11 +65,11 @@ class Node:
     """A NodeState and a log of every command it gave."""
 
     def __init__(self, cpus=2, gpus=0, max_workers=8, store_bytes=1 << 20, max_starting=8,
-                 soft_limit=2):
-        totals = R.totals_from_options(cpus, gpus, None)
+                 soft_limit=2, resources=None, node_id="node"):
+        totals = R.totals_from_options(cpus, gpus, resources)
         self.disk = FakeDisk()
         self.state = NodeState(totals, store_bytes, "/spill", max_workers, self.disk,
-                               max_starting=max_starting, soft_limit=soft_limit)
+                               max_starting=max_starting, soft_limit=soft_limit, node_id=node_id)
         self.log = []
         self.pids = itertools.count(100)
 

@@ -257,7 +257,16 @@ class Runtime:
         self.request("kill_actor", actor_id, no_restart)
 
     def get_actor(self, name, make_handle):
-        actor_id, meta = self.request("get_actor", name)
+        try:
+            actor_id, meta = self.request("get_actor", name)
+        except ValueError:
+            # Not made from this node: its home published it in the kv.
+            from ..kv.records import ACTOR_NAME_PREFIX, valid_actor_name_record
+            kv = self.kv_client()
+            record = kv.get(ACTOR_NAME_PREFIX + name) if kv is not None else None
+            if not valid_actor_name_record(record):
+                raise
+            actor_id, meta = record
         return make_handle(actor_id, meta, ObjectRef(actor_id, borrowed=True, _runtime=self))
 
     def in_actor(self):

@@ -175,6 +175,18 @@ def submit_task(runtime, code, args, kwargs, options):
     return refs
 
 
+def new_actor_id(runtime):
+    """20 bytes that begin with the id of the node it is created on (its home,
+    which places it and routes calls to it from other nodes)."""
+    try:
+        home = bytes.fromhex(runtime.node_info.get("node_id", ""))
+    except ValueError:
+        home = b""
+    if len(home) != 8:
+        home = os.urandom(8)
+    return home + os.urandom(12)
+
+
 def create_actor(runtime, code, args, kwargs, options, handle_meta, make_handle):
     """Send an actor's creation task; ``make_handle(actor_id, meta, ref)``."""
     name = options.get("name")
@@ -185,7 +197,7 @@ def create_actor(runtime, code, args, kwargs, options, handle_meta, make_handle)
             pass
     function_id = code.ensure(runtime)
     frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
-    actor_id = os.urandom(20)
+    actor_id = new_actor_id(runtime)
     if name is not None:
         # Raises ValueError on a duplicate before anything is submitted.
         runtime.request("reserve_actor_name", name, actor_id)

@@ -5,6 +5,18 @@ connects somewhere, or counts resources, because of a record checks it here
 first, and ignores it if malformed.
 """
 
+ACTOR_NAME_PREFIX = "actor_name:"    # name -> (actor_id, handle_meta), by the actor's home
+
+
+def valid_actor_name_record(record):
+    """An actor id (20 bytes) and a handle's (class name, methods, signatures)."""
+    if not isinstance(record, tuple) or len(record) != 2:
+        return False
+    actor_id, meta = record
+    return (isinstance(actor_id, bytes) and len(actor_id) == 20 and isinstance(meta, tuple)
+            and len(meta) == 3 and isinstance(meta[0], str)
+            and isinstance(meta[1], dict) and isinstance(meta[2], dict))
+
 
 def valid_node_record(node_id, info):
     """Is this a node record one may act on: a 16-hex-digit id (its own),

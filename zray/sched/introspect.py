@@ -28,7 +28,8 @@ def node_view(node, top_objects=10):
                         "actor": actor.class_name if actor is not None else None,
                         "running": running})
     return {"node_id": node.node_id, "time": time.time(), "workers": workers,
-            "actors": [_actor_row(actor) for actor in actors.values()],
+            # An actor placed on another node is listed there, by its host.
+            "actors": [_actor_row(actor) for actor in actors.values() if actor.node is None],
             "running": [{"task_id": task_id.hex(), "name": task.spec.name,
                          "pid": task.worker.pid if task.worker is not None else None,
                          "blocked": task.blocked}

@@ -30,6 +30,7 @@ import psutil
 import zmq
 
 from ..plasma.disk import SpillDisk
+from ..kv.records import ACTOR_NAME_PREFIX
 from ..plasma.store import IN_MEMORY
 from .store_requests import ObjectStoreRequests
 from ..transport import auth
@@ -420,6 +421,15 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             if client.kind == "driver":
                 self.send(client.identity, P.TASK_ERROR, "", cmd.message, None)
 
+    def _publish_actor_name(self, cmd):
+        if self.kv is None:
+            return
+        key = f"{ACTOR_NAME_PREFIX}{cmd.name}"
+        if cmd.record is None:
+            self.kv.tell("delete", key)
+        else:
+            self.kv.tell("put", key, cmd.record)
+
     def _start_worker(self, cmd):
         self.processes.start(cmd.worker_id)
 
@@ -447,6 +457,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
                                                                          c.registrations),
         C.Forward: lambda self, c: self.peers.forward(c),
         C.WantObjects: lambda self, c: self.peers.want(c.node_id, c.object_ids),
+        C.TellPeer: lambda self, c: self.peers.tell(c.node_id, c.msg_type, c.fields),
+        C.PublishActorName: _publish_actor_name,
         C.DropPeerTransfers: lambda self, c: self.peers.drop_transfers(c.node_id,
                                                                        c.expected_again),
     }

@@ -47,6 +47,10 @@ class NodeRequests:
     def request_get_actor(self, _client, name):
         return self.actors.get_by_name(name)
 
+    def request_actor_location(self, _client, actor_id):
+        """(node_id, worker_id or None) of a live actor this node knows, else None."""
+        return self.actors.routing.location(actor_id)
+
     def request_reserve_actor_name(self, _client, name, actor_id=None):
         self.handle(E.ActorNameReserved(name, actor_id))
         return True

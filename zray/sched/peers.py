@@ -211,6 +211,11 @@ class Peers:
         if link is not None:
             self.transfer.want(object_ids, link)
 
+    def tell(self, node_id, msg_type, fields):
+        link = self.links.get(node_id)
+        if link is not None:
+            link.send(msg_type, *fields)
+
     def share_serializers(self, node_id, registrations):
         """Custom serializers to one peer (or all), as its own
         ``register_serializer`` requests (id 0: no answer)."""
@@ -262,8 +267,11 @@ class Peers:
                 node.handle(E.ObjectsExpected([object_id]))
             if object_id in transfer.pulls:
                 continue        # already coming; its pull lets go of it when done
+            # The id of an actor it hosts for us: our hold keeps it alive there.
+            keep = node.state.actors.routing.keeps_hold(object_id, link.node_id)
             if objects.get(object_id) is None or objects.is_ready(object_id):
-                release.append(object_id)
+                if not keep:
+                    release.append(object_id)
                 node.handle(E.PeerObjectArrived(object_id))
                 continue
             # Refs inside it must be fetched before we let go of it there.
@@ -272,7 +280,8 @@ class Peers:
                 transfer.want(inner, link)
             if kind == P.INLINE:
                 node.handle(E.ObjectsSealed([header], part))
-                release.append(object_id)
+                if not keep:
+                    release.append(object_id)
                 node.handle(E.PeerObjectArrived(object_id))
             else:
                 transfer.start(link, header)

@@ -45,8 +45,9 @@ ALLOWED = frozenset([
     (S.RUNNING, S.DONE), (S.RUNNING, S.FAILED), (S.RUNNING, S.READY),
     (S.FORWARDED, S.DONE), (S.FORWARDED, S.READY), (S.FORWARDED, S.FAILED),
     (S.FORWARDED, S.INFEASIBLE),
-    # An actor restart runs its creation task again.
-    (S.DONE, S.WAITING), (S.FAILED, S.WAITING),
+    # An actor restart runs its creation task again (also one its node took
+    # with it when it left).
+    (S.DONE, S.WAITING), (S.FAILED, S.WAITING), (S.FORWARDED, S.WAITING),
 ])
 FINAL = frozenset([S.DONE, S.FAILED, S.DISCARDED])
 # The table per state, as a tuple: ``in`` on it compares by identity, where a

@@ -14,7 +14,9 @@
   list[command]``; tasks, workers and clients; ``objects.py``: its object
   and reference events.
 - ``actors.py``: the actor table (creation, per-caller call queues, restart,
-  kill); ``forwarding.py``: which tasks go to other nodes.
+  kill); ``actor_routing.py``: actors placed on or homed on other nodes
+  (calls routed there, re-created when their node dies; ``location()``
+  says where one lives); ``forwarding.py``: which tasks go to other nodes.
 - Task states are ``sched.task.TaskState`` with an explicit transition
   table; an illegal transition raises under ``ZRAY_STRICT_STATE=1`` (tests)
   and is logged otherwise.

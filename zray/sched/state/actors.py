@@ -22,6 +22,7 @@
   calls already submitted still run, then the worker is told to exit.
 - A dead actor stays as a tombstone while handles remain, so later calls
   fail fast with the reason it died.
+- Actors on other nodes (placed there, or homed there): ``actor_routing.py``.
 
 The table changes only inside ``NodeState.handle``; what it decides leaves
 as commands (``state.emit``): EXECUTE via ``state.send_task``, EXIT via
@@ -34,46 +35,12 @@ from ...exceptions import RayActorError
 from ..task import TaskState
 from ..worker_pool import describe_exit
 from . import commands as C
+from .actor_record import ALIVE, DEAD, PENDING, RESTARTING, Actor
+from .actor_routing import ActorRouting, caller_of
 
 log = logging.getLogger("zray.actors")
 
 S = TaskState
-PENDING, ALIVE, RESTARTING, DEAD = "pending", "alive", "restarting", "dead"
-INFINITE = float("inf")
-
-
-class Actor:
-    __slots__ = ("actor_id", "creation", "worker", "state", "restarts_left", "max_restarts",
-                 "task_retries", "queues", "inflight", "name", "death_reason", "hold",
-                 "holding", "class_name", "handle_meta", "unreferenced", "detached",
-                 "args_released")
-
-    def __init__(self, creation):
-        spec = creation.spec
-        options = spec.options
-        self.actor_id = spec.actor_id
-        self.creation = creation      # kept to run __init__ again on restart
-        self.worker = None
-        self.state = PENDING
-        self.max_restarts = options.get("max_restarts", 0)
-        self.restarts_left = self.max_restarts
-        retries = options.get("max_task_retries") or 0
-        self.task_retries = INFINITE if retries == -1 else retries
-        self.queues = {}              # caller -> deque of calls not yet sent, in its order
-        self.inflight = {}            # task_id -> task sent to the worker (dict keeps order)
-        self.name = options.get("name")
-        self.death_reason = None
-        self.hold = options.get("hold_resources", False)
-        self.holding = False          # hold=True and the worker has the resources now
-        self.class_name = spec.name
-        self.handle_meta = options.get("handle_meta")
-        self.unreferenced = False     # no handle left anywhere: exit once the queues are empty
-        self.detached = options.get("detached", False)
-        self.args_released = False
-
-    def queued(self):
-        """Calls not sent yet, each caller's in its order."""
-        return [task for queue in self.queues.values() for task in queue]
 
 
 class ActorTable:
@@ -81,6 +48,8 @@ class ActorTable:
         self.state = state            # the NodeState this table is part of
         self.by_id = {}
         self.names = {}               # name -> actor id (reserved before the creation arrives)
+        self.proxies = {}             # actor id -> proxy, for actors homed on other nodes
+        self.routing = ActorRouting(self)
 
     # -- creation -----------------------------------------------------------
     def submit_creation(self, task):
@@ -88,6 +57,9 @@ class ActorTable:
         self.by_id[actor.actor_id] = actor
         if actor.name:
             self.names[actor.name] = actor.actor_id
+            if self.routing.is_home(actor):
+                self.state.emit(C.PublishActorName(actor.name,
+                                                   (actor.actor_id, actor.handle_meta)))
         self.state.wait_for_arguments(task, lambda _task: self._creation_ready(actor))
 
     def _creation_ready(self, actor):
@@ -136,11 +108,13 @@ class ActorTable:
     # -- methods ------------------------------------------------------------
     def submit_method(self, task):
         actor = self.by_id.get(task.spec.actor_id)
+        if actor is None:
+            actor = self.routing.proxy_for(task)
         if actor is None or actor.state == DEAD:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
-        caller = task.spec.owner
+        caller = caller_of(task.spec)
         if not task.spec.dep_ids and caller not in actor.queues and self._can_send(actor):
             # The common case, kept short: no argument to wait for and nothing
             # of this caller's ahead of it.
@@ -157,12 +131,18 @@ class ActorTable:
         if task.state is not S.WAITING:      # failed meanwhile (its actor died)
             return
         task.to(S.READY)
-        actor = self.by_id.get(task.spec.actor_id)
+        actor = self.lookup(task.spec.actor_id)
         if actor is not None and self._can_send(actor):
-            self._send_ready(actor, task.spec.owner)
+            self._send_ready(actor, caller_of(task.spec))
             self._exit_if_unreferenced(actor)
 
+    def lookup(self, actor_id):
+        actor = self.by_id.get(actor_id)
+        return actor if actor is not None else self.proxies.get(actor_id)
+
     def _can_send(self, actor):
+        if actor.node is not None:
+            return actor.state == ALIVE       # calls follow it to its node
         worker = actor.worker     # None while its death is being handled
         return actor.state == ALIVE and worker is not None and not worker.exiting
 
@@ -184,12 +164,19 @@ class ActorTable:
             del actor.queues[caller]
 
     def _send(self, actor, task):
+        if actor.node is not None:
+            self.routing.forward_call(actor, task)
+            return
         task.to(S.RUNNING)
         actor.inflight[task.spec.task_id] = task
         self.state.send_task(actor.worker, task)
 
     def _exit_if_unreferenced(self, actor):
         if actor.unreferenced and not actor.queues and not actor.inflight:
+            if actor.node is not None:    # its node hears that our handles are gone
+                self._die(actor, actor.death_reason)
+                self._forget_if_done(actor)
+                return
             # Nobody can call it any more and every result is in: exit. (Sent
             # only now so no result is lost with a process already leaving.)
             self.state.stop_worker(actor.worker)
@@ -234,7 +221,7 @@ class ActorTable:
         actor.inflight.clear()
         if restart:
             for task in reversed(retry):     # first in their callers' queues, in order
-                actor.queues.setdefault(task.spec.owner, deque()).appendleft(task)
+                actor.queues.setdefault(caller_of(task.spec), deque()).appendleft(task)
             log.warning("actor %s died (%s); restarting it (%s restarts left)",
                         actor.class_name, reason, actor.restarts_left - 1)
             self._restart(actor)
@@ -264,7 +251,13 @@ class ActorTable:
             self._fail(task, actor)
         self._release_name(actor)
         creation = actor.creation
-        if creation.state is S.RUNNING and creation.spec.task_id in state.scheduler.running:
+        if creation is None:          # a proxy: nothing of it runs here
+            return
+        if actor.node is not None:
+            self.routing.let_go(actor)
+        if creation.state is S.FORWARDED:
+            pass                      # its node runs it; a result may still come back
+        elif creation.state is S.RUNNING and creation.spec.task_id in state.scheduler.running:
             if creation.worker is not None:      # stop an __init__ still running
                 state.emit(C.KillWorker(creation.worker.worker_id))
         elif creation.state is not S.RUNNING:
@@ -284,9 +277,7 @@ class ActorTable:
 
     def _fail(self, task, actor, reason=None, running=False, restarting=False):
         if actor is None:
-            message = (f"{task.spec.name} was called on an actor this node does not know "
-                       f"(id {task.spec.actor_id.hex()[:12]}); it may have exited after its "
-                       f"last handle was dropped")
+            message = self.routing.unknown_actor_message(task.spec)
         else:
             reason = reason or actor.death_reason
             when = "while running" if running else "before running"
@@ -295,7 +286,8 @@ class ActorTable:
             if restarting:
                 message += ("; it is being restarted, so later calls run on a fresh instance "
                             "(pass max_task_retries=N to retry calls like this one)")
-            elif "died with" in reason and not actor.max_restarts:
+            elif ("died with" in reason or "left the cluster" in reason) and \
+                    not actor.max_restarts and not actor.proxy:
                 message += ("; create the actor with max_restarts=N to have it restarted "
                             "after a crash")
         self.state.fail_task(task, RayActorError(message))
@@ -324,11 +316,23 @@ class ActorTable:
     def _release_name(self, actor):
         if actor.name and self.names.get(actor.name) == actor.actor_id:
             del self.names[actor.name]
+            if self.routing.is_home(actor):
+                self.state.emit(C.PublishActorName(actor.name, None))
 
     # -- requests (events KillActorRequested, ActorNameReserved) ---------------
     def kill(self, actor_id, no_restart=True):
         actor = self.by_id.get(actor_id)
-        if actor is None or actor.state == DEAD:
+        if actor is None:
+            self.routing.kill_elsewhere(actor_id, no_restart)
+            return
+        if actor.state == DEAD:
+            return
+        if actor.node is not None:
+            self.routing.kill_there(actor, no_restart)
+            if no_restart:     # over here too: its name is free, later calls fail here
+                actor.restarts_left = 0
+                self._die(actor, "it was killed by ray.kill()")
+                self._forget_if_done(actor)
             return
         if no_restart:
             actor.restarts_left = 0
@@ -352,6 +356,8 @@ class ActorTable:
         actor.death_reason = reason
         if actor.worker is not None:
             self.state.emit(C.KillWorker(actor.worker.worker_id))
+        if actor.node is not None:
+            self.routing.kill_there(actor, True)
         self._die(actor, reason)
         self._forget_if_done(actor)
 

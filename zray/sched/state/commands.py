@@ -90,3 +90,14 @@ class DropPeerTransfers(NamedTuple):  # a peer left: cancel its transfers
 class ShareSerializers(NamedTuple):  # custom serializers to a peer (None: every peer)
     node_id: Any
     registrations: list       # [(blob, sys_path)]
+
+
+class TellPeer(NamedTuple):         # any message to a peer node, on our link to it
+    node_id: str
+    msg_type: bytes
+    fields: tuple
+
+
+class PublishActorName(NamedTuple):  # the kv's name -> actor table, for get_actor elsewhere
+    name: str
+    record: Any               # (actor_id, handle_meta); None: the name is free again

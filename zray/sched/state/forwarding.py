@@ -5,7 +5,8 @@
 - Spillback: a task no local resources could ever run, or one queued beyond
   what this node has free, is forwarded to the peer with the most room. One
   hop only: a forwarded task is never forwarded again, so work cannot
-  ping-pong. Actors stay where they are made.
+  ping-pong. An actor's creation is placed the same way; its calls follow
+  it (``actor_routing.py``).
 - A forwarded task is done when all its results are here (or unwanted). A
   peer that leaves: its forwarded tasks go back in the queue here (one retry
   used; failed with WorkerCrashedError when none are left).
@@ -25,6 +26,7 @@ log = logging.getLogger("zray.forwarding")
 
 S = TaskState
 ORIGIN = "_origin_node"   # in a forwarded TaskSpec's options: where it came from
+CALLER = "_caller"        # in a forwarded actor call's: (node id, client) that made it
 
 
 class PeerView:
@@ -109,6 +111,8 @@ class Forwarding:
             task = item.task
             for object_id in task.spec.return_ids:
                 self.result_of.pop(object_id, None)
+            if task.spec.kind != P.TASK:
+                continue        # actor creations and calls: the actor table's (below)
             if task.retries_left != 0:
                 if task.retries_left > 0:
                     task.retries_left -= 1
@@ -122,6 +126,7 @@ class Forwarding:
                     f"({peer.info.get('tcp_address')}), which left the cluster, and it has no "
                     f"retries left (max_retries={task.spec.max_retries}); pass max_retries to "
                     f"have it run again elsewhere"))
+        again |= state.actors.routing.node_gone(node_id, peer.info.get("tcp_address"))
         state.emit(C.DropPeerTransfers(node_id, again))
         state.needs_dispatch = True
 
@@ -155,7 +160,9 @@ class Forwarding:
                 best, best_score = peer, score
         return best
 
-    def forward(self, task, peer):
+    def forward(self, task, peer, track=True):
+        """Send ``task`` to ``peer``; ``track``: wait for its results (all but
+        actor calls that return nothing)."""
         state, spec = self.state, task.spec
         function = None
         if spec.function_id not in peer.functions:
@@ -166,15 +173,24 @@ class Forwarding:
             entry = state.objects.get(object_id)
             if entry is not None and entry.kind == P.INLINE and state.objects.is_ready(object_id):
                 inline.append(entry)
-        sent = spec._replace(options={**spec.options, ORIGIN: state.node_id}, owner=None)
+        options = {**spec.options, ORIGIN: state.node_id}
+        if spec.kind == P.ACTOR_METHOD and CALLER not in options:
+            options[CALLER] = (state.node_id, spec.owner)
+        elif spec.kind == P.ACTOR_CREATE:
+            options.update(state.actors.routing.creation_options(spec))
+        sent = spec._replace(options=options, owner=None)
         state.emit(C.Forward(peer.node_id, sent, function, inline, task.frames))
         task.to(S.FORWARDED)
+        if not track:
+            return
         self.forwarded[spec.task_id] = _Forwarded(task, peer.node_id)
         for object_id in spec.return_ids:
             self.result_of[object_id] = spec.task_id
         peer.forwarded.add(spec.task_id)
         for name, amount in task.demand.items():
             peer.sent[name] = peer.sent.get(name, 0) + amount
+        if spec.kind == P.ACTOR_CREATE:
+            state.actors.routing.placed_on(task, peer.node_id)
 
     def arrived(self, object_id):
         """A result of a forwarded task is here (or was not wanted): maybe it is done."""
@@ -196,8 +212,14 @@ class Forwarding:
             self.finished_owners[task.spec.return_ids[0]] = task.spec.owner
             while len(self.finished_owners) > 4096:
                 self.finished_owners.popitem(last=False)
-        self.state.release_arguments(task)
-        self.state.end(task, S.DONE)
+        kind = task.spec.kind
+        if kind == P.ACTOR_METHOD:
+            self.state.actors.routing.call_done(task)
+        elif kind == P.ACTOR_CREATE:
+            self.state.end(task, S.DONE)    # its arguments stay: a restart needs them
+        else:
+            self.state.release_arguments(task)
+            self.state.end(task, S.DONE)
         self.spill()
 
     def forwarded_in(self, ev):
@@ -246,5 +268,5 @@ class Forwarding:
 
 
 def _movable(task):
-    # Plain tasks only: actors live where they were made; and one hop only.
-    return task.spec.kind == P.TASK and ORIGIN not in task.spec.options
+    # Tasks and actor creations (calls follow their actor); one hop only.
+    return task.spec.kind != P.ACTOR_METHOD and ORIGIN not in task.spec.options

@@ -123,8 +123,11 @@ class ObjectEvents:
 
     def release_object(self, object_id):
         entry = self.objects.get(object_id)
-        if entry is not None and entry.refcount == 1 and object_id in self.actors.by_id:
-            self.actors.out_of_scope(object_id)
+        if entry is not None and entry.refcount == 1:
+            if object_id in self.actors.by_id:
+                self.actors.out_of_scope(object_id)
+            elif self.forwarding.peers:
+                self.actors.routing.borrowed_freed(object_id)
         self.objects.remove_ref(object_id)
 
     def _on_reserve(self, ev):

@@ -1,0 +1,178 @@
+"""Actors on other nodes: call rates by route, and re-creation after a node's death.
+
+    python -m benchmarks.remote_actors [--calls 1000] [--repeat 3] [--json FILE]
+
+Starts a head (A, {"node_a"}), a node B ({"node_b", "movable"}) and a node
+C ({"node_c", "movable"}) with `zray start` under a fresh temp dir (each
+non-head node under its own, so one can be killed), connects a driver to A.
+Rows:
+
+- ``calls, actor on A``: sync then pipelined calls of a driver on A to an
+  actor on A (caller -> node -> worker), the baseline.
+- ``calls, actor on B``: the same to an actor placed on B (driver -> A ->
+  B -> A -> driver: the home forwards them).
+- ``calls from a task on C, actor on B``: a task on C calls the actor homed
+  on A that lives on B (C -> A -> B and back).
+- ``re-created after kill -9``: an actor with max_restarts=1 on B or C
+  (``movable``); its node is killed; the time from the kill to the first
+  answer from the new instance (the node's death is noticed by its missed
+  heartbeats: NODE_TTL_S of them).
+
+Standalone: it does not use the rest of benchmarks/.
+"""
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _zray(*args, env):
+    result = subprocess.run([sys.executable, "-m", "zray.cli", *map(str, args)],
+                            capture_output=True, text=True, env=env, timeout=120)
+    if result.returncode != 0:
+        raise RuntimeError(f"zray {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def _node_pid(root):
+    directory = os.path.join(root, "procs")
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as f:
+            record = json.load(f)
+        if record.get("role") == "node":
+            return record["pid"]
+    raise RuntimeError(f"no node record under {root}")
+
+
+def _rates(ray, handle, calls, repeat):
+    """(sync calls/s, pipelined calls/s) of ``handle.ping``."""
+    ray.get([handle.ping.remote() for _ in range(50)])
+    sync = pipelined = 0.0
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for _ in range(calls // 10):
+            ray.get(handle.ping.remote())
+        sync = max(sync, (calls // 10) / (time.perf_counter() - start))
+        start = time.perf_counter()
+        ray.get([handle.ping.remote() for _ in range(calls)])
+        pipelined = max(pipelined, calls / (time.perf_counter() - start))
+    return sync, pipelined
+
+
+def run(calls, repeat):
+    import zray as ray
+    from zray.cluster import list_nodes
+    from zray.exceptions import RayActorError
+
+    root = tempfile.mkdtemp(prefix="zray-bench-actors-")
+    roots = {name: os.path.join(root, name) for name in ("b", "c")}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+    rows = []
+    try:
+        _zray("start", "--head", "--port", 0, "--num-cpus", 1, "--resources", '{"node_a": 1}',
+              "--temp-dir", root, env=env)
+        with open(os.path.join(root, "cluster.json")) as f:
+            recorded = json.load(f)
+        address, token = recorded["address"], recorded.get("token", "")
+        for name, node_root in roots.items():
+            os.makedirs(node_root)
+            _zray("start", "--address", address, "--num-cpus", 1, "--redis-password", token,
+                  "--resources", json.dumps({f"node_{name}": 1, "movable": 1}),
+                  "--temp-dir", node_root, env=env)
+        deadline = time.monotonic() + 30
+        while len(list_nodes(address, token)[2]) < 3:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the nodes did not join within 30 s")
+            time.sleep(0.1)
+        ray.init(address=address, redis_password=token)
+
+        @ray.remote
+        class Pinger:
+            def ping(self):
+                return 0
+
+            def where(self):
+                from zray.core import context
+                return context.current().node_info["node_id"]
+
+        @ray.remote(resources={"node_c": 1})
+        def calls_from_c(handle, n):
+            start = time.perf_counter()
+            ray.get([handle.ping.remote() for _ in range(n)])
+            return n / (time.perf_counter() - start)
+
+        on_a = Pinger.options(resources={"node_a": 1}).remote()
+        sync, pipelined = _rates(ray, on_a, calls, repeat)
+        rows.append(("calls, actor on A (driver on A)", f"{sync:.0f}/s sync",
+                     f"{pipelined:.0f}/s pipelined"))
+        on_b = Pinger.options(resources={"node_b": 1}).remote()
+        sync_b, pipelined_b = _rates(ray, on_b, calls, repeat)
+        rows.append(("calls, actor on B (driver on A)", f"{sync_b:.0f}/s sync",
+                     f"{pipelined_b:.0f}/s pipelined ({pipelined_b / pipelined:.2f}x of on A)"))
+        from_c = max(ray.get(calls_from_c.remote(on_b, calls)) for _ in range(repeat))
+        rows.append(("calls from a task on C, actor on B", "", f"{from_c:.0f}/s pipelined"))
+
+        recoveries = []
+        for _ in range(repeat):
+            actor = Pinger.options(resources={"movable": 1}, max_restarts=1).remote()
+            host = ray.get(actor.where.remote())
+            (victim,) = [name for name in roots if any(
+                n["NodeID"] == host and f"node_{name}" in n["Resources"] for n in ray.nodes())]
+            os.kill(_node_pid(roots[victim]), signal.SIGKILL)
+            start = time.perf_counter()
+            while True:
+                try:
+                    ray.get(actor.ping.remote(), timeout=60)
+                    break
+                except RayActorError:
+                    pass            # a call in flight at the death, or sent before it was noticed
+            recoveries.append(time.perf_counter() - start)
+            # Start the victim again for the next round.
+            _zray("stop", "--temp-dir", roots[victim], env=env)
+            _zray("start", "--address", address, "--num-cpus", 1, "--redis-password", token,
+                  "--resources", json.dumps({f"node_{victim}": 1, "movable": 1}),
+                  "--temp-dir", roots[victim], env=env)
+            deadline = time.monotonic() + 30
+            while len(list_nodes(address, token)[2]) < 3:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the restarted node did not join within 30 s")
+                time.sleep(0.1)
+        rows.append(("re-created after kill -9 of its node", f"{min(recoveries):.2f} s best",
+                     "all: " + ", ".join(f"{r:.2f}" for r in recoveries) + " s"))
+    finally:
+        try:
+            import zray as ray
+            ray.shutdown()
+        finally:
+            for node_root in list(roots.values()) + [root]:
+                subprocess.run([sys.executable, "-m", "zray.cli", "stop", "--temp-dir",
+                                node_root], capture_output=True, env=env, timeout=60)
+            shutil.rmtree(root, ignore_errors=True)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    rows = run(args.calls, args.repeat)
+    width = max(len(row[0]) for row in rows)
+    for name, figure, detail in rows:
+        print(f"{name:<{width}}  {figure:>16}  {detail}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
