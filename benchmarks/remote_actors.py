@@ -30,15 +30,7 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _zray(*args, env):
-    result = subprocess.run([sys.executable, "-m", "zray.cli", *map(str, args)],
-                            capture_output=True, text=True, env=env, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"zray {' '.join(map(str, args))} failed:\n{result.stderr}")
-    return result.stdout
+from .cluster import REPO, _zray
 
 
 def _node_pid(root):

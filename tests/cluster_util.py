@@ -86,6 +86,24 @@ def wait_for(predicate, timeout_s, what):
         time.sleep(0.1)
 
 
+def node_of(resource, timeout_s=20):
+    """The live node with ``resource``, as the driver's node sees the cluster."""
+    import zray as ray
+
+    def find():
+        for node in ray.nodes():
+            if node["Alive"] and resource in node["Resources"]:
+                return node["NodeID"]
+        return None
+    return wait_for(find, timeout_s, f"a live node with {resource}")
+
+
+def here():
+    """The id of the node the calling task runs on."""
+    from zray.core import context
+    return context.current().node_info["node_id"]
+
+
 def live_nodes(address, password=""):
     from zray.cluster import list_nodes
     return list_nodes(address, password)[2]

@@ -16,7 +16,8 @@ from zray.cluster import NodeClient
 from zray.core import context
 from zray.exceptions import RayTaskError
 
-from cluster_util import Cluster, assert_all_gone, live_nodes, records, wait_for
+from cluster_util import (Cluster, assert_all_gone, here, live_nodes, node_of, records,
+                          wait_for)
 
 STORE = str(400 * 1024 * 1024)
 
@@ -44,21 +45,6 @@ def driver(cluster):
         yield info
     finally:
         ray.shutdown()
-
-
-def node_of(resource, timeout_s=20):
-    """The live node with ``resource``, as the driver's node sees the cluster."""
-    def find():
-        for node in ray.nodes():
-            if node["Alive"] and resource in node["Resources"]:
-                return node["NodeID"]
-        return None
-    return wait_for(find, timeout_s, f"a live node with {resource}")
-
-
-def here():
-    """The id of the node the calling task runs on."""
-    return context.current().node_info["node_id"]
 
 
 def test_driver_sees_every_node_and_their_resources(driver):

@@ -12,10 +12,9 @@ import signal
 import pytest
 
 import zray as ray
-from zray.core import context
 from zray.exceptions import RayActorError
 
-from cluster_util import Cluster, records, wait_for
+from cluster_util import Cluster, here, node_of, records, wait_for
 
 STORE = str(100 * 1024 * 1024)
 
@@ -43,19 +42,6 @@ def driver(cluster):
         yield info
     finally:
         ray.shutdown()
-
-
-def node_of(resource, timeout_s=20):
-    def find():
-        for node in ray.nodes():
-            if node["Alive"] and resource in node["Resources"]:
-                return node["NodeID"]
-        return None
-    return wait_for(find, timeout_s, f"a live node with {resource}")
-
-
-def here():
-    return context.current().node_info["node_id"]
 
 
 @ray.remote

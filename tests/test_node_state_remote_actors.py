@@ -53,6 +53,15 @@ def ids(forwards):
     return [f.spec.task_id for f in forwards]
 
 
+def away_from_home():
+    """A node with a driver, its peer ``home`` and the id of an actor homed there."""
+    home = "b2" * 8
+    node = Node(cpus=1, node_id="c3" * 8)
+    node.driver()
+    node.do(E.PeerSeen(home, peer_info({"CPU": 1})))
+    return node, home, actor_id_homed(home)
+
+
 def remote_actor(node, peer="peer_b", **options):
     """An actor that needs {"only_b": 1}, which only ``peer`` has: placed there."""
     node.do(E.PeerSeen(peer, peer_info({"CPU": 1, "only_b": 1})))
@@ -177,11 +186,7 @@ def test_last_handle_gone_lets_the_host_go_once_its_calls_are_back():
 
 
 def test_a_handle_from_the_actors_home_is_held_there_until_ours_go():
-    home = "b2" * 8
-    node = Node(cpus=1, node_id="c3" * 8)
-    node.driver()
-    node.do(E.PeerSeen(home, peer_info({"CPU": 1})))
-    actor_id = actor_id_homed(home)
+    node, home, actor_id = away_from_home()
     routing = node.state.actors.routing
     assert routing.keeps_hold(actor_id, home) and not routing.keeps_hold(actor_id, "other")
     node.do(E.ObjectsPut(b"driver", [inline(actor_id)], [b"a"]))   # our copy, held
@@ -203,11 +208,7 @@ def test_a_named_actor_made_here_is_published_and_withdrawn():
 
 
 def test_call_for_an_actor_homed_on_a_peer_goes_there_and_fails_when_the_home_goes():
-    home = "b2" * 8
-    node = Node(cpus=1, node_id="c3" * 8)
-    node.driver()
-    node.do(E.PeerSeen(home, peer_info({"CPU": 1})))
-    actor_id = actor_id_homed(home)
+    node, home, actor_id = away_from_home()
     c1, c2 = call(actor_id), call(actor_id)
     forwards = of(C.Forward, node.submit(c1) + node.submit(c2))
     assert ids(forwards) == [c1.task_id, c2.task_id] and forwards[0].node_id == home
