@@ -56,6 +56,14 @@ class Counter:
     def where(self):
         return here()
 
+    def stall_once(self, marker):
+        """The first call (anywhere) waits until its node is killed."""
+        import time
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            time.sleep(300)
+        return here()
+
 
 def test_actor_with_a_resource_only_b_has_lives_there_and_answers_every_node(driver):
     counter = Counter.options(resources={"only_on_b": 1}).remote()
@@ -102,15 +110,21 @@ def test_actor_whose_node_is_killed_is_created_again_elsewhere(driver, cluster, 
                 for name, root in zip(("node_d", "node_e"), roots)}
         cluster.wait_nodes(5)
         nodes = {name: node_of(name) for name in pids}
-        counter = Counter.options(resources={"movable": 1}, max_restarts=1).remote()
+        counter = Counter.options(resources={"movable": 1}, max_restarts=1,
+                                  max_task_retries=1).remote()
         first = ray.get(counter.where.remote(), timeout=60)
         assert first in nodes.values()
         assert ray.get(counter.add.remote(5), timeout=60) == 5
         (victim,) = [name for name, node in nodes.items() if node == first]
+        (other,) = [node for node in nodes.values() if node != first]
+        marker = tmp_path / "stalled"
+        in_flight = counter.stall_once.remote(str(marker))
+        wait_for(marker.exists, 30, "the call to start")
         os.kill(pids[victim], signal.SIGKILL)
         wait_gone(first)
+        # max_task_retries: the call in flight ran again on the new instance.
+        assert ray.get(in_flight, timeout=60) == other
         # A fresh instance on the other node: its state starts again.
-        (other,) = [node for node in nodes.values() if node != first]
         assert ray.get(counter.where.remote(), timeout=60) == other
         assert ray.get(counter.add.remote(1), timeout=60) == 1
     finally:
@@ -124,8 +138,12 @@ def test_actor_without_restarts_fails_calls_naming_its_dead_node(driver, cluster
         node_f = node_of("node_f")
         counter = Counter.options(resources={"movable": 1}).remote()
         assert ray.get(counter.where.remote(), timeout=60) == node_f
+        marker = tmp_path / "stalled"
+        in_flight = counter.stall_once.remote(str(marker))
+        wait_for(marker.exists, 30, "the call to start")
         os.kill(pid, signal.SIGKILL)
-        wait_gone(node_f)
+        with pytest.raises(RayActorError, match=f"while running.*node {node_f}.*left the cluster"):
+            ray.get(in_flight, timeout=30)
         with pytest.raises(RayActorError, match=f"node {node_f}.*left the cluster"):
             ray.get(counter.add.remote(), timeout=30)
     finally:
