@@ -6,6 +6,7 @@ import zray as ray
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)        # minutes on 2 shared cores
 def test_200k_tiny_tasks_submitted_at_once_all_finish(ray_start):
     @ray.remote
     def noop(i):
