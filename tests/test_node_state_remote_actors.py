@@ -264,3 +264,43 @@ def test_restart_of_a_creation_still_in_flight_is_placed_again():
     (forward,) = of(C.Forward, out)
     assert forward.node_id == "peer_c" and forward.spec.task_id == create.task_id
     assert node.state.actors.by_id[actor_id].creation.state is TaskState.FORWARDED
+
+
+# == the host's side: a creation a peer placed here ===============================
+def hosted_actor(node, peer=b"pa1", origin="a1" * 8):
+    """A creation forwarded in by ``peer``: created here; returns (actor_id, worker_id)."""
+    node.do(E.ClientJoined(peer, "peer", 1))
+    actor_id = actor_id_homed(origin)
+    s = creation(actor_id)._replace(options={ORIGIN: origin, "max_restarts": 0})
+    out = node.start_workers(node.do(E.TaskForwardedIn(peer, origin, s, None, [], [], [])))
+    (execute,) = of(C.Execute, out)
+    out = node.done(execute)
+    assert pushed(out, peer) == {actor_id: False}        # the home hears it is made
+    assert not of(C.PublishActorName, out)
+    return actor_id, execute.worker_id
+
+
+def forwarded_call(actor_id, caller, origin="a1" * 8):
+    return call(actor_id)._replace(options={ORIGIN: origin, CALLER: (origin, caller)})
+
+
+def test_hosted_actor_lives_while_its_home_holds_it_and_exits_after():
+    node = Node(cpus=1, node_id="b2" * 8)
+    actor_id, worker_id = hosted_actor(node)
+    c = forwarded_call(actor_id, b"driver")
+    out = node.do(E.TaskForwardedIn(b"pa1", "a1" * 8, c, None, [], [], []))
+    (execute,) = of(C.Execute, out)
+    assert execute.worker_id == worker_id
+    out = node.done(execute)
+    assert pushed(out, b"pa1") == {c.return_ids[0]: False}
+    out = node.do(E.RefsRemoved(b"pa1", [c.return_ids[0]]))   # the result, let go
+    assert not of(C.StopWorker, out)
+    out = node.do(E.RefsRemoved(b"pa1", [actor_id]))          # the home's handles went
+    assert of(C.StopWorker, out) == [C.StopWorker(worker_id)]
+
+
+def test_hosted_actor_goes_when_its_home_node_leaves():
+    node = Node(cpus=1, node_id="b2" * 8)
+    actor_id, worker_id = hosted_actor(node)
+    out = node.do(E.ClientLeft(b"pa1"))
+    assert of(C.StopWorker, out) == [C.StopWorker(worker_id)]
