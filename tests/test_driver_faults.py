@@ -129,8 +129,19 @@ def test_ctrl_c_while_results_arrive_loses_none(tmp_path):
 
 
 DYING_DRIVER = """
-import os, sys
+import os, signal, sys
 import zray as ray
+
+if sys.argv[3] == "tcp":
+    # As a driver whose node's unix socket is not on its machine: over tcp.
+    import zray.cluster as cluster
+    find_cluster = cluster.find_cluster
+
+    def find_over_tcp(address, password="", temp_dir=None):
+        _, info = find_cluster(address, password, temp_dir)
+        nodes = cluster.list_nodes(address, password, temp_dir)[2]
+        return nodes[info["node_id"]]["tcp_address"], info
+    cluster.find_cluster = find_over_tcp
 
 ray.init(address=sys.argv[1], redis_password=os.environ["ZRAY_TEST_TOKEN"])
 never = sys.argv[2]
@@ -153,22 +164,30 @@ actor = Named.options(name="left-behind").remote()
 assert ray.get(actor.ping.remote()) == "pong"
 refs = [wait_forever.remote(i) for i in range(1000)]
 ray.wait(refs, timeout=0.5)
+from zray.core import context
+assert context.current().node_address.startswith(sys.argv[3])
+if sys.argv[3] == "tcp":
+    os.kill(os.getpid(), signal.SIGKILL)     # no BYE, no atexit: its connection just closes
 os._exit(0)
 """
 
 
-def test_a_dead_drivers_tasks_and_actors_stop_and_its_cpus_come_back(tmp_path):
+@pytest.mark.parametrize("over", ["ipc", "tcp"])
+def test_a_dead_drivers_tasks_and_actors_stop_and_its_cpus_come_back(tmp_path, over):
     cluster = Cluster(tmp_path / "cluster")
     try:
         cluster.start_head("--num-cpus", 3)
         cluster.wait_nodes(1)
         script = tmp_path / "driver.py"
         script.write_text(DYING_DRIVER)
-        subprocess.run([sys.executable, str(script), cluster.address, str(tmp_path / "never")],
-                       env=env_for(extra={"ZRAY_TEST_TOKEN": cluster.token}), check=True,
-                       timeout=120)
+        dead = subprocess.run(
+            [sys.executable, str(script), cluster.address, str(tmp_path / "never"), over],
+            env=env_for(extra={"ZRAY_TEST_TOKEN": cluster.token}), timeout=120,
+            capture_output=True, text=True)
+        assert dead.returncode == (-signal.SIGKILL if over == "tcp" else 0), dead.stderr[-3000:]
         ray.init(address=cluster.address, redis_password=cluster.token)
-        # Generous: the node checks its drivers' pids about once a second.
+        # Generous: the node checks its local drivers' pids about once a second
+        # and hears of a remote driver's closed connection at once.
         wait_for(lambda: ray.available_resources().get("CPU") == 3, 60,
                  "the dead driver's CPUs to be free again")
 

@@ -37,6 +37,7 @@ from .journal import Journal
 log = logging.getLogger("zray.kv")
 
 MAX_EVENTS = 1_000_000
+LOOP_TURN_S = 0.5          # the longest the loop waits for a request
 
 
 class KvServer:
@@ -56,6 +57,7 @@ class KvServer:
         self.journal = Journal(journal_dir) if journal_dir else None
         self.data = self.journal.load() if self.journal else {}
         self.expiry = {}           # key -> monotonic deadline, for put_ttl entries
+        self.last_turn = time.monotonic()
         self.sequence = 0
         self.event_sequence = 0
         self.running = True
@@ -140,9 +142,16 @@ class KvServer:
                 "pid": os.getpid()}
 
     def _expire(self):
+        now = time.monotonic()
+        paused = now - self.last_turn - LOOP_TURN_S
+        self.last_turn = now
+        if paused > 0.5:
+            # This service itself was paused (or starved): its clients' puts
+            # could not arrive meanwhile, so that time counts against nobody.
+            for key in self.expiry:
+                self.expiry[key] += paused
         if not self.expiry:
             return
-        now = time.monotonic()
         for key in [k for k, deadline in self.expiry.items() if deadline <= now]:
             log.info("%s was not refreshed in time; removing it", key)
             self.op_delete(key)
@@ -163,7 +172,7 @@ class KvServer:
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         while self.running:
-            if poller.poll(500):
+            if poller.poll(int(LOOP_TURN_S * 1000)):
                 while True:
                     try:
                         frames = self.router.recv_multipart(zmq.NOBLOCK)

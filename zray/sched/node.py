@@ -39,6 +39,7 @@ from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize, send_fram
 from . import admission
 from . import resources as R
 from .node_requests import NodeRequests
+from .remote_clients import RemoteConnections
 from .state import NodeState, commands as C, events as E
 from .worker_processes import WorkerProcesses
 
@@ -47,6 +48,10 @@ log = logging.getLogger("zray.node")
 TICK_S = 0.05
 EVENT_FLUSH_S = 0.2
 REAP_INTERVAL_S = 0.02
+# A remote client (driver, peer) whose connection carried nothing, not even
+# ZeroMQ's heartbeats, this long is cut off: as long as a pause that is not
+# death (peers.NODE_TTL_S).
+REMOTE_SILENCE_S = float(os.environ.get("ZRAY_NODE_TTL_S", 10.0))
 
 
 class NodeDaemon(NodeRequests, ObjectStoreRequests):
@@ -68,12 +73,14 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         self.tcp_address = None        # for peers and remote drivers (zray start)
         self.tcp_router = self.gatekeeper = None
         self.remote_clients = set()    # identities that came in on tcp_router
+        self.remote_connections = None
         if config.get("tcp_address"):
             self.gatekeeper = auth.start_gatekeeper(self.context, self.password)
             self.tcp_router = self.context.socket(zmq.ROUTER)
             self.tcp_router.setsockopt(zmq.LINGER, 0)
             self.tcp_router.setsockopt(zmq.ROUTER_MANDATORY, 0)
             self.tcp_router.setsockopt(zmq.SNDHWM, 0)
+            self.remote_connections = RemoteConnections(self.tcp_router, REMOTE_SILENCE_S)
             auth.serve_securely(self.tcp_router, self.password)
             self.tcp_router.bind(config["tcp_address"])
             self.tcp_address = self.tcp_router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -111,6 +118,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             self.kv_supervisor = KvSupervisor(restart["command"], restart["pid"],
                                               restart["log"], self.password)
         self.watched = {}              # extra sockets polled by the loop -> callback
+        if self.remote_connections is not None:
+            self.watched[self.remote_connections.monitor] = self._on_remote_disconnect
         # Spill copies run in a thread; the loop hands the finished ones to the state.
         self.watched[self.disk.done_fd] = lambda: self.handle(
             E.SpillsFinished(self.disk.finished()))
@@ -198,13 +207,24 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             # Asking EVENTS is cheaper than the zmq.Again of an empty recv.
             if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:
                 return
-            frames = router.recv_multipart()
+            frames = self.remote_connections.recv() if remote else router.recv_multipart()
             try:
                 self._receive(frames, remote)
             except Exception as exc:      # one bad message must not take the node down
                 self.complaints.warn("message", "error handling a message (%r): %r",
                                      frames[1][:20] if len(frames) > 1 else frames, exc)
                 log.debug("error handling a message", exc_info=True)
+
+    def _on_remote_disconnect(self):
+        """A driver or tool over tcp whose connection closed is gone (killed
+        without a BYE, or silent for REMOTE_SILENCE_S): its work stops as a
+        local driver's does. Peers are judged by ``Peers``."""
+        for identity in self.remote_connections.closed():
+            client = self.state.clients.get(identity)
+            if client is not None and client.kind != "peer":
+                log.info("the connection of remote %s %r closed; releasing its work",
+                         client.kind, identity)
+                self.handle(E.ClientLeft(identity))
 
     def _tick(self):
         now = time.monotonic()
@@ -254,6 +274,9 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
                     if identity not in clients:
                         self.remote_clients.discard(identity)
             return
+        if remote and self.peers is not None and self.peers.holding(identity):
+            self.peers.hold(identity, msg_type, fields, frames[2:])    # keeps their order
+            return
         decode = self._decoders.get(msg_type)
         if decode is None:
             self.complaints.warn("unknown", "unknown message %r from %r", msg_type, identity)
@@ -263,6 +286,14 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             do = self._do
             for command in self.state.handle(event):
                 do[type(command)](self, command)
+
+    def replay(self, identity, msg_type, fields, payload):
+        """A message held back (``Peers.hold``), handled now."""
+        if identity in self.state.clients:
+            decode = self._decoders.get(msg_type)
+            event = decode(self, identity, fields, payload) if decode is not None else None
+            if event is not None:
+                self.handle(event)
 
     def _on_hello(self, identity, kind, pid, password, version, sys_path, worker_secret):
         if not isinstance(password, str) or not authorize(self.password, password):
@@ -341,6 +372,9 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             raise ValueError(f"node {identity[1:17]!r} forwarded a function whose id is not "
                              f"its hash")
         origin = self.peers.origin_of(identity) if self.peers is not None else None
+        if origin is None and self.peers is not None and self.peers.hold(
+                identity, P.FORWARD, fields, payload):
+            return None        # until we hear of its node: we pull its arguments from there
         return E.TaskForwardedIn(identity, origin, spec, function, payload[:n_task_frames],
                                  inline, payload[n_task_frames:])
 
@@ -430,6 +464,11 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         else:
             self.kv.tell("put", key, cmd.record)
 
+    def _forget_remote(self, identity):
+        self.remote_clients.discard(identity)
+        if self.remote_connections is not None:
+            self.remote_connections.forget(identity)
+
     def _start_worker(self, cmd):
         self.processes.start(cmd.worker_id)
 
@@ -452,7 +491,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         C.KillWorker: lambda self, c: self.processes.kill(c.worker_id),
         C.Reserved: lambda self, c: None,          # read by whoever asked
         C.Pinned: lambda self, c: None,
-        C.ClientGone: lambda self, c: self.remote_clients.discard(c.identity),
+        C.ClientGone: lambda self, c: self._forget_remote(c.identity),
         C.ShareSerializers: lambda self, c: self.peers.share_serializers(c.node_id,
                                                                          c.registrations),
         C.Forward: lambda self, c: self.peers.forward(c),
@@ -520,6 +559,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
             self.kv_supervisor.stop()
         self.router.close(0)
         if self.tcp_router is not None:
+            self.remote_connections.close()
             self.tcp_router.close(0)
             self.gatekeeper.stop()
         if self.orphaned and self.config.get("remove_session_dir_on_orphan"):

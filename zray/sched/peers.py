@@ -11,8 +11,11 @@
 - Membership: every node puts ``node:<id>`` (totals, free resources, queue
   length, tcp address) every HEARTBEAT_S with a ttl of NODE_TTL_S. The kv
   service deletes an entry that is not refreshed, and every node sees the
-  delete on the feed: that is how a killed node is noticed. Nothing here
-  asks the kv on the hot path.
+  delete on the feed: that is how a silent node (a machine gone) is noticed.
+  A killed node is noticed sooner: our link to it drops and does not come
+  back within PEER_LOST_S, and we delete its record for everyone. A node
+  that sees its own record deleted exits (death is death: its work runs
+  elsewhere now). Nothing here waits for the kv.
 - Spillback: a task no local resources could ever run, or one queued beyond
   what this node has free, is FORWARDed to a peer whose last heartbeat
   (minus what was sent to it since) says it has room. One hop only: a
@@ -38,6 +41,7 @@ import time
 from collections import OrderedDict
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ..kv.client import subscribe
 from ..kv.records import valid_node_record
@@ -45,15 +49,23 @@ from ..plasma.transfer import Transfers
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
+from .held_messages import HeldMessages
 from .state import events as E
 
 log = logging.getLogger("zray.peers")
 
 HEARTBEAT_S = 0.5
-NODE_TTL_S = 4.0          # a node silent this long is gone (seconds)
-# A node starved of CPU can miss its heartbeats and be declared gone while
-# it still runs. Its holds on our objects and the results we owe it are
-# kept this long, so such a node picks up where it was if it comes back.
+# A node whose heartbeat the kv has not had for this long is gone. It is a
+# deadline a busy or paused node still meets (nothing that can block runs in
+# a node's loop): a stall shorter than this loses nothing and runs nothing
+# twice. A killed node is noticed sooner, by its connections (PEER_LOST_S).
+NODE_TTL_S = float(os.environ.get("ZRAY_NODE_TTL_S", 10.0))
+# Our connection to a peer dropped and did not come back this long: its
+# process is gone (a paused one keeps its connections), so it is gone.
+PEER_LOST_S = 1.0
+# Holds of a gone node on our objects and the results we owe it are kept
+# this long (a node declared gone exits when it hears of it, so this is
+# only a margin for messages still on their way).
 DROP_GRACE_S = 30.0
 # Our own heartbeat comes back on the feed; when it has not for this long the
 # kv service (the head) is gone, and a node without a head shuts down rather
@@ -62,13 +74,20 @@ KV_LOST_S = float(os.environ.get("ZRAY_KV_LOST_S", 60.0))
 
 
 class Link:
-    """Our connection (a DEALER) to another node."""
-    __slots__ = ("node_id", "socket", "info")
+    """Our connection (a DEALER) to another node, and its monitor."""
+    __slots__ = ("node_id", "socket", "info", "monitor", "dropped_at")
 
-    def __init__(self, node_id, socket, info):
+    def __init__(self, node_id, socket, info, monitor):
         self.node_id = node_id
         self.socket = socket
         self.info = info          # its last heartbeat
+        self.monitor = monitor    # connection events of socket
+        self.dropped_at = None    # when the connection dropped, while it is down
+
+    def close(self):
+        self.socket.disable_monitor()
+        self.monitor.close(0)
+        self.socket.close(0)
 
     def send(self, msg_type, *fields, frames=()):
         send_frames(self.socket, P.pack(msg_type, *fields) + list(frames))
@@ -82,6 +101,7 @@ class Peers:
         self.transfer = Transfers(node)
         self.next_heartbeat = 0.0
         self.to_drop = {}               # node_id -> when its inbound clients go
+        self.held = HeldMessages(NODE_TTL_S)    # from peers not heard of yet
         self.last_echo = time.monotonic()   # our heartbeat last seen on the feed
         # Subscribe first, then read the table: no join falls in between.
         self.sub = subscribe(node.config["kv_pub_address"], ["node:"], node.password,
@@ -108,6 +128,15 @@ class Peers:
             for node_id in [n for n, when in self.to_drop.items() if when <= now]:
                 del self.to_drop[node_id]
                 self._drop_inbound(node_id)
+            for link in [k for k in self.links.values()
+                         if k.dropped_at is not None and now - k.dropped_at >= PEER_LOST_S]:
+                log.warning("the connection to node %s dropped %.1f s ago and did not come "
+                            "back: its process is gone", link.node_id, now - link.dropped_at)
+                # Said for everyone (the kv would only notice after NODE_TTL_S).
+                self.node.kv.tell("delete", f"node:{link.node_id}")
+                self._on_node_gone(link.node_id)
+            for identity in self.held.overdue(now):
+                self._release_held(identity)
             if now - self.last_echo > KV_LOST_S and self.node.running:
                 log.error("no word from the kv service at %s for %.0f s: the head is gone; "
                           "this node shuts down", self.node.config["kv_address"], KV_LOST_S)
@@ -138,6 +167,14 @@ class Peers:
         node_id = key[len("node:"):]
         if node_id == self.node.node_id:
             self.last_echo = time.monotonic()
+            if info is None and self.node.running:
+                # Death is death: the others have placed our work elsewhere, so
+                # going on would run it twice.
+                log.error("this node was declared dead (no heartbeat for %.0f s, or its "
+                          "peers lost their connections to it); it shuts down so that "
+                          "nothing it runs runs twice", NODE_TTL_S)
+                self.node.orphaned = True       # so it also removes its files
+                self.node.running = False
         elif info is None:
             self._on_node_gone(node_id)
         elif valid_node_record(node_id, info):
@@ -156,6 +193,8 @@ class Peers:
         else:
             link.info = info
         self.node.handle(E.PeerSeen(node_id, info))
+        for identity in self.held.of_node(node_id):
+            self._release_held(identity)
 
     def _connect(self, node_id, info):
         sock = self.node.context.socket(zmq.DEALER)
@@ -164,21 +203,46 @@ class Peers:
         sock.setsockopt(zmq.RCVHWM, 0)
         # A nonce: after a reconnect the old identity may still be taken.
         sock.setsockopt(zmq.IDENTITY, b"p" + self.node.node_id.encode() + os.urandom(4))
+        # Its death shows as a dropped connection that does not come back.
+        monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         auth.connect(sock, info["tcp_address"], self.node.password)
-        link = self.links[node_id] = Link(node_id, sock, info)
+        link = self.links[node_id] = Link(node_id, sock, info, monitor)
         link.send(P.HELLO, "peer", os.getpid(), self.node.password, P.PROTOCOL_VERSION, [], None)
         self.gone.pop(node_id, None)
         self.node.watched[sock] = lambda: self._on_peer_socket(link)
+        self.node.watched[monitor] = lambda: self._on_link_event(link)
         return link
+
+    def _on_link_event(self, link):
+        while True:
+            try:
+                event = recv_monitor_message(link.monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_DISCONNECTED:
+                link.dropped_at = link.dropped_at or time.monotonic()
+            elif event == zmq.EVENT_CONNECTED:
+                link.dropped_at = None
 
     def origin_of(self, identity):
         """The node id behind an inbound peer client, once we have a link to it."""
         node_id = identity[1:17].decode()
-        if node_id not in self.links:     # it heard of us before we heard of it: look it up
-            info = self.node.kv.get(f"node:{node_id}")
-            if info:
-                self._on_record(f"node:{node_id}", info)
         return node_id if node_id in self.links else None
+
+    # == peers we have not heard of yet (held_messages.py) ====================
+    def hold(self, identity, msg_type, fields, payload):
+        return self.held.hold(identity, msg_type, fields, payload, time.monotonic())
+
+    def holding(self, identity):
+        return identity in self.held
+
+    def _release_held(self, identity):
+        known = self.origin_of(identity) is not None
+        if not known:
+            log.warning("node %s sent work but never appeared on the kv feed; running it "
+                        "without pulling its arguments from there", identity[1:17])
+        for msg_type, fields, payload in self.held.release(identity, known):
+            self.node.replay(identity, msg_type, fields, payload)
 
     def _on_node_gone(self, node_id):
         link = self.links.pop(node_id, None)
@@ -189,7 +253,8 @@ class Peers:
         while len(self.gone) > 100:
             self.gone.popitem(last=False)
         self.node.watched.pop(link.socket, None)
-        link.socket.close(0)
+        self.node.watched.pop(link.monitor, None)
+        link.close()
         self.to_drop[node_id] = time.monotonic() + DROP_GRACE_S
         self.node.handle(E.PeerGone(node_id))
 
@@ -333,6 +398,7 @@ class Peers:
         self.transfer.close()
         for link in self.links.values():
             self.node.watched.pop(link.socket, None)
-            link.socket.close(0)
+            self.node.watched.pop(link.monitor, None)
+            link.close()
         self.node.watched.pop(self.sub, None)
         self.sub.close(0)

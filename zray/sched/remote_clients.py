@@ -1,0 +1,49 @@
+"""Which connection each remote client (tcp) came in on, and which closed.
+
+A driver on another machine can die without a BYE (killed, its machine
+gone) and its node cannot check its pid. ZeroMQ tells us instead: a killed
+process's connection closes at once; a silent one is closed by ZeroMQ's
+heartbeats after ``silence_s``. A socket monitor reports the closed
+connection's fd, and every message received here says which fd it came on,
+so the node knows whose connection it was.
+"""
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+
+class RemoteConnections:
+    def __init__(self, router, silence_s):
+        self.router = router
+        router.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(silence_s * 1000))
+        self.monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self.fds = {}            # identity -> the fd of its connection
+
+    def recv(self):
+        """One message's frames (bytes), noting the fd it came on."""
+        parts = self.router.recv_multipart(copy=False)
+        frames = [part.bytes for part in parts]
+        if len(parts) > 1:
+            self.fds[frames[0]] = parts[1].get(zmq.SRCFD)
+        return frames
+
+    def closed(self):
+        """Identities whose connection has closed since last asked (forgotten here)."""
+        gone = []
+        while True:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                return gone
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                fd = event["value"]
+                for identity in [i for i, f in self.fds.items() if f == fd]:
+                    del self.fds[identity]
+                    gone.append(identity)
+
+    def forget(self, identity):
+        self.fds.pop(identity, None)
+
+    def close(self):
+        self.router.disable_monitor()
+        self.monitor.close(0)
