@@ -4,6 +4,8 @@
     python -m benchmarks.faults spill [--size-mb 400] [--repeat 3]
     python -m benchmarks.faults kv [--repeat 3]
     python -m benchmarks.faults driver [--repeat 3]
+    python -m benchmarks.faults peer [--repeat 3]
+    python -m benchmarks.faults stall [--repeat 3]
 
 - ``detect``: a `zray start --head` cluster under a fresh temp dir, a driver
   connected with ``ray.init(address=...)`` waiting in ``ray.get`` on a task
@@ -22,6 +24,15 @@
   (a subprocess) creates a 1-CPU actor and queues 1,000 tasks that never
   end, then ``os._exit(0)``; the row is the time from its exit to
   ``ray.available_resources()`` showing all 3 CPUs free again.
+- ``peer``: a head and a second node (each its own `zray start`); the
+  second is killed with SIGKILL; the row is the time until the kv lists
+  one node (the head noticed the dropped connection and said so).
+- ``stall``: the same two nodes; a driver on the head runs 300 tasks of
+  20 ms that need a resource only the second node has (half of them take
+  another's result), each appending its name to a file; once 20 ran, the
+  second node gets SIGSTOP for 5 s, then SIGCONT. The row: the time from
+  SIGCONT to the last result, the tasks that ran twice (lines beyond 300),
+  and whether both nodes are still listed.
 
 Standalone: it does not use the rest of benchmarks/. Run it on an older
 checkout (copy this file there) to compare.
@@ -195,9 +206,81 @@ def driver_death_once():
         return freed
 
 
+@contextlib.contextmanager
+def _two_nodes():
+    """A head (1 CPU) and a second node (2 CPUs, resource "second") each under
+    its own temp dir: (env, cluster.json, the second node's pid)."""
+    with _head(1) as (_root, env, recorded):
+        root = tempfile.mkdtemp(prefix="zray-bench-faults-second-")
+        second_env = dict(env, ZRAY_TEMP_DIR=root)
+        try:
+            _zray("start", "--address", recorded["address"], "--temp-dir", root,
+                  "--redis-password", recorded.get("token", ""), "--num-cpus", 2,
+                  "--resources", '{"second": 2}', env=second_env)
+            (pid,) = [r["pid"] for r in _records(root) if r["role"] == "node"]
+            _wait_nodes(recorded, 2)
+            yield env, recorded, pid
+        finally:
+            _zray("stop", "--temp-dir", root, env=second_env)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _live_nodes(recorded):
+    from zray.cluster import list_nodes
+    return len(list_nodes(recorded["address"], recorded.get("token", ""))[2])
+
+
+def _wait_nodes(recorded, count, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while _live_nodes(recorded) != count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster never listed {count} nodes")
+        time.sleep(0.01)
+
+
+def peer_death_once():
+    with _two_nodes() as (_env, recorded, pid):
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        _wait_nodes(recorded, 1)
+        return time.monotonic() - killed
+
+
+def stall_once(pause_s=5.0, tasks=300):
+    import zray as ray
+    with _two_nodes() as (_env, recorded, pid):
+        ray.init(address=recorded["address"], redis_password=recorded.get("token", ""))
+        ran = os.path.join(tempfile.mkdtemp(prefix="zray-bench-stall-"), "ran.txt")
+        open(ran, "w").close()
+        try:
+            @ray.remote(resources={"second": 1}, max_retries=3)
+            def record(name, *inputs):
+                with open(ran, "a") as f:
+                    f.write(f"{name}\n")
+                time.sleep(0.02)
+                return name
+
+            half = [record.remote(f"t{i}") for i in range(tasks // 2)]
+            refs = half + [record.remote(f"u{i}", ref) for i, ref in enumerate(half)]
+            while len(open(ran).read().split()) < 20:
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGSTOP)
+            time.sleep(pause_s)
+            os.kill(pid, signal.SIGCONT)
+            resumed = time.monotonic()
+            ray.get(refs, timeout=300)
+            finished = time.monotonic() - resumed
+            again = len(open(ran).read().split()) - len(refs)
+            listed = _live_nodes(recorded)
+            return finished, again, listed
+        finally:
+            ray.shutdown()
+            shutil.rmtree(os.path.dirname(ran), ignore_errors=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults")
-    parser.add_argument("what", choices=["detect", "spill", "kv", "driver"])
+    parser.add_argument("what", choices=["detect", "spill", "kv", "driver", "peer", "stall"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     args = parser.parse_args(argv)
@@ -210,6 +293,15 @@ def main(argv=None):
         for _ in range(args.repeat):
             print(f"kv service killed: answering again, with its state, after "
                   f"{kv_restart_once():.2f} s", flush=True)
+    elif args.what == "peer":
+        for _ in range(args.repeat):
+            print(f"second node killed: gone from the kv's list after "
+                  f"{peer_death_once():.2f} s", flush=True)
+    elif args.what == "stall":
+        for _ in range(args.repeat):
+            finished, again, listed = stall_once()
+            print(f"second node paused 5 s under load: all results {finished:.2f} s after "
+                  f"it resumed; {again} tasks ran twice; {listed} nodes listed", flush=True)
     elif args.what == "driver":
         for _ in range(args.repeat):
             print(f"driver exited with 1,000 tasks queued: all CPUs free again after "

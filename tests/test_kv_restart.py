@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -105,3 +106,26 @@ def _kv_get(kv, key):
         return kv.call("get", key, None, timeout_s=1.0)
     except Exception:            # still down: ask again
         return None
+
+
+def test_a_paused_kv_expires_no_heartbeat_for_its_own_pause(tmp_path):
+    # The kv is the judge of heartbeats: its own pause (kill -STOP, a starved
+    # machine) is time in which no heartbeat could arrive, and counts against
+    # no node; else every node would be declared dead when it resumes.
+    process, address = _start_kv(tmp_path)
+    try:
+        kv = KvClient(address)
+        kv.call("put_ttl", "node:x", {"alive": True}, 1.5)
+        process.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(3.0)                # the fault itself
+        finally:
+            process.send_signal(signal.SIGCONT)
+        kv.call("ping")                    # a turn of its loop (and expiry) after the pause
+        kv.call("ping")
+        assert kv.get("node:x") == {"alive": True}
+        wait_for(lambda: kv.get("node:x") is None, 10, "the heartbeat to expire later")
+        kv.close()
+    finally:
+        process.kill()
+        process.wait()
