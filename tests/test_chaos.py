@@ -186,10 +186,10 @@ def _recovery_times(runs, killed):
     """For each task that ran again after its worker was killed: seconds from
     the kill to the rerun's start."""
     times = []
-    for attempts in runs.values():
+    for name, attempts in runs.items():
         for (pid, _), (_, rerun) in zip(attempts, attempts[1:]):
             if pid in killed and killed[pid] <= rerun:
-                times.append(rerun - killed[pid])
+                times.append((rerun - killed[pid], name))
     return times
 
 
@@ -197,8 +197,8 @@ def _spread(times):
     if not times:
         return "none measured"
     times = sorted(times)
-    return (f"median {times[len(times) // 2]:.2f} s, max {times[-1]:.2f} s "
-            f"({len(times)} reruns)")
+    return (f"median {times[len(times) // 2][0]:.2f} s, max {times[-1][0]:.2f} s "
+            f"({len(times)} reruns; slowest: {', '.join(n for _, n in times[-3:])})")
 
 
 def test_chaos_killing_workers_loses_no_result(tmp_path):

@@ -439,3 +439,28 @@ def test_dead_driver_actors_exit_and_free_their_names_detached_ones_stay():
                                   for t in a.queued()}
     node.do(E.WorkerExited(gone_worker, 500, -9))
     assert node.state.resources.available["CPU"] == 10000   # the detached one holds the other
+
+
+def test_a_restarting_actor_goes_before_queued_tasks_of_its_shape():
+    # Chaos test finding: a restart queued behind every task waiting for a
+    # CPU left the actor's callers waiting for the whole queue.
+    node = Node(cpus=1)
+    node.driver()
+    actor_id = new_id()
+    creation = spec(P.ACTOR_CREATE, actor_id=actor_id, cpus=1, returns=0,
+                    options={"max_restarts": 1, "max_task_retries": 1})
+    out = node.start_workers(node.submit(creation))
+    (execute,) = of(C.Execute, out)
+    actor_worker = execute.worker_id
+    node.done(execute)
+    waiting = [spec(cpus=1) for _ in range(4)]
+    out = []
+    for task in waiting:
+        out += node.submit(task)
+    (running,) = of(C.Execute, node.start_workers(out))    # three wait for the CPU
+    node.submit(call(actor_id))
+    node.do(E.WorkerExited(actor_worker, 100, -9))
+    out = node.done(running)
+    out += node.start_workers(out)
+    (next_up,) = of(C.Execute, out)
+    assert next_up.task.spec.kind == P.ACTOR_CREATE

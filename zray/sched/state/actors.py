@@ -74,7 +74,10 @@ class ActorTable:
         creation = actor.creation
         creation.worker = None
         creation.to(S.WAITING)
-        self._creation_ready(actor)
+        # First in line, as a retried task is: its callers wait on it, and
+        # behind every queued task of its shape it would wait for them all.
+        self.state.scheduler.requeue_front(creation)
+        self.state.needs_dispatch = True
 
     def created(self, task, worker, error_text=None):
         """The creation task finished on ``worker`` (``error_text``: __init__ raised)."""
