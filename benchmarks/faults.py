@@ -268,8 +268,11 @@ def stall_once(pause_s=5.0, tasks=300):
             time.sleep(pause_s)
             os.kill(pid, signal.SIGCONT)
             resumed = time.monotonic()
-            ray.get(refs, timeout=300)
-            finished = time.monotonic() - resumed
+            try:
+                ray.get(refs, timeout=120)
+                finished = f"{time.monotonic() - resumed:.2f} s"
+            except Exception as exc:      # the outcome measured (an older checkout)
+                finished = f"never ({type(exc).__name__} after {time.monotonic() - resumed:.0f} s)"
             again = len(open(ran).read().split()) - len(refs)
             listed = _live_nodes(recorded)
             return finished, again, listed
@@ -300,7 +303,7 @@ def main(argv=None):
     elif args.what == "stall":
         for _ in range(args.repeat):
             finished, again, listed = stall_once()
-            print(f"second node paused 5 s under load: all results {finished:.2f} s after "
+            print(f"second node paused 5 s under load: all results {finished} after "
                   f"it resumed; {again} tasks ran twice; {listed} nodes listed", flush=True)
     elif args.what == "driver":
         for _ in range(args.repeat):
