@@ -203,6 +203,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
 
     def _drain_batch(self, router):
         remote = router is self.tcp_router
+        if remote:      # closed connections first: a new one may reuse a closed one's fd
+            self._on_remote_disconnect()
         for _ in range(1000):      # bounded, so ticks still happen under load
             # Asking EVENTS is cheaper than the zmq.Again of an empty recv.
             if not router.getsockopt(zmq.EVENTS) & zmq.POLLIN:

@@ -138,8 +138,9 @@ class Peers:
             for identity in self.held.overdue(now):
                 self._release_held(identity)
             if now - self.last_echo > KV_LOST_S and self.node.running:
-                log.error("no word from the kv service at %s for %.0f s: the head is gone; "
-                          "this node shuts down", self.node.config["kv_address"], KV_LOST_S)
+                log.error("no word from the kv service at %s for %.0f s (ZRAY_KV_LOST_S): the "
+                          "head is gone for good; this node shuts down",
+                          self.node.config["kv_address"], KV_LOST_S)
                 self.node.orphaned = True       # so it also removes its files
                 self.node.running = False
 

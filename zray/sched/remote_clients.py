@@ -23,8 +23,8 @@ class RemoteConnections:
         """One message's frames (bytes), noting the fd it came on."""
         parts = self.router.recv_multipart(copy=False)
         frames = [part.bytes for part in parts]
-        if len(parts) > 1:
-            self.fds[frames[0]] = parts[1].get(zmq.SRCFD)
+        if len(parts) > 1 and frames[0] not in self.fds:
+            self.fds[frames[0]] = _source_fd(parts[1])
         return frames
 
     def closed(self):
@@ -47,3 +47,10 @@ class RemoteConnections:
     def close(self):
         self.router.disable_monitor()
         self.monitor.close(0)
+
+
+def _source_fd(frame):
+    try:      # deprecated in libzmq, still there in 4.3; without it: no early notice
+        return frame.get(zmq.SRCFD)
+    except (zmq.ZMQError, ValueError, AttributeError):
+        return None
