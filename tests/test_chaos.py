@@ -1,6 +1,6 @@
 """Chaos: a workload mixing chains, fan-in and actor calls runs while a
-thread kills random workers of this test's cluster every few hundred
-milliseconds (and, in the slow variant, one whole node): every result is
+thread kills random workers of this test's cluster (of those up for 2 s)
+every few hundred milliseconds (and, in the slow variant, one whole node): every result is
 correct. The test prints how many tasks ran again and how long the
 workload took to finish after the last kill.
 
@@ -23,10 +23,15 @@ import zray as ray
 from cluster_util import Cluster, records
 
 RETRIES = 20            # far more kills than any one task should meet
+# Only workers this old are killed: a replacement (an actor's, say) must get
+# to run something, or on a loaded machine, where a worker takes seconds to
+# start, the chaos kills every one before it is up and nothing recovers.
+MIN_AGE_S = 2.0
 
 
 def workers_of(root):
-    """Pids of the zray workers of the node daemons recorded under root."""
+    """Pids of the zray workers, at least MIN_AGE_S old, of the node daemons
+    recorded under root."""
     pids = []
     for record in records(root):
         if record["role"] != "node":
@@ -37,7 +42,8 @@ def workers_of(root):
             continue
         for child in children:
             try:
-                if "zray.core" in child.cmdline():
+                if ("zray.core" in child.cmdline()
+                        and time.time() - child.create_time() >= MIN_AGE_S):
                     pids.append(child.pid)
             except psutil.Error:
                 pass
