@@ -45,8 +45,9 @@ class Scheduler:
         self._seq = 0
 
     # -- events in ----------------------------------------------------------
-    def make_ready(self, task):
-        """The task's arguments exist: queue it (or park it as infeasible)."""
+    def make_ready(self, task, front=False):
+        """The task's arguments exist: queue it (or park it as infeasible);
+        ``front``: first in line, keeping its age (a restarting actor)."""
         if task.state is DISCARDED:       # e.g. its actor was killed meanwhile
             return
         task.blocked = False
@@ -55,14 +56,18 @@ class Scheduler:
             task.to(INFEASIBLE)
             self.infeasible.append(task)
             return
-        self._seq += 1
-        task.seq = self._seq
+        if not front or not task.seq:
+            self._seq += 1
+            task.seq = self._seq
         task.to(READY)
         key = (task.depth, task.shape)
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = deque()
-        queue.append(task)
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
 
     def requeue_front(self, task):
         """A running task's worker died and it will be retried: first in line."""

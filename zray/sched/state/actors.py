@@ -62,9 +62,9 @@ class ActorTable:
                                                    (actor.actor_id, actor.handle_meta)))
         self.state.wait_for_arguments(task, lambda _task: self._creation_ready(actor))
 
-    def _creation_ready(self, actor):
+    def _creation_ready(self, actor, front=False):
         if actor.state in (PENDING, RESTARTING):
-            self.state.scheduler.make_ready(actor.creation)
+            self.state.scheduler.make_ready(actor.creation, front)
             self.state.needs_dispatch = True
 
     def _restart(self, actor):
@@ -76,8 +76,7 @@ class ActorTable:
         creation.to(S.WAITING)
         # First in line, as a retried task is: its callers wait on it, and
         # behind every queued task of its shape it would wait for them all.
-        self.state.scheduler.requeue_front(creation)
-        self.state.needs_dispatch = True
+        self._creation_ready(actor, front=True)
 
     def created(self, task, worker, error_text=None):
         """The creation task finished on ``worker`` (``error_text``: __init__ raised)."""
