@@ -3,7 +3,7 @@
 ::
 
     api ──► actor, remote_function, local_mode ──► object_ref  (public API, tools)
-    core/: worker ──► runtime ──► submit, connection ──► refcount, object_cache ──► context
+    core/: worker ──► runtime ──► submit, direct, connection ──► refcount, object_cache ──► context
                                   sched/ edge: node, peers, worker_processes,
                                   node_requests, store_requests; plasma/transfer
     sched/state/ (NodeState) ──► scheduler, resources, task, worker_pool, plasma/store
@@ -36,7 +36,7 @@ API_ORDER = ["zray.object_ref", "zray.local_mode", "zray.remote_function", "zray
              "zray.api", "zray.introspection"]
 # The client runtime's parts, lowest first, with what each may import of the others.
 CORE_ORDER = ["zray.core.context", "zray.core.refcount", "zray.core.object_cache",
-              "zray.core.connection", "zray.core.submit", "zray.core.runtime",
+              "zray.core.connection", "zray.core.direct", "zray.core.submit", "zray.core.runtime",
               "zray.core.worker"]
 
 

@@ -91,6 +91,8 @@ class Connection:
         self.node_info = self._handshake(password, connect_timeout_s)
 
         self.handlers = {P.RESPONSE: self._on_response}   # msg_type -> fn(fields, frames)
+        self.side_sockets = {}      # socket -> fn(socket): direct sockets read by the holder
+        self.side_outbox = deque()  # (socket, frames) to send on a direct socket
         self.on_tick = None         # fn(now), every TICK_S from the I/O thread
         self.on_last_flush = None   # fn(), under sock_lock as the I/O thread stops
         self.outbox = deque()
@@ -168,6 +170,33 @@ class Connection:
     def enqueue(self, msg_type, *fields, frames=()):
         """Queue without trying to send: for code that already holds sock_lock."""
         self.outbox.append(P.pack(msg_type, *fields) + list(frames))
+
+    def send_on(self, socket, frames):
+        """Send on a direct socket (see ``add_socket``), from any thread."""
+        with _Critical(self):
+            self.side_outbox.append((socket, frames))
+            if self.sock_lock.acquire(blocking=False):
+                try:
+                    self._pump_now(0)
+                finally:
+                    self.sock_lock.release()
+            else:
+                self._wake()
+
+    def add_socket(self, socket, on_readable):
+        """Poll ``socket`` with the node's; ``on_readable(socket)`` reads it
+        (under sock_lock, like everything that touches a socket)."""
+        self._wake()
+        with self.sock_lock:
+            self.side_sockets[socket] = on_readable
+            self.poller.register(socket, zmq.POLLIN)
+
+    def remove_socket(self, socket):
+        self._wake()
+        with self.sock_lock:
+            if self.side_sockets.pop(socket, None) is not None:
+                self.poller.unregister(socket)
+            socket.close(0)
 
     def _wake(self):
         if not self.wake_pending:
@@ -338,6 +367,13 @@ class Connection:
         outbox = self.outbox
         while outbox:
             send_frames(self.socket, outbox.popleft())
+        side = self.side_outbox
+        while side:
+            socket, frames = side.popleft()
+            try:
+                send_frames(socket, frames)
+            except zmq.ZMQError:
+                pass        # a direct peer gone: its owner hears of it from the monitor
 
     def _receive_all(self):
         socket = self.socket
@@ -349,6 +385,10 @@ class Connection:
             handler = handlers.get(msg_type)
             if handler is not None:
                 handler(fields, frames[1:])
+        if self.side_sockets:
+            for side, on_readable in list(self.side_sockets.items()):
+                if side.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    on_readable(side)
 
     # == requests =============================================================
     def _on_response(self, fields, _frames):
@@ -402,6 +442,9 @@ class Connection:
         if self.monitor is not None:
             self.socket.disable_monitor()
             self.monitor.close(0)
+        for side in list(self.side_sockets):
+            side.close(linger=200)      # an actor's last replies still reach their callers
+        self.side_sockets.clear()
         self._restore_sigint()
         # A short linger: a worker's last DONE must reach the node even as it exits.
         self.socket.close(linger=500)

@@ -27,6 +27,8 @@ class ObjectCache:
         self.mapped = weakref.WeakValueDictionary()   # object_id -> mmap, while values use it
         self.owned_pending = set()  # results of our tasks not yet pushed to us
         self.requested = set()      # ids we asked the node for
+        self.local_only = set()     # direct-call results the node has never seen
+        self.on_arrival = {}        # object_id -> fn(object_id), once, when the node sends it
 
     def on_objects(self, fields, frames):
         """OBJECTS from the node: results we own, or objects we asked for."""
@@ -41,6 +43,11 @@ class ObjectCache:
                     self.objects[object_id] = (header, frames[offset:offset + n])
                 offset += n
             self.cond.notify_all()
+        if self.on_arrival:         # outside cond: the callbacks take other locks
+            for header in entries:
+                callback = self.on_arrival.pop(header[ID], None)
+                if callback is not None:
+                    callback(header[ID])
 
     def add(self, object_id, header, frames):
         with self.cond:
@@ -57,6 +64,7 @@ class ObjectCache:
         with self.cond:
             for object_id in object_ids:
                 entry = self.objects.pop(object_id, None)
+                self.local_only.discard(object_id)
                 if entry is None or entry[0][KIND] != P.INLINE:
                     # Only shared-memory objects are mapped (a weak dict's pop is dear).
                     self.mapped.pop(object_id, None)

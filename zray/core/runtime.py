@@ -24,6 +24,7 @@ from ..serialization import install_shipped_registrations, serialize, ship_regis
 from ..transport import protocol as P
 from . import context, submit
 from .connection import Connection
+from .direct import DirectCalls
 from .object_cache import INLINE_MAX_BYTES, IS_ERROR, ObjectCache
 from .refcount import RefCounter
 
@@ -69,6 +70,7 @@ class Runtime:
             P.SERIALIZERS: self._on_serializers})
         connection.on_tick = self._on_tick
         connection.on_last_flush = self._flush_events_locked
+        self.direct = DirectCalls(self)
         connection.start()
         ship_registrations(self)    # custom serializers registered before init
 
@@ -150,6 +152,8 @@ class Runtime:
 
     def store_serialized(self, object_id, data, is_error=False):
         """Inline frames for small values, a shared-memory file for big ones."""
+        if data.contained:
+            self.direct.publish(data.contained)   # refs to direct-call results it holds
         if data.nbytes < INLINE_MAX_BYTES:
             frames = [data.meta] + [bytes(b) for b in data.buffers]
             return (object_id, P.INLINE, len(frames), None, data.contained, is_error), frames
@@ -252,6 +256,16 @@ class Runtime:
     def submit_actor_method(self, actor_id, label, method, args, kwargs, num_returns):
         return submit.submit_actor_method(self, actor_id, label, method, args, kwargs,
                                           num_returns)
+
+    def send_actor_call(self, spec, frames, direct_ok):
+        """Straight to the actor's worker when it can go so (core/direct.py)."""
+        self.direct.send(spec, frames, direct_ok, self._actor_ref)
+
+    def _actor_ref(self, actor_id):
+        return ObjectRef(actor_id, _runtime=self)
+
+    def publish(self, object_ids):
+        self.direct.publish(object_ids)
 
     def kill_actor(self, actor_id, no_restart):
         self.request("kill_actor", actor_id, no_restart)

@@ -137,6 +137,8 @@ def encode_arguments(runtime, args, kwargs):
         plain_kwargs = {k: by_ref_if_large(v) for k, v in plain_kwargs.items()}
         data = serialize((plain_args, plain_kwargs))
     frames = [data.meta] + [bytes(b) for b in data.buffers]
+    if deps or data.contained:
+        runtime.publish(deps + list(data.contained))   # the node must know what it is given
     return frames, tuple(deps), tuple(data.contained), keepalive
 
 
@@ -234,6 +236,7 @@ def submit_actor_method(runtime, actor_id, label, method, args, kwargs, n_return
                      n_arg_frames=len(frames), actor_id=actor_id, method=method)
     refs = _refs(runtime, spec, n_returns)
     runtime.expect_results(spec.return_ids)
-    runtime.send_message(P.SUBMIT, spec, frames=frames)
+    # Straight to the actor's worker when nothing in it needs the node (core/direct.py).
+    runtime.send_actor_call(spec, frames, not (deps or contained or keepalive) and n_returns > 0)
     del keepalive
     return refs

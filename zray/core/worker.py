@@ -21,6 +21,7 @@ from ..transport import auth
 from ..transport import protocol as P
 from ..stackdump import install as install_stack_dump
 from . import context
+from .direct import ActorEndpoint
 from .runtime import Runtime
 from .submit import ArgRef
 
@@ -32,6 +33,7 @@ class Worker:
         self.calls = {}              # function_id -> calls run here
         self.actor = None
         self.actor_executor = None   # thread pool or event loop for concurrent actors
+        self.endpoint = None         # an actor's socket for direct calls (core/direct.py)
         self.stopping = False        # leaving (exit_actor, max_calls): run nothing more, wait for EXIT
         self.resource_ids = {}       # GPU -> [(id, share)], as the node assigned them
         self.resource_demand = {}    # what the running task or actor holds (fixed point)
@@ -66,7 +68,8 @@ class Worker:
 
     def execute(self, fields, frames):
         """Run one task; return True if this worker should exit afterwards."""
-        spec, dep_headers, functions, resource_ids = fields
+        spec, dep_headers, functions, resource_ids = fields[:4]
+        route = fields[4] if len(fields) > 4 else None      # a direct call's caller
         self._install(functions)
         if spec.kind != P.ACTOR_METHOD:
             self._set_resources(resource_ids)
@@ -93,23 +96,37 @@ class Worker:
         if spec.max_calls:
             count = self.calls[spec.function_id] = self.calls.get(spec.function_id, 0) + 1
             exiting = exiting or count >= spec.max_calls
-        if spec.kind == P.ACTOR_CREATE and error_text:
-            exiting = True
-        self._report_done(spec, start, entries, payload, exiting, error_text)
+        if spec.kind == P.ACTOR_CREATE:
+            if error_text:
+                exiting = True
+            else:
+                self._listen_for_direct_calls(spec.actor_id)
+        self._report_done(spec, start, entries, payload, exiting, error_text, route)
         return exiting
 
-    def _report_done(self, spec, start, entries, payload, exiting, error_text):
-        """Record the task's span and send DONE (timeline events ride along)."""
+    def _listen_for_direct_calls(self, actor_id):
+        try:
+            self.endpoint = ActorEndpoint(self.runtime, actor_id)
+        except Exception as exc:     # callers then reach it through the node
+            print(f"zray: actor without direct calls: {exc}", file=sys.stderr, flush=True)
+
+    def _report_done(self, spec, start, entries, payload, exiting, error_text, route=None):
+        """Record the task's span and send DONE (timeline events ride along);
+        a direct call's results go back to its caller (core/direct.py)."""
         self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
                                    "tid": threading.get_ident() % 100000, "cat": "task",
                                    "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
+        if route is not None:
+            self.endpoint.reply(spec, route, entries, payload, exiting, error_text)
+            return
         self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
                                   self.runtime.take_events(), frames=payload)
 
     async def execute_async(self, fields, frames):
         """Like execute, but awaits coroutine methods on the actor's loop.
         Returns True if the method ended the actor (exit_actor)."""
-        spec, dep_headers, _functions, _resource_ids = fields
+        spec, dep_headers = fields[:2]
+        route = fields[4] if len(fields) > 4 else None
         start = time.time()
         error_text, exiting = None, False
         try:
@@ -126,7 +143,7 @@ class Worker:
                 entries, payload = self._store_exit(spec, exc)
             else:
                 entries, payload, error_text = self._store_error(spec, exc)
-        self._report_done(spec, start, entries, payload, exiting, error_text)
+        self._report_done(spec, start, entries, payload, exiting, error_text, route)
         return exiting
 
     def _install(self, functions):

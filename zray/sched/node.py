@@ -319,7 +319,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         self.events.extend(fields[0])
 
     def _on_done(self, identity, fields, payload):
-        task_id, entries, exiting, error_text, events = fields
+        task_id, entries, exiting, error_text, events = fields[:5]
+        holder = fields[5] if len(fields) > 5 else None    # an actor's direct caller
         # Only the worker running a task finishes it (actors: their queue checks).
         if not self.state.may_finish(identity, task_id):
             self.complaints.warn("done", "ignored a DONE from a client not running that task")
@@ -327,7 +328,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         if self._refused_objects(identity, entries, payload, "DONE"):
             return None
         self.events.extend(events)
-        return E.TaskDone(identity, task_id, entries, payload, exiting, error_text)
+        return E.TaskDone(identity, task_id, entries, payload, exiting, error_text, holder)
 
     def _on_put(self, identity, fields, payload):
         (entries,) = fields

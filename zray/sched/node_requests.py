@@ -37,6 +37,7 @@ class NodeRequests:
                 "workers": self.pool.live_count(),
                 "max_workers": self.pool.max_workers,
                 "actors": self.actors.statistics(),
+                "tasks": dict(self.state.counts),     # submitted / ended through this node
                 "store": self.objects.stats(),
                 "peers": self.peers.statistics() if self.peers is not None else None}
 

@@ -35,7 +35,8 @@ ADD_REF = b"ADDREF"         # (object_ids,) this process now holds refs
 REMOVE_REF = b"DELREF"      # (object_ids,) this process dropped its refs
 BLOCKED = b"BLOCKED"        # () worker waits in get/wait: lend its CPU
 UNBLOCKED = b"UNBLOCKED"    # () worker runs again
-DONE = b"DONE"              # (task_id, entries, worker_exiting, error_text, events) + frames
+DONE = b"DONE"              # (task_id, entries, worker_exiting, error_text, events[, holder])
+                            #   + frames; holder: an actor's direct caller, who now holds them
 EVENTS = b"EVENTS"          # (events,) timeline records, batched
 REQUEST = b"REQ"            # (request_id, op, args) control-plane call
 BYE = b"BYE"                # () client leaves cleanly
@@ -50,6 +51,12 @@ TASK_ERROR = b"TERR"        # (function_name, message, return_ids or None) failu
 RESPONSE = b"RESP"          # (request_id, ok, value)
 EXIT = b"EXIT"              # () worker: finish and leave
 SERIALIZERS = b"SER"         # ([(blob, sys_path), ...]) custom serializers registered by drivers
+
+# caller <-> actor worker, direct (see core/direct.py): a DEALER per actor in
+# the caller, a ROUTER in the actor's worker at actor_socket_path (ipc only)
+CALL = b"CALL"              # (TaskSpec,) + argument frames: no ObjectRef in them
+REPLY = b"REPLY"            # (task_id, entries or None, error_name_and_text or None) + frames;
+                            #   entries None: the results went to the node (DONE with holder)
 
 # node daemon <-> node daemon (see sched/peers.py, plasma/transfer.py). A
 # peer says HELLO with kind "peer" and is then a client like any other: it
@@ -87,6 +94,12 @@ TaskSpec = namedtuple("TaskSpec", [
 TASK = 0
 ACTOR_CREATE = 1
 ACTOR_METHOD = 2
+
+
+def actor_socket_path(session_dir, actor_id):
+    """Where an actor's worker listens for direct calls: the same path after a
+    restart, so callers' sockets reconnect by themselves."""
+    return f"{session_dir}/a-{actor_id[:8].hex()}.sock"
 
 
 def function_id_of(blob):

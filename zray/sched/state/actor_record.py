@@ -13,7 +13,7 @@ class Actor:
     __slots__ = ("actor_id", "creation", "worker", "state", "restarts_left", "max_restarts",
                  "task_retries", "queues", "inflight", "name", "death_reason", "hold",
                  "holding", "class_name", "handle_meta", "unreferenced", "detached",
-                 "args_released", "node", "proxy")
+                 "args_released", "node", "proxy", "last_death")
 
     def __init__(self, creation, actor_id=None, class_name=None):
         spec = creation.spec if creation is not None else None
@@ -32,6 +32,7 @@ class Actor:
         self.inflight = {}            # task_id -> task sent to the worker (dict keeps order)
         self.name = options.get("name")
         self.death_reason = None
+        self.last_death = None        # why it last died, kept across a restart
         self.hold = options.get("hold_resources", False)
         self.holding = False          # hold=True and the worker has the resources now
         self.class_name = spec.name if spec is not None else class_name

@@ -70,6 +70,7 @@ class ActorTable:
     def _restart(self, actor):
         actor.restarts_left -= 1
         actor.state = RESTARTING
+        actor.last_death = actor.death_reason or actor.last_death
         actor.death_reason = None
         creation = actor.creation
         creation.worker = None
@@ -116,6 +117,9 @@ class ActorTable:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
+        if task.spec.options.get("attempted"):
+            self._submit_attempted(actor, task)
+            return
         caller = caller_of(task.spec)
         if not task.spec.dep_ids and caller not in actor.queues and self._can_send(actor):
             # The common case, kept short: no argument to wait for and nothing
@@ -128,6 +132,35 @@ class ActorTable:
             queue = actor.queues[caller] = deque()
         queue.append(task)
         self.state.wait_for_arguments(task, self._arguments_ready)
+
+    def _submit_attempted(self, actor, task):
+        """A call sent straight to the actor's worker whose caller lost the
+        connection before the reply (core/direct.py): it may have run. It is
+        handled as a call in flight when the worker died: retried while
+        max_task_retries allow, else failed; its result is kept if it came."""
+        state = self.state
+        if all(state.objects.is_ready(object_id) for object_id in task.spec.return_ids):
+            # It ran and its results reached the node (DONE with a holder).
+            for object_id in task.spec.return_ids:
+                state.push_object(task.spec.owner, object_id)
+            state.release_arguments(task)
+            state.end(task, S.DISCARDED)
+            return
+        task.to(S.READY)
+        if actor.state == ALIVE:
+            # The node has not seen the worker go yet: it joins the calls in
+            # flight, which worker_died retries or fails.
+            task.to(S.RUNNING)
+            actor.inflight[task.spec.task_id] = task
+            return
+        restarting = actor.state in (PENDING, RESTARTING)
+        if restarting and task.retries_left > 0:
+            task.retries_left -= 1
+            actor.queues.setdefault(task.spec.owner, deque()).append(task)
+            self._pump(actor)
+            return
+        self._fail(task, actor, actor.death_reason or actor.last_death, running=True,
+                   restarting=restarting)
 
     def _arguments_ready(self, task):
         if task.state is not S.WAITING:      # failed meanwhile (its actor died)
@@ -212,6 +245,7 @@ class ActorTable:
         reason = actor.death_reason or (f"its worker process (pid {pid}) died with "
                                         f"{describe_exit(code)}")
         restart = actor.state != DEAD and actor.restarts_left > 0 and not actor.unreferenced
+        actor.last_death = reason
         retry = []
         for task in actor.inflight.values():
             if restart and task.retries_left > 0:

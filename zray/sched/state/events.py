@@ -112,6 +112,7 @@ class TaskDone(NamedTuple):
     frames: list
     exiting: bool             # the worker leaves after this (max_calls, exit_actor)
     error_text: Any           # the task raised (its returns already hold the error)
+    holder: Any = None        # an actor's direct caller: it holds the returns (core/direct.py)
 
 
 class WorkerExited(NamedTuple):

@@ -177,7 +177,10 @@ class NodeState(ObjectEvents):
 
     def _on_task_done(self, ev):
         worker = self.pool.workers.get(ev.worker_id)
-        self.store_objects(ev.headers, ev.frames)
+        holder = None
+        if ev.holder is not None and worker is not None and worker.actor_id is not None:
+            holder = self.clients.get(ev.holder)    # results of a direct call, kept for it
+        self.store_objects(ev.headers, ev.frames, holder=holder)
         pid = worker.pid if worker is not None else None
         if worker is not None and worker.actor_id is not None:
             task = self.actors.method_done(worker, ev.task_id, ev.exiting)
@@ -201,6 +204,12 @@ class NodeState(ObjectEvents):
                 worker.state = BUSY        # leaving; reaped when it exits
             else:
                 worker.state = IDLE
+
+    def push_object(self, identity, object_id):
+        """OBJECTS to a client, now, of an object already here."""
+        entry = self.objects.get(object_id)
+        if entry is not None and identity in self.clients:
+            self.emit(C.PushObject(identity, entry))
 
     def end(self, task, state):
         """A task or actor call is over (DONE or FAILED); the transition table

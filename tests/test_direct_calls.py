@@ -1,0 +1,189 @@
+"""Direct actor calls (core/direct.py): the caller and the actor's worker talk
+without the node, and every result, error and failure is what it would be
+through the node. Real processes throughout; the node's task counts show
+which way calls went."""
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import zray as ray
+from zray.exceptions import RayActorError
+
+from cluster_util import wait_for
+
+
+@ray.remote
+class Box:
+    def __init__(self):
+        self.calls = []
+
+    def add(self, x):
+        self.calls.append(x)
+        return len(self.calls)
+
+    def calls_seen(self):
+        return list(self.calls)
+
+    def pid(self):
+        return os.getpid()
+
+    def slow(self, x, delay=0.3):
+        time.sleep(delay)
+        return x
+
+    def big(self):
+        return np.ones(300_000)         # past the inline limit: goes through the node
+
+    def holding(self):
+        return [ray.put("inner")]       # holds a ref: goes through the node
+
+    def fail(self):
+        raise KeyError("direct boom")
+
+    def leave(self):
+        ray.exit_actor()
+
+
+def node_tasks():
+    return ray.api._runtime().request("status")["tasks"]["submitted"]
+
+
+def wait_direct(actor):
+    """Call until this process's socket to the actor is up and usable."""
+    def usable():
+        ray.get(actor.pid.remote())
+        channel = ray.api._runtime().direct.channels.get(actor._actor_id)
+        return channel is not None and channel.usable()
+    wait_for(usable, 20, "the direct socket to the actor")
+
+
+def test_calls_skip_the_node_and_keep_their_order(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    before = node_tasks()
+    refs = [box.add.remote(i) for i in range(200)]
+    assert ray.get(refs) == list(range(1, 201))
+    assert [ray.get(box.add.remote(i)) for i in range(20)] == list(range(201, 221))
+    assert ray.get(box.calls_seen.remote())[:200] == list(range(200))
+    assert node_tasks() == before, "direct calls went through the node"
+
+
+def test_results_that_must_outlive_the_call(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    assert ray.get(box.big.remote()).sum() == 300_000
+    inner = ray.get(box.holding.remote())[0]
+    assert ray.get(inner) == "inner"
+    with pytest.raises(KeyError, match="direct boom"):
+        ray.get(box.fail.remote())
+    assert ray.get(box.add.remote(1)) == 1      # still working, still direct
+
+
+def test_direct_results_passed_on(ray_shared):
+    @ray.remote
+    def double(x):
+        return x * 2
+
+    @ray.remote
+    def read_inside(items):
+        return ray.get(items[0])
+
+    box = Box.remote()
+    wait_direct(box)
+    arrived = box.add.remote(1)
+    assert ray.get(arrived) == 1
+    assert ray.get(double.remote(arrived)) == 2                 # after it came
+    assert ray.get(double.remote(box.slow.remote(21))) == 42    # while on its way
+    assert ray.get(read_inside.remote([box.slow.remote("x")])) == "x"
+    held = ray.put([box.add.remote(7)])
+    assert ray.get(read_inside.remote(ray.get(held))) == 2
+    other = Box.remote()
+    assert ray.get(other.add.remote(box.slow.remote(5))) == 1    # to another actor
+
+
+def test_dropped_results_and_handles(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    pid = ray.get(box.pid.remote())
+    for i in range(50):
+        box.add.remote(i)                       # results dropped at once
+    last = box.slow.remote("last", 0.5)
+    del box                                     # the last handle, calls in flight
+    assert ray.get(last) == "last"
+    wait_for(lambda: not _alive(pid), 20, "the actor to exit after its last call")
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_actor_killed_with_direct_calls_in_flight(ray_shared, tmp_path):
+    box = Box.remote()
+    wait_direct(box)
+    pid = ray.get(box.pid.remote())
+    pending = [box.slow.remote(i, 2.0) for i in range(3)]
+    wait_for(lambda: ray.wait(pending, timeout=0)[1], 5, "calls in flight")
+    os.kill(pid, signal.SIGKILL)
+    for ref in pending:
+        with pytest.raises(RayActorError, match=f"pid {pid}.*SIGKILL"):
+            ray.get(ref, timeout=60)
+    with pytest.raises(RayActorError, match="SIGKILL"):
+        ray.get(box.add.remote(1), timeout=60)
+
+
+def test_restart_retries_lost_direct_calls_in_order(ray_shared):
+    box = Box.options(max_restarts=1, max_task_retries=1).remote()
+    wait_direct(box)
+    pid = ray.get(box.pid.remote())
+    lost = [box.slow.remote("first", 1.0)] + [box.add.remote(i) for i in range(5)]
+    os.kill(pid, signal.SIGKILL)
+    assert ray.get(lost, timeout=60) == ["first", 1, 2, 3, 4, 5]
+    assert ray.get(box.calls_seen.remote()) == [0, 1, 2, 3, 4]
+    assert ray.get(box.pid.remote()) != pid
+    wait_direct(box)                            # the restarted actor is reached directly
+    before = node_tasks()
+    assert ray.get(box.add.remote(9)) == 6
+    assert node_tasks() == before
+
+
+def test_exit_actor_through_a_direct_call(ray_shared):
+    box = Box.options(max_restarts=2).remote()
+    wait_direct(box)
+    with pytest.raises(RayActorError, match="exit_actor"):
+        ray.get(box.leave.remote())
+    with pytest.raises(RayActorError, match="exit_actor"):
+        ray.get(box.add.remote(1), timeout=60)
+
+
+def test_async_and_threaded_actors_direct(ray_shared):
+    @ray.remote
+    class Waiter:
+        async def pid(self):
+            return os.getpid()
+
+        async def echo(self, x):
+            import asyncio
+            await asyncio.sleep(0.01)
+            return x
+
+    @ray.remote(max_concurrency=4)
+    class Pool:
+        def pid(self):
+            return os.getpid()
+
+        def echo(self, x):
+            time.sleep(0.01)
+            return x
+
+    for actor in (Waiter.remote(), Pool.remote()):
+        wait_direct(actor)
+        before = node_tasks()
+        assert ray.get([actor.echo.remote(i) for i in range(40)]) == list(range(40))
+        assert node_tasks() == before
