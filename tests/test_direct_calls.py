@@ -30,6 +30,10 @@ class Box:
     def pid(self):
         return os.getpid()
 
+    def add_slowly(self, x, delay):
+        time.sleep(delay)
+        return self.add(x)
+
     def slow(self, x, delay=0.3):
         time.sleep(delay)
         return x
@@ -69,6 +73,16 @@ def test_calls_skip_the_node_and_keep_their_order(ray_shared):
     assert [ray.get(box.add.remote(i)) for i in range(20)] == list(range(201, 221))
     assert ray.get(box.calls_seen.remote())[:200] == list(range(200))
     assert node_tasks() == before, "direct calls went through the node"
+
+
+def test_a_call_through_the_node_waits_for_direct_ones_in_flight(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    first = box.add_slowly.remote(0, 0.5)              # direct, still running
+    by_ref = box.add.remote(ray.put(1))                # a ref argument: through the node
+    after = box.add.remote(2)                          # behind it, also through the node
+    assert ray.get([first, by_ref, after]) == [1, 2, 3]
+    assert ray.get(box.calls_seen.remote()) == [0, 1, 2]
 
 
 def test_results_that_must_outlive_the_call(ray_shared):

@@ -45,7 +45,7 @@ MAX_IPC_PATH = 100          # a unix socket path longer than ~107 bytes cannot b
 class Channel:
     """This process's socket to one actor, and its calls in flight on it."""
     __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "node_calls",
-                 "node_only", "actor_ref")
+                 "node_only", "actor_ref", "held_back")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
@@ -56,6 +56,9 @@ class Channel:
         self.node_calls = 0         # calls sent through the node, not answered yet
         self.node_only = socket is None   # no direct path to this actor
         self.actor_ref = None       # held while calls are in flight
+        # Calls for the node made while direct ones are in flight: sent once
+        # those are answered, so the node's cannot overtake them at the actor.
+        self.held_back = []
 
     def usable(self):
         return self.connected and not self.node_calls and not self.node_only
@@ -81,7 +84,7 @@ class DirectCalls:
         """Send an actor call, direct if it can go so, else through the node."""
         channel = self.channels.get(spec.actor_id) or self._open(spec.actor_id)
         with self.lock:
-            if eligible and channel.usable():
+            if eligible and channel.usable() and not channel.held_back:
                 spec = spec._replace(owner=self.identity)
                 if not channel.inflight:
                     channel.actor_ref = make_ref(spec.actor_id)
@@ -89,6 +92,12 @@ class DirectCalls:
                 for object_id in spec.return_ids:
                     self.pending[object_id] = channel
                 self.connection.send_on(channel.socket, P.pack(P.CALL, spec) + frames)
+                return
+            if channel.inflight:
+                # Its argument refs are kept until it is sent: the node must not
+                # free them meanwhile.
+                keep = [make_ref(i) for i in spec.dep_ids + spec.contained_ids]
+                channel.held_back.append((spec, frames, keep))
                 return
             self._through_node(channel, spec, frames, self.connection.send_message)
 
@@ -203,7 +212,14 @@ class DirectCalls:
             else:
                 self._from_node(spec, error)
             if not channel.inflight:
+                self._release_held_back(channel)
                 channel.actor_ref = None
+
+    def _release_held_back(self, channel):
+        held, channel.held_back = channel.held_back, []
+        for spec, frames, _keep in held:
+            self._through_node(channel, spec, frames, self.connection.enqueue)
+        # Refs in `held` drop after the SUBMITs are queued, so the node sees them first.
 
     def _from_node(self, spec, error):
         """The results went to the node with us as holder: ask for them, and
@@ -253,6 +269,7 @@ class DirectCalls:
                         self.runtime.refs.drop(object_id)
                 retry = spec._replace(options={**spec.options, "attempted": True})
                 self._through_node(channel, retry, frames, self.connection.enqueue)
+            self._release_held_back(channel)
             channel.actor_ref = None
 
 
