@@ -171,10 +171,12 @@ class Connection:
         """Queue without trying to send: for code that already holds sock_lock."""
         self.outbox.append(P.pack(msg_type, *fields) + list(frames))
 
-    def send_on(self, socket, frames):
-        """Send on a direct socket (see ``add_socket``), from any thread."""
+    def send_on(self, socket, frames, still_wanted=None):
+        """Send on a direct socket (see ``add_socket``), from any thread. A
+        message that cannot leave yet (no completed connection) waits, unless
+        ``still_wanted()`` says it is no longer wanted by then."""
         with _Critical(self):
-            self.side_outbox.append((socket, frames))
+            self.side_outbox.append((socket, frames, still_wanted))
             if self.sock_lock.acquire(blocking=False):
                 try:
                     self._pump_now(0)
@@ -369,11 +371,18 @@ class Connection:
             send_frames(self.socket, outbox.popleft())
         side = self.side_outbox
         while side:
-            socket, frames = side.popleft()
+            socket, frames, still_wanted = side.popleft()
+            if still_wanted is not None and not still_wanted():
+                continue
             try:
-                send_frames(socket, frames)
+                socket.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:
+                # Not connected (yet, or any more): never block the socket
+                # owner. Tried again on the next pump; the monitor decides.
+                side.appendleft((socket, frames, still_wanted))
+                break
             except zmq.ZMQError:
-                pass        # a direct peer gone: its owner hears of it from the monitor
+                pass        # closed meanwhile
 
     def _receive_all(self):
         socket = self.socket

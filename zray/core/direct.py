@@ -45,7 +45,7 @@ MAX_IPC_PATH = 100          # a unix socket path longer than ~107 bytes cannot b
 class Channel:
     """This process's socket to one actor, and its calls in flight on it."""
     __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "node_calls",
-                 "node_only", "actor_ref", "held_back")
+                 "node_only", "actor_ref", "held_back", "epoch")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
@@ -59,6 +59,7 @@ class Channel:
         # Calls for the node made while direct ones are in flight: sent once
         # those are answered, so the node's cannot overtake them at the actor.
         self.held_back = []
+        self.epoch = 0              # +1 at each fail-over: older sends are dropped
 
     def usable(self):
         return self.connected and not self.node_calls and not self.node_only
@@ -91,7 +92,9 @@ class DirectCalls:
                 channel.inflight[spec.task_id] = (spec, frames)
                 for object_id in spec.return_ids:
                     self.pending[object_id] = channel
-                self.connection.send_on(channel.socket, P.pack(P.CALL, spec) + frames)
+                epoch = channel.epoch
+                self.connection.send_on(channel.socket, P.pack(P.CALL, spec) + frames,
+                                        lambda: channel.epoch == epoch)
                 return
             if channel.inflight:
                 # Its argument refs are kept until it is sent: the node must not
@@ -258,6 +261,7 @@ class DirectCalls:
         in order, marked as possibly run (its retry rules decide)."""
         with self.lock:
             channel.connected = False
+            channel.epoch += 1      # a call not sent yet must not reach a restarted actor
             calls = list(channel.inflight.values())
             channel.inflight.clear()
             for spec, frames in calls:

@@ -183,7 +183,9 @@ class Runtime:
                 return ready
         with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
             with self.cond:
-                ask = [i for i in object_ids if i not in ready and i not in cache.owned_pending
+                # `objects`, not `ready`: a direct call's result may have come
+                # meanwhile, and the node never heard of it (see core/direct.py).
+                ask = [i for i in object_ids if i not in objects and i not in cache.owned_pending
                        and i not in cache.requested]
                 cache.requested.update(ask)
             if ask:
