@@ -267,6 +267,62 @@ def test_actor_task_retries_run_the_call_again_first_in_line():
     assert [c.task.spec.task_id for c in of(C.Execute, out)] == [c1.task_id, c2.task_id]
 
 
+def attempted(actor_id, worker_id):
+    """A direct call whose caller lost the actor's worker before the reply
+    (core/direct.py), resubmitted through the node."""
+    return spec(P.ACTOR_METHOD, actor_id=actor_id, cpus=0, options={"attempted": worker_id})
+
+
+def test_direct_call_lost_before_the_node_saw_the_death_is_a_call_in_flight():
+    for retries in (0, 1):
+        node = Node()
+        node.driver()
+        actor_id, worker_id = make_actor(node, max_restarts=1, max_task_retries=retries)
+        lost = attempted(actor_id, worker_id)
+        assert not of(C.Execute, node.submit(lost))     # never sent to the dying worker
+        out = node.do(E.WorkerExited(worker_id, 100, -9))
+        if not retries:
+            assert pushed(out) == {lost.return_ids[0]: True}
+            assert "being restarted" in of(C.ReportError, out)[0].text
+            continue
+        assert not pushed(out)
+        out = node.done(of(C.Execute, node.start_workers(out))[0])   # __init__, then the call
+        assert [c.task.spec.task_id for c in of(C.Execute, out)] == [lost.task_id]
+
+
+def test_direct_call_lost_after_the_actor_was_restarted():
+    for retries in (0, 1):
+        node = Node()
+        node.driver()
+        actor_id, old_worker = make_actor(node, max_restarts=1, max_task_retries=retries)
+        out = node.start_workers(node.do(E.WorkerExited(old_worker, 100, -9)))
+        new_worker = of(C.Execute, out)[0].worker_id
+        assert new_worker != old_worker
+        node.done(of(C.Execute, out)[0])                # alive again, on another worker
+        lost = attempted(actor_id, old_worker)
+        out = node.submit(lost)
+        if retries:
+            (execute,) = of(C.Execute, out)
+            assert execute.worker_id == new_worker and execute.task.spec.task_id == lost.task_id
+        else:
+            assert pushed(out) == {lost.return_ids[0]: True}
+            error = value_of(of(C.PushObject, out)[0])
+            assert isinstance(error, RayActorError) and "SIGKILL" in str(error)
+
+
+def test_direct_call_whose_results_reached_the_node_is_not_run_again():
+    node = Node()
+    node.driver()
+    actor_id, worker_id = make_actor(node)
+    lost = attempted(actor_id, worker_id)
+    # The worker sent the results for the caller (DONE with a holder), then died.
+    node.do(E.TaskDone(worker_id, lost.task_id, [inline(lost.return_ids[0])], [b"x"], False,
+                       None, b"driver"))
+    out = node.submit(lost)
+    assert not of(C.Execute, out)
+    assert pushed(out) == {lost.return_ids[0]: False}
+
+
 def test_killed_actor_fails_later_calls():
     node = Node()
     node.driver()

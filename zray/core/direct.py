@@ -21,7 +21,8 @@
   until they arrive, so its release can never overtake the DONE.
 - The actor's worker dies with calls in flight (the socket monitor says
   disconnected): the caller resubmits them, in order, through the node
-  marked ``attempted``; the node's actor table retries them while
+  marked ``attempted`` with the worker they went to (its PONG named it
+  when the socket connected); the node's actor table retries them while
   max_task_retries allow, or fails them with RayActorError, as it does for
   calls in flight through it. A restarted actor listens on the same path, so
   the socket reconnects by itself.
@@ -45,7 +46,7 @@ MAX_IPC_PATH = 100          # a unix socket path longer than ~107 bytes cannot b
 class Channel:
     """This process's socket to one actor, and its calls in flight on it."""
     __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "node_calls",
-                 "node_only", "actor_ref", "held_back", "epoch")
+                 "node_only", "actor_ref", "held_back", "epoch", "worker_id")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
@@ -60,6 +61,7 @@ class Channel:
         # those are answered, so the node's cannot overtake them at the actor.
         self.held_back = []
         self.epoch = 0              # +1 at each fail-over: older sends are dropped
+        self.worker_id = None       # the actor's worker at the other end (its PONG)
 
     def usable(self):
         return self.connected and not self.node_calls and not self.node_only
@@ -183,6 +185,16 @@ class DirectCalls:
             msg_type, fields = P.unpack(frames[0])
             if msg_type == P.REPLY:
                 self._on_reply(*fields, frames[1:])
+            elif msg_type == P.PONG:
+                self._on_pong(socket, fields[0])
+
+    def _on_pong(self, socket, worker_id):
+        """Connected, and to this worker: calls may go direct now."""
+        with self.lock:
+            for channel in self.channels.values():
+                if channel.socket is socket:
+                    channel.worker_id = worker_id
+                    channel.connected = True
 
     def _on_reply(self, task_id, entries, error, payload):
         enqueue = self.connection.enqueue
@@ -251,8 +263,12 @@ class DirectCalls:
             if channel is None:
                 continue
             if event == zmq.EVENT_CONNECTED:
-                with self.lock:
-                    channel.connected = True
+                # Usable once the worker says who it is: a call resubmitted
+                # after its death names it, so the node can tell a death it has
+                # not seen yet from one it has already restarted the actor after.
+                epoch = channel.epoch
+                self.connection.send_on(channel.socket, P.pack(P.PING),
+                                        lambda: channel.epoch == epoch)
             elif event == zmq.EVENT_DISCONNECTED:
                 self._fail_over(channel)
 
@@ -262,6 +278,8 @@ class DirectCalls:
         with self.lock:
             channel.connected = False
             channel.epoch += 1      # a call not sent yet must not reach a restarted actor
+            attempted_on = channel.worker_id
+            channel.worker_id = None
             calls = list(channel.inflight.values())
             channel.inflight.clear()
             for spec, frames in calls:
@@ -271,7 +289,7 @@ class DirectCalls:
                         # The node's SUBMIT holds it for us now: our extra ref goes after.
                         self.publish_on_arrival.discard(object_id)
                         self.runtime.refs.drop(object_id)
-                retry = spec._replace(options={**spec.options, "attempted": True})
+                retry = spec._replace(options={**spec.options, "attempted": attempted_on})
                 self._through_node(channel, retry, frames, self.connection.enqueue)
             self._release_held_back(channel)
             channel.actor_ref = None
@@ -302,6 +320,9 @@ class ActorEndpoint:
             if msg_type == P.CALL:
                 spec = fields[0]
                 tasks.append(((spec, (), {}, None, frames[0]), frames[2:]))
+            elif msg_type == P.PING:
+                self.runtime.connection.send_on(
+                    socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity))
 
     def reply(self, spec, route, entries, payload, exiting, error_text):
         """Results straight to the caller if they can live there alone; else

@@ -57,6 +57,8 @@ SERIALIZERS = b"SER"         # ([(blob, sys_path), ...]) custom serializers regi
 CALL = b"CALL"              # (TaskSpec,) + argument frames: no ObjectRef in them
 REPLY = b"REPLY"            # (task_id, entries or None, error_name_and_text or None) + frames;
                             #   entries None: the results went to the node (DONE with holder)
+PING = b"PING"              # () caller, on connecting: who are you?
+PONG = b"PONG"              # (worker_id,) the actor's worker (named in resubmitted calls)
 
 # node daemon <-> node daemon (see sched/peers.py, plasma/transfer.py). A
 # peer says HELLO with kind "peer" and is then a client like any other: it

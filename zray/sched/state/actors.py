@@ -117,8 +117,8 @@ class ActorTable:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
-        if task.spec.options.get("attempted"):
-            self._submit_attempted(actor, task)
+        if "attempted" in task.spec.options:
+            self._submit_attempted(actor, task, task.spec.options["attempted"])
             return
         caller = caller_of(task.spec)
         if not task.spec.dep_ids and caller not in actor.queues and self._can_send(actor):
@@ -133,11 +133,12 @@ class ActorTable:
         queue.append(task)
         self.state.wait_for_arguments(task, self._arguments_ready)
 
-    def _submit_attempted(self, actor, task):
-        """A call sent straight to the actor's worker whose caller lost the
-        connection before the reply (core/direct.py): it may have run. It is
-        handled as a call in flight when the worker died: retried while
-        max_task_retries allow, else failed; its result is kept if it came."""
+    def _submit_attempted(self, actor, task, worker_id):
+        """A call sent straight to the actor's worker ``worker_id`` whose
+        caller lost the connection before the reply (core/direct.py): it may
+        have run. It is handled as a call in flight when that worker died:
+        retried while max_task_retries allow, else failed; its result is kept
+        if it came."""
         state = self.state
         if all(state.objects.is_ready(object_id) for object_id in task.spec.return_ids):
             # It ran and its results reached the node (DONE with a holder).
@@ -147,13 +148,15 @@ class ActorTable:
             state.end(task, S.DISCARDED)
             return
         task.to(S.READY)
-        if actor.state == ALIVE:
-            # The node has not seen the worker go yet: it joins the calls in
-            # flight, which worker_died retries or fails.
+        worker = actor.worker
+        if actor.state == ALIVE and worker is not None and worker.worker_id == worker_id:
+            # The node has not seen that worker go yet: the call joins the
+            # calls in flight, which worker_died retries or fails.
             task.to(S.RUNNING)
             actor.inflight[task.spec.task_id] = task
             return
-        restarting = actor.state in (PENDING, RESTARTING)
+        # That worker's death is handled (the actor may already live again).
+        restarting = actor.state in (PENDING, RESTARTING, ALIVE)
         if restarting and task.retries_left > 0:
             task.retries_left -= 1
             actor.queues.setdefault(task.spec.owner, deque()).append(task)
