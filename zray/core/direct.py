@@ -28,8 +28,9 @@
   the socket reconnects by itself.
 - The caller holds a ref to the actor while calls are in flight, so the
   actor cannot be told to exit (last handle gone) before they are answered.
-- Only on one machine (ipc, in the node's session directory); an actor on
-  another node is reached through the nodes.
+- Only between a caller and an actor both on the caller's node and made
+  from it (ipc, in the node's session directory); any other actor is
+  reached through the nodes.
 """
 import threading
 
@@ -76,6 +77,10 @@ class DirectCalls:
         self.cache = runtime.objects
         self.identity = self.connection.identity
         self.session_dir = runtime.node_info.get("session_dir")
+        try:
+            self.node_id = bytes.fromhex(runtime.node_info.get("node_id", ""))
+        except ValueError:
+            self.node_id = b""
         self.lock = threading.RLock()
         self.channels = {}          # actor_id -> Channel
         self.by_monitor = {}        # monitor socket -> Channel
@@ -126,7 +131,12 @@ class DirectCalls:
 
     def _open(self, actor_id):
         path = P.actor_socket_path(self.session_dir, actor_id) if self.session_dir else None
-        if path is None or len(path) > MAX_IPC_PATH or len(self.channels) >= MAX_CHANNELS:
+        # Only actors made from this node (their ids begin with its id): its
+        # actor table then holds the record that judges calls resubmitted
+        # after a death. One on another node has no socket here anyway.
+        home_here = bool(self.node_id) and actor_id[:len(self.node_id)] == self.node_id
+        if (path is None or not home_here or len(path) > MAX_IPC_PATH
+                or len(self.channels) >= MAX_CHANNELS):
             channel = Channel(actor_id)
         else:
             socket = self.connection.context.socket(zmq.DEALER)

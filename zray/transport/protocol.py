@@ -101,7 +101,7 @@ ACTOR_METHOD = 2
 def actor_socket_path(session_dir, actor_id):
     """Where an actor's worker listens for direct calls: the same path after a
     restart, so callers' sockets reconnect by themselves."""
-    return f"{session_dir}/a-{actor_id[:8].hex()}.sock"
+    return f"{session_dir}/a-{actor_id[-8:].hex()}.sock"   # its random part (8 bytes: its home)
 
 
 def function_id_of(blob):
