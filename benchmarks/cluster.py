@@ -15,6 +15,10 @@ Ctrl-C). Rows:
   machine do not compress (``--lz4 on`` forces it, to see what it costs).
 - ``tasks A->B``: tiny tasks that only B can run (forwarded by A, results
   back through A), against ``tasks on A`` for the same driver.
+- ``pipeline on B``: two stages that only B can run (make an array, sum
+  it); the driver gets only the sum. The value is the bytes the two nodes
+  pulled from each other meanwhile (their transfer counters): the
+  intermediate array need not leave B.
 
 Standalone: it does not use the rest of benchmarks/ (the suite run by
 ``python -m benchmarks``).
@@ -124,6 +128,8 @@ def run(size_mb, repeat, n_tasks, lz4="auto"):
         rows.append((f"pull A->B (zeros, lz4 {lz4})", f"{size / t / 1e9:.2f} GB/s",
                      f"{size_mb} MB in {t * 1e3:.0f} ms"))
 
+        rows.append(_pipeline_row(ray, size_mb, repeat))
+
         ray.get([tiny_on_b.remote() for _ in range(200)])           # warm up
         t = _best(lambda: ray.get([tiny_on_b.remote() for _ in range(n_tasks)]), repeat)
         rows.append(("tasks A->B (forwarded)", f"{n_tasks / t:.0f} tasks/s",
@@ -141,6 +147,42 @@ def run(size_mb, repeat, n_tasks, lz4="auto"):
                            capture_output=True, env=env, timeout=60)
             shutil.rmtree(root, ignore_errors=True)
     return rows
+
+
+def _pulled_bytes(ray):
+    """Bytes nodes A and B have pulled from other nodes so far."""
+    from zray.core import context
+
+    @ray.remote(resources={"node_b": 1})
+    def pulled_on_b():
+        return context.current().request("status")["peers"]["pulled_bytes"]
+
+    on_a = context.current().request("status")["peers"]["pulled_bytes"]
+    return on_a + ray.get(pulled_on_b.remote())
+
+
+def _pipeline_row(ray, size_mb, repeat):
+    @ray.remote(resources={"node_b": 1})
+    def make_on_b(size):
+        import numpy as np
+        return np.random.default_rng(1).integers(0, 255, size=size, dtype=np.uint8)
+
+    @ray.remote(resources={"node_b": 1})
+    def total_on_b(array):
+        return int(array.sum(dtype=np.uint64))
+
+    import numpy as np
+    size = size_mb * 1024 * 1024
+    moved, times = [], []
+    for _ in range(repeat):
+        before = _pulled_bytes(ray)
+        start = time.perf_counter()
+        ray.get(total_on_b.remote(make_on_b.remote(size)))
+        times.append(time.perf_counter() - start)
+        moved.append(_pulled_bytes(ray) - before)
+    return ("pipeline on B (bytes moved)", f"{max(moved) / 1e6:.0f} MB",
+            f"make {size_mb} MB on B, sum it on B: {max(moved) / size:.1f} x the "
+            f"intermediate crossed the network; best {min(times) * 1e3:.0f} ms")
 
 
 def main(argv=None):
