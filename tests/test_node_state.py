@@ -2,10 +2,11 @@
 import pytest
 
 from state_util import Node, inline, new_id, of, pushed, shm_header, spec, value_of
-from zray.exceptions import ObjectStoreFullError, RayActorError, WorkerCrashedError
+from zray.exceptions import (ObjectLostError, ObjectStoreFullError, RayActorError,
+                             WorkerCrashedError)
 from zray.plasma.store import IN_MEMORY, ON_DISK
 from zray.sched import task as task_module
-from zray.sched.state import commands as C, events as E
+from zray.sched.state import commands as C, events as E, forwarding
 from zray.sched.task import IllegalTransition, TaskState
 from zray.transport import protocol as P
 
@@ -520,3 +521,177 @@ def test_a_restarting_actor_goes_before_queued_tasks_of_its_shape():
     out += node.start_workers(out)
     (next_up,) = of(C.Execute, out)
     assert next_up.task.spec.kind == P.ACTOR_CREATE
+
+
+# == objects stay where they are made; lineage ===================================
+def forwarded_and_located(node, s, peer="peer1", size=1000):
+    """Forward ``s`` (it fits only a peer) and say its result stays on ``peer``."""
+    out = node.submit(s)
+    (forward,) = of(C.Forward, out)
+    assert forward.node_id == peer
+    return out + node.do(E.ObjectLocated(peer, shm_header(s.return_ids[0], size)))
+
+
+def test_large_result_of_a_forwarded_task_stays_on_its_node_until_asked_for():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    s = spec(gpus=1)
+    (result,) = s.return_ids
+    out = forwarded_and_located(node, s)
+    assert not of(C.WantObjects, out) and not pushed(out)   # nothing moves yet
+    assert node.state.counts == {"submitted": 1, "ended": 1}
+    assert not node.state.forwarding.forwarded
+    out = node.do(E.Subscribed(b"driver", [result]))          # ray.get: now it moves
+    assert of(C.WantObjects, out) == [C.WantObjects("peer1", [result], True)]
+    out = node.do(E.ObjectsSealed([shm_header(result, 1000)], []))
+    assert pushed(out) == {result: False}
+    out = node.do(E.RefsRemoved(b"driver", [result]))
+    assert of(C.ReleaseRemote, out) == [C.ReleaseRemote("peer1", [result])]
+    assert not node.state.locations.where and not node.state.locations.lineage
+
+
+def test_a_result_nobody_holds_any_more_is_let_go_where_it_is():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    s = spec(gpus=1)
+    node.submit(s)
+    node.do(E.RefsRemoved(b"driver", list(s.return_ids)))
+    out = node.do(E.ObjectLocated("peer1", shm_header(s.return_ids[0], 1000)))
+    assert of(C.ReleaseRemote, out) == [C.ReleaseRemote("peer1", list(s.return_ids))]
+    assert node.state.counts == {"submitted": 1, "ended": 1}
+
+
+def test_a_task_goes_to_the_node_holding_its_large_argument():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    first = spec(gpus=1)
+    forwarded_and_located(node, first)
+    second = spec(deps=[first.return_ids[0]])         # could run here, but its data is there
+    node.start_workers(node.submit(second))
+    forward = of(C.Forward, node.log)[-1]
+    assert forward.spec.task_id == second.task_id and forward.node_id == "peer1"
+    assert not of(C.WantObjects, node.log) and not of(C.Execute, node.log)
+
+
+def test_a_task_that_must_run_here_pulls_its_remote_argument_first():
+    node = Node(cpus=1)
+    node.driver()
+    busy = dict(peer_info(), available={"CPU": 0, "GPU": 0}, queued=3)
+    node.do(E.PeerSeen("peer1", busy))                # no room there: it runs here
+    first = spec(gpus=1)
+    forwarded_and_located(node, first)
+    (arg,) = first.return_ids
+    out = node.submit(spec(deps=[arg]))
+    assert of(C.WantObjects, node.log) == [C.WantObjects("peer1", [arg], True)]
+    assert not of(C.StartWorker, out)
+    out = node.start_workers(node.do(E.ObjectsSealed([shm_header(arg, 1000)], [])))
+    (execute,) = of(C.Execute, out)
+    assert [d.object_id for d in execute.deps] == [arg]
+
+
+def test_a_task_sent_elsewhere_says_where_its_arguments_are():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    first = spec(gpus=1)
+    forwarded_and_located(node, first)
+    (arg,) = first.return_ids
+    node.do(E.PeerSeen("peer2", dict(peer_info(), resources={"CPU": 2, "special": 1},
+                                     available={"CPU": 2, "special": 1})))
+    second = spec(deps=[arg], options=None)
+    second = second._replace(resources={**second.resources, "special": 10000})
+    (forward,) = of(C.Forward, node.submit(second))
+    assert forward.node_id == "peer2"
+    assert forward.spec.options[forwarding.LOCATIONS] == {arg: "peer1"}
+    # The node running it pulls from where the argument is, not from us.
+    there = Node(cpus=2)
+    there.do(E.PeerSeen("peer1", peer_info()))
+    there.do(E.ClientJoined(b"pfrom-origin", "peer", 9))
+    out = there.do(E.TaskForwardedIn(b"pfrom-origin", "origin", forward.spec, None, [], [],
+                                     []))
+    assert of(C.WantObjects, out) == [C.WantObjects("peer1", [arg])]
+
+
+def chain_on_peer(node, length, max_retries):
+    """Tasks that only a peer fits, each taking the last one's result."""
+    specs, deps = [], []
+    for _ in range(length):
+        s = spec(gpus=1, deps=deps, max_retries=max_retries)
+        out = node.submit(s)
+        assert of(C.Forward, out)[0].node_id == "peer1"
+        node.do(E.ObjectLocated("peer1", shm_header(s.return_ids[0], 1000)))
+        specs.append(s)
+        deps = [s.return_ids[0]]
+    return specs
+
+
+def test_results_lost_with_their_node_are_remade_from_lineage_recursively():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    specs = chain_on_peer(node, 3, max_retries=1)
+    results = [s.return_ids[0] for s in specs]
+    assert set(node.state.locations.lineage) == set(results)
+    node.do(E.Subscribed(b"driver", [results[-1]]))       # the driver waits for the last
+    out = node.do(E.PeerGone("peer1"))
+    assert of(C.DropPeerTransfers, out) == [C.DropPeerTransfers("peer1", set(results))]
+    assert not pushed(out)                                 # no error: they will be remade
+    out = node.do(E.PeerSeen("peer2", peer_info()))
+    (forward,) = of(C.Forward, out)                        # the first of the chain only
+    assert forward.spec.task_id == specs[0].task_id and forward.node_id == "peer2"
+    for s in specs:
+        out = node.do(E.ObjectLocated("peer2", shm_header(s.return_ids[0], 1000)))
+        if s is not specs[-1]:
+            (forward,) = of(C.Forward, out)                # the next, where its argument is
+            assert forward.node_id == "peer2"
+    assert of(C.WantObjects, out) == [C.WantObjects("peer2", [results[-1]], True)]
+    assert node.state.counts == {"submitted": 6, "ended": 6}
+    # Retries are spent: a second loss is final.
+    out = node.do(E.PeerGone("peer2"))
+    assert pushed(out) == {result: True for result in results}
+    assert all("max_retries=1" in str(value_of(p)) for p in of(C.PushObject, out))
+
+
+def test_a_lost_result_of_a_task_without_retries_fails_naming_its_node():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    (s,) = chain_on_peer(node, 1, max_retries=0)
+    node.do(E.Subscribed(b"driver", list(s.return_ids)))
+    out = node.do(E.PeerGone("peer1"))
+    (push,) = of(C.PushObject, out)
+    error = value_of(push)
+    assert isinstance(error, ObjectLostError)
+    assert s.return_ids[0].hex() in str(error) and "peer1" in str(error)
+
+
+def test_a_put_whose_only_copy_was_on_a_dead_node_raises_object_lost_naming_both():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    put = new_id()                         # a ref found inside a value from peer1
+    node.do(E.RefsAdded(b"driver", [put]))
+    node.do(E.ObjectLocated("peer1", shm_header(put, 1000)))
+    out = node.do(E.PeerGone("peer1"))
+    assert of(C.DropPeerTransfers, out) == [C.DropPeerTransfers("peer1", set())]
+    out = node.do(E.Subscribed(b"driver", [put]))
+    error = value_of(of(C.PushObject, out)[0])
+    assert isinstance(error, ObjectLostError)
+    assert put.hex() in str(error) and "peer1" in str(error) and "lineage" in str(error)
+
+
+def test_lineage_keeps_arguments_until_the_last_result_made_from_them_is_freed():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    first, second = chain_on_peer(node, 2, max_retries=1)
+    (a,), (b,) = first.return_ids, second.return_ids
+    out = node.do(E.RefsRemoved(b"driver", [a]))
+    assert not of(C.ReleaseRemote, out)            # the second's lineage needs it
+    out = node.do(E.RefsRemoved(b"driver", [b]))
+    assert sorted(of(C.ReleaseRemote, out)) == sorted([C.ReleaseRemote("peer1", [b]),
+                                                       C.ReleaseRemote("peer1", [a])])
+    assert not node.state.locations.lineage and not node.state.objects.entries

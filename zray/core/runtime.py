@@ -184,9 +184,13 @@ class Runtime:
         with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
             with self.cond:
                 # `objects`, not `ready`: a direct call's result may have come
-                # meanwhile, and the node never heard of it (see core/direct.py).
-                ask = [i for i in object_ids if i not in objects and i not in cache.owned_pending
-                       and i not in cache.requested]
+                # meanwhile, and the node never heard of it (see core/direct.py);
+                # one still in flight direct is not the node's to answer either.
+                # Results of our own tasks are pushed when made on our node;
+                # asking also fetches one made (and kept) on another node.
+                direct = self.direct.pending
+                ask = [i for i in object_ids if i not in objects and i not in cache.requested
+                       and i not in direct]
                 cache.requested.update(ask)
             if ask:
                 self.send_message(P.SUBSCRIBE, ask)

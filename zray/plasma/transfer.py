@@ -29,6 +29,9 @@
 - An object in the holder's arena is pinned while it is served (its block
   is not reused, even if the object is spilled meanwhile) and for
   UNPIN_DELAY_S after its last chunk, while zmq may still send from it.
+- A pull of an object we already hold there (a result of a task we
+  forwarded, kept where it was made: ``sched/state/locations.py``) takes no
+  ref and drops none: our hold outlives the copy, until the state lets go.
 """
 import logging
 import mmap
@@ -83,23 +86,47 @@ class Transfers:
         self.requested = {}           # object_id -> peer (asked for, header not here yet)
         self.served = {}              # object_id -> _Served (files we are sending)
         self.unpin_due = {}           # object_id -> when to unpin its arena block
+        self.held = set()             # pulled under a hold we keep (no ADD_REF/REMOVE_REF)
+        self.locating = set()         # asked for where it is and a hold, not its bytes
         mode = os.environ.get("ZRAY_TRANSFER_LZ4", "auto").lower()
         self.compression = mode if mode in ("auto", "on", "off") else "auto"
         self.stats = {"pulled_objects": 0, "pulled_bytes": 0, "sent_bytes": 0,
                       "sent_wire_bytes": 0}
 
     # == puller ===============================================================
-    def want(self, object_ids, peer):
-        """Ask ``peer`` for these objects (once each); they arrive as OBJECTS."""
+    def want(self, object_ids, peer, held=False, locate=False):
+        """Ask ``peer`` for these objects (once each); they arrive as OBJECTS.
+        ``held``: we hold them there already. ``locate``: take a hold there
+        and learn where they are; the bytes stay (small ones come inline)."""
         ask = [oid for oid in object_ids if oid not in self.requested and oid not in self.pulls]
         if not ask:
             return
         for object_id in ask:
             self.requested[object_id] = peer
-        # The hold first, in order on the same socket: the holder cannot free
-        # the object between answering and our first PULL.
-        peer.send(P.ADD_REF, ask)
+        if locate:
+            self.locating.update(ask)
+        if held:
+            self.held.update(ask)
+        else:
+            # The hold first, in order on the same socket: the holder cannot
+            # free the object between answering and our first PULL.
+            peer.send(P.ADD_REF, ask)
         peer.send(P.SUBSCRIBE, ask)
+
+    def let_go(self, peer, object_ids):
+        """Drop the refs a pull took on ``peer`` (none for held ones)."""
+        release = [oid for oid in object_ids if oid not in self.held]
+        self.held.difference_update(object_ids)
+        if release:
+            peer.send(P.REMOVE_REF, release)
+
+    def forget(self, object_ids):
+        """The state let go of its holds on these: no pull of them is wanted."""
+        for object_id in object_ids:
+            if object_id in self.held:
+                self.held.discard(object_id)
+                self.requested.pop(object_id, None)
+            self.locating.discard(object_id)
 
     def start(self, peer, header):
         """Begin copying the shm object ``header`` describes; False if already copying."""
@@ -176,7 +203,7 @@ class Transfers:
         self.stats["pulled_bytes"] += pull.size
         header = (object_id, P.SHM, 0, (pull.path, pull.size), pull.header[4], pull.header[5])
         self.node.handle(E.ObjectsSealed([header], []))   # wakes waiters, pushes to owners
-        pull.peer.send(P.REMOVE_REF, [object_id])
+        self.let_go(pull.peer, [object_id])
         self.node.handle(E.PeerObjectArrived(object_id))
 
     def _cancel(self, pull):
@@ -193,7 +220,7 @@ class Transfers:
 
     def _give_up(self, peer, object_id, why):
         self._lose(object_id, why)
-        peer.send(P.REMOVE_REF, [object_id])
+        self.let_go(peer, [object_id])
         self.node.handle(E.PeerObjectArrived(object_id))
 
     def _lose(self, object_id, why):
@@ -205,11 +232,14 @@ class Transfers:
         for object_id, pull in list(self.pulls.items()):
             if pull.peer.node_id == node_id:
                 self._cancel(pull)
+                self.held.discard(object_id)
                 if object_id not in expected_again:
                     self._lose(object_id, f"node {node_id} left the cluster mid-transfer")
         for object_id, holder in list(self.requested.items()):
             if holder.node_id == node_id:
                 del self.requested[object_id]
+                self.held.discard(object_id)
+                self.locating.discard(object_id)
                 if object_id not in expected_again:
                     self._lose(object_id, f"node {node_id} that held it left the cluster")
 
@@ -295,6 +325,8 @@ class Transfers:
             self._cancel(pull)
         self.served.clear()
         self.requested.clear()
+        self.held.clear()
+        self.locating.clear()
 
 
 def _pwrite_all(fd, data, offset):

@@ -21,11 +21,14 @@
   (minus what was sent to it since) says it has room. One hop only: a
   forwarded task is never forwarded again, so work cannot ping-pong.
 - The executing node treats the forwarding node as the client that
-  submitted the task: results come back to it as OBJECTS, small ones inline,
-  big ones pulled in chunks (``plasma/transfer.py``), and are sealed here;
-  so the driver that owns them sees exactly the protocol of a local task.
-  Arguments travel the other way the same way: inline ones inside FORWARD,
-  shared-memory ones pulled by the executing node from this one.
+  submitted the task: results come back to it as OBJECTS. Small ones are
+  inline and sealed here; big ones stay on the executing node, which holds
+  them for us, and we only note where they are (``ObjectLocated``): they
+  are pulled in chunks (``plasma/transfer.py``) when something here needs
+  them, and released there when our entry is freed
+  (``sched/state/locations.py``). Arguments travel the other way: inline
+  ones inside FORWARD, shared-memory ones pulled by the executing node from
+  the node the FORWARD names (this one, or where the object was made).
 - A peer that leaves: tasks forwarded to it go back in the queue here (one
   retry used; failed with an error when none are left) and are placed
   again; its holds on our objects are dropped.
@@ -272,10 +275,16 @@ class Peers:
         link.send(P.FORWARD, cmd.spec, cmd.function, len(cmd.task_frames), headers,
                   frames=list(cmd.task_frames) + dep_frames)
 
-    def want(self, node_id, object_ids):
+    def want(self, node_id, object_ids, held=False):
         link = self.links.get(node_id)
         if link is not None:
-            self.transfer.want(object_ids, link)
+            self.transfer.want(object_ids, link, held)
+
+    def release_remote(self, node_id, object_ids):
+        self.transfer.forget(object_ids)
+        link = self.links.get(node_id)
+        if link is not None:
+            link.send(P.REMOVE_REF, object_ids)
 
     def tell(self, node_id, msg_type, fields):
         link = self.links.get(node_id)
@@ -333,6 +342,13 @@ class Peers:
                 node.handle(E.ObjectsExpected([object_id]))
             if object_id in transfer.pulls:
                 continue        # already coming; its pull lets go of it when done
+            locate = object_id in transfer.locating
+            transfer.locating.discard(object_id)
+            if kind == P.SHM and (locate or not asked):
+                # A result of a task we forwarded, or a ref found in an object
+                # we got: it stays there, held for us; we note where.
+                node.handle(E.ObjectLocated(link.node_id, header))
+                continue
             # The id of an actor it hosts for us: our hold keeps it alive there.
             keep = node.state.actors.routing.keeps_hold(object_id, link.node_id)
             if objects.get(object_id) is None or objects.is_ready(object_id):
@@ -340,10 +356,10 @@ class Peers:
                     release.append(object_id)
                 node.handle(E.PeerObjectArrived(object_id))
                 continue
-            # Refs inside it must be fetched before we let go of it there.
+            # Refs inside it must be held before we let go of it there.
             inner = [i for i in header[4] if not objects.is_ready(i)]
             if inner:
-                transfer.want(inner, link)
+                transfer.want(inner, link, locate=True)
             if kind == P.INLINE:
                 node.handle(E.ObjectsSealed([header], part))
                 if not keep:
@@ -352,7 +368,7 @@ class Peers:
             else:
                 transfer.start(link, header)
         if release:
-            link.send(P.REMOVE_REF, release)
+            transfer.let_go(link, release)
 
     def _on_chunk(self, link, fields, frames):
         self.transfer.on_chunk(link, fields, frames)

@@ -13,8 +13,10 @@
   below. An illegal change is a bug in the node: it raises when
   ``ZRAY_STRICT_STATE=1`` (the test suite sets it) and is logged otherwise,
   so a production node keeps serving.
-- DONE and FAILED end a task. The one way back out is an actor restart, which
-  runs the actor's creation task again (DONE/FAILED -> WAITING).
+- DONE and FAILED end a task. The ways back out: an actor restart, which
+  runs the actor's creation task again (DONE/FAILED -> WAITING), and a
+  forwarded task remade because its result was lost with its node
+  (DONE -> WAITING, ``state/locations.py``).
 """
 import enum
 import logging
@@ -45,8 +47,11 @@ ALLOWED = frozenset([
     (S.RUNNING, S.DONE), (S.RUNNING, S.FAILED), (S.RUNNING, S.READY),
     (S.FORWARDED, S.DONE), (S.FORWARDED, S.READY), (S.FORWARDED, S.FAILED),
     (S.FORWARDED, S.INFEASIBLE),
+    # Locality: sent to the node with its arguments before being queued here.
+    (S.WAITING, S.FORWARDED),
     # An actor restart runs its creation task again (also one its node took
-    # with it when it left).
+    # with it when it left); a forwarded task whose node left is placed
+    # again once its arguments exist.
     (S.DONE, S.WAITING), (S.FAILED, S.WAITING), (S.FORWARDED, S.WAITING),
 ])
 FINAL = frozenset([S.DONE, S.FAILED, S.DISCARDED])

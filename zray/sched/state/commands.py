@@ -80,6 +80,12 @@ class Forward(NamedTuple):          # FORWARD a task to a peer
 class WantObjects(NamedTuple):      # pull these from a peer
     node_id: str
     object_ids: list
+    held: bool = False        # we hold them there already (no ref taken or dropped)
+
+
+class ReleaseRemote(NamedTuple):    # drop our holds on these copies on a peer
+    node_id: str
+    object_ids: list
 
 
 class DropPeerTransfers(NamedTuple):  # a peer left: cancel its transfers

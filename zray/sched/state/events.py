@@ -168,3 +168,8 @@ class TaskForwardedIn(NamedTuple):  # a peer sends us one of its tasks
 
 class PeerObjectArrived(NamedTuple):  # a result of a task we forwarded is here (or unwanted)
     object_id: bytes
+
+
+class ObjectLocated(NamedTuple):   # a large result of a task we forwarded stays on its node
+    node_id: str
+    header: tuple             # its header there (kind SHM: location (path, size))

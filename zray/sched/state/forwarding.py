@@ -7,9 +7,11 @@
   hop only: a forwarded task is never forwarded again, so work cannot
   ping-pong. An actor's creation is placed the same way; its calls follow
   it (``actor_routing.py``).
-- A forwarded task is done when all its results are here (or unwanted). A
-  peer that leaves: its forwarded tasks go back in the queue here (one retry
-  used; failed with WorkerCrashedError when none are left).
+- A forwarded task is done when all its results are here, or known to be
+  on the peer (large ones stay where they are made: ``locations.py``), or
+  unwanted. A peer that leaves: its forwarded tasks are placed again (one
+  retry used; failed with WorkerCrashedError when none are left), once
+  their arguments exist (some may be remade from lineage first).
 - Sockets, the kv feed and byte transfers are ``sched/peers.py`` and
   ``plasma/transfer.py``, at the edge; they turn what they hear into events.
 """
@@ -27,6 +29,7 @@ log = logging.getLogger("zray.forwarding")
 S = TaskState
 ORIGIN = "_origin_node"   # in a forwarded TaskSpec's options: where it came from
 CALLER = "_caller"        # in a forwarded actor call's: (node id, client) that made it
+LOCATIONS = "_arg_nodes"  # in a forwarded task's: {argument id: node with a copy} (not ORIGIN)
 
 
 class PeerView:
@@ -105,7 +108,9 @@ class Forwarding:
         if peer is None:
             return
         state = self.state
-        again = set()
+        # Lost results first (remade or failed), so tasks placed again below
+        # wait for arguments that went with the node.
+        again = state.locations.node_gone(node_id, peer.info.get("tcp_address"))
         for task_id in list(peer.forwarded):
             item = self.forwarded.pop(task_id)
             task = item.task
@@ -119,7 +124,8 @@ class Forwarding:
                 again.update(task.spec.return_ids)
                 log.warning("task %s was running on node %s: placing it again", task.spec.name,
                             node_id)
-                state.scheduler.make_ready(task)
+                task.to(S.WAITING)
+                state.locations.wait_anywhere(task)
             else:
                 state.fail_task(task, WorkerCrashedError(
                     f"task {task.spec.name} was running on node {node_id} "
@@ -145,6 +151,19 @@ class Forwarding:
             for task, peer in scheduler.take_surplus(
                     lambda t: self._choose(t) if _movable(t) else None, budget):
                 self.forward(task, peer)
+
+    def holder_for(self, task, bytes_by_node):
+        """The peer holding most of the task's argument bytes, if it can run it
+        (and has room for it, unless no local resources could ever run it)."""
+        if not _movable(task):
+            return None
+        anywhere = not self.state.resources.feasible(task.demand)
+        for node_id in sorted(bytes_by_node, key=bytes_by_node.get, reverse=True):
+            peer = self.peers.get(node_id)
+            if (peer is not None and peer.refused is None and peer.feasible(task.demand)
+                    and (anywhere or peer.has_room(task.demand))):
+                return peer
+        return None
 
     def _choose(self, task, anywhere=False):
         """The peer with the most room for the task; any that could run it if ``anywhere``."""
@@ -178,6 +197,13 @@ class Forwarding:
             options[CALLER] = (state.node_id, spec.owner)
         elif spec.kind == P.ACTOR_CREATE:
             options.update(state.actors.routing.creation_options(spec))
+        elsewhere = {}
+        for object_id in spec.dep_ids + spec.contained_ids:
+            node_id = state.locations.node_of(object_id)
+            if node_id is not None and not state.objects.is_ready(object_id):
+                elsewhere[object_id] = node_id
+        if elsewhere:
+            options[LOCATIONS] = elsewhere
         sent = spec._replace(options=options, owner=None)
         state.emit(C.Forward(peer.node_id, sent, function, inline, task.frames))
         task.to(S.FORWARDED)
@@ -218,8 +244,8 @@ class Forwarding:
         elif kind == P.ACTOR_CREATE:
             self.state.end(task, S.DONE)    # its arguments stay: a restart needs them
         else:
-            self.state.release_arguments(task)
             self.state.end(task, S.DONE)
+            self.state.locations.finished(task)     # lineage, or its arguments let go
         self.spill()
 
     def forwarded_in(self, ev):
@@ -240,7 +266,16 @@ class Forwarding:
         state.submit(client, spec, ev.task_frames)
         missing = [i for i in spec.dep_ids + spec.contained_ids if not state.objects.is_ready(i)]
         if missing and ev.origin is not None:
-            state.emit(C.WantObjects(ev.origin, missing))
+            # From the node that holds each one, when we know it; else its owner.
+            elsewhere = spec.options.get(LOCATIONS) or {}
+            by_node = {}
+            for object_id in missing:
+                node_id = elsewhere.get(object_id)
+                if node_id not in self.peers:
+                    node_id = ev.origin
+                by_node.setdefault(node_id, []).append(object_id)
+            for node_id, object_ids in by_node.items():
+                state.emit(C.WantObjects(node_id, object_ids))
 
     # == looking ==============================================================
     def owner_of(self, return_id):
@@ -264,7 +299,8 @@ class Forwarding:
         return R.describe(free)
 
     def statistics(self):
-        return {"peers": len(self.peers), "forwarded_running": len(self.forwarded)}
+        return {"peers": len(self.peers), "forwarded_running": len(self.forwarded),
+                **self.state.locations.statistics()}
 
 
 def _movable(task):

@@ -20,6 +20,7 @@ from . import commands as C
 from . import events as E
 from .actors import ActorTable
 from .forwarding import Forwarding
+from .locations import Locations
 from .objects import ObjectEvents
 from .owners import recycled_worker_reaped, stop_work_of
 
@@ -54,6 +55,7 @@ class NodeState(ObjectEvents):
         self.logs_dir = logs_dir
         self.actors = ActorTable(self)
         self.forwarding = Forwarding(self)
+        self.locations = Locations(self)    # objects on other nodes, lineage
         self.clients = {}              # identity -> Client
         self.functions = {}            # function_id -> (name, blob, sys_path)
         self.serializers = []          # (blob, sys_path) in registration order
@@ -158,12 +160,13 @@ class NodeState(ObjectEvents):
         if spec.kind == P.ACTOR_CREATE:
             self.actors.submit_creation(task)
         else:
-            self.wait_for_arguments(task, self.scheduler.make_ready)
+            self.locations.wait_anywhere(task)     # runs here or where its arguments are
         self.needs_dispatch = True
         return task
 
     def wait_for_arguments(self, task, when_ready):
-        """Call when_ready(task) once every argument object exists."""
+        """Call when_ready(task) once every argument object is here (pulling
+        the ones known to be on other nodes)."""
         task.missing = 0
         objects = self.objects
         for object_id in task.spec.dep_ids:
@@ -172,6 +175,8 @@ class NodeState(ObjectEvents):
                 entry = objects.expect(object_id)
                 entry.add_waiting_task(task, when_ready)
                 task.missing += 1
+                if object_id in self.locations.where:
+                    self.locations.pull(object_id)
         if task.missing == 0:
             when_ready(task)
 
@@ -317,6 +322,8 @@ class NodeState(ObjectEvents):
         self.wall = ev.wall
         for worker in self.pool.idle_to_stop(ev.now):
             self.stop_worker(worker)
+        if self.locations.where or self.locations.lineage or self.locations.wanted:
+            self.locations.sweep()
 
     def _on_workers_wanted(self, ev):
         for _ in range(min(ev.count, self.pool.max_workers - self.pool.live_count())):
@@ -427,4 +434,5 @@ class NodeState(ObjectEvents):
         E.PeerGone: lambda self, ev: self.forwarding.gone(ev.node_id),
         E.TaskForwardedIn: lambda self, ev: self.forwarding.forwarded_in(ev),
         E.PeerObjectArrived: lambda self, ev: self.forwarding.arrived(ev.object_id),
+        E.ObjectLocated: lambda self, ev: self.locations.located(ev.node_id, ev.header),
     }

@@ -19,7 +19,7 @@ from . import events as E
 
 class ObjectEvents:
     """Mixed into NodeState: needs ``objects``, ``clients``, ``actors``,
-    ``forwarding``, ``emit`` and ``needs_dispatch``."""
+    ``forwarding``, ``locations``, ``emit`` and ``needs_dispatch``."""
 
     def _on_put(self, ev):
         client = self.clients.get(ev.client)
@@ -85,6 +85,8 @@ class ObjectEvents:
                 self.emit(C.PushObject(client.identity, entry))
             else:
                 entry.add_subscriber(client.identity)
+                if self.forwarding.peers:
+                    self.locations.asked(object_id)    # on another node: fetch it
 
     def _freed_here(self, object_id):
         # Only a node that never had peers knows every copy: in a cluster, an
@@ -129,6 +131,10 @@ class ObjectEvents:
             elif self.forwarding.peers:
                 self.actors.routing.borrowed_freed(object_id)
         self.objects.remove_ref(object_id)
+        locations = self.locations
+        if ((locations.where or locations.lineage) and object_id not in self.objects.entries
+                and (object_id in locations.where or object_id in locations.lineage)):
+            locations.freed(object_id)
 
     def _on_reserve(self, ev):
         where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner, arena=ev.arena)
