@@ -6,6 +6,7 @@
     python -m benchmarks.faults driver [--repeat 3]
     python -m benchmarks.faults peer [--repeat 3]
     python -m benchmarks.faults stall [--repeat 3]
+    python -m benchmarks.faults lineage [--size-mb 50] [--repeat 3]
 
 - ``detect``: a `zray start --head` cluster under a fresh temp dir, a driver
   connected with ``ray.init(address=...)`` waiting in ``ray.get`` on a task
@@ -33,6 +34,13 @@
   second node gets SIGSTOP for 5 s, then SIGCONT. The row: the time from
   SIGCONT to the last result, the tasks that ran twice (lines beyond 300),
   and whether both nodes are still listed.
+
+- ``lineage``: a head (1 CPU) and a node B with {"worker_node": 1}; a chain
+  of 4 tasks that only B can run, each making an array of ``size`` from the
+  last, all kept on B; B is killed with SIGKILL and a node C with the same
+  resources started. Rows: kill to the head noticing (B gone from
+  ``ray.nodes()``), C joining to every ``ray.get`` of the chain answered
+  (the tasks run again on C, from lineage), and how many tasks ran again.
 
 Standalone: it does not use the rest of benchmarks/. Run it on an older
 checkout (copy this file there) to compare.
@@ -281,9 +289,67 @@ def stall_once(pause_s=5.0, tasks=300):
             shutil.rmtree(os.path.dirname(ran), ignore_errors=True)
 
 
+def _lines(path):
+    try:
+        with open(path) as f:
+            return sum(1 for _ in f)
+    except FileNotFoundError:
+        return 0
+
+
+def lineage_once(size_mb):
+    import numpy as np
+    import zray as ray
+    with _head(1) as (root, env, recorded):
+        address, token = recorded["address"], recorded.get("token", "")
+        node_b, node_c = os.path.join(root, "b"), os.path.join(root, "c")
+        start = ["start", "--address", address, "--redis-password", token, "--num-cpus", 1,
+                 "--resources", '{"worker_node": 1}',
+                 "--object-store-memory", 8 * size_mb * 1024 * 1024]
+        _zray(*start, "--temp-dir", node_b, env=env)
+        try:
+            ray.init(address=address, redis_password=token)
+            while len([n for n in ray.nodes() if n["Alive"]]) < 2:
+                time.sleep(0.05)
+            runs = os.path.join(root, "runs")
+
+            @ray.remote(resources={"worker_node": 1})
+            def step(previous, n, log):
+                with open(log, "a") as f:
+                    f.write("ran\n")
+                return (previous if previous is not None else np.zeros(n, np.uint8)) + 1
+
+            chain, last = [], None
+            for _ in range(4):
+                last = step.remote(last, size_mb * 1024 * 1024, runs)
+                chain.append(last)
+            while _lines(runs) < 4:            # all made on B, none fetched
+                time.sleep(0.01)
+            (pid,) = [r["pid"] for r in _records(node_b) if r["role"] == "node"]
+            killed = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while sum(1 for n in ray.nodes() if n["Alive"]) > 1:
+                time.sleep(0.02)
+            noticed = time.monotonic() - killed
+            _zray(*start, "--temp-dir", node_c, env=env)
+            while sum(1 for n in ray.nodes() if n["Alive"]) < 2:
+                time.sleep(0.02)
+            joined = time.monotonic()
+            values = ray.get(chain, timeout=300)
+            rebuilt = time.monotonic() - joined
+            assert [int(v[0]) for v in values] == [1, 2, 3, 4]
+            return noticed, rebuilt, _lines(runs) - 4
+        finally:
+            ray.shutdown()
+            for extra in (node_b, node_c):
+                if os.path.isdir(extra):
+                    _zray("stop", "--temp-dir", extra, env=env)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.faults")
-    parser.add_argument("what", choices=["detect", "spill", "kv", "driver", "peer", "stall"])
+    parser.add_argument("what", choices=["detect", "spill", "kv", "driver", "peer", "stall",
+                                         "lineage"])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--size-mb", type=int, default=400)
     args = parser.parse_args(argv)
@@ -305,6 +371,12 @@ def main(argv=None):
             finished, again, listed = stall_once()
             print(f"second node paused 5 s under load: all results {finished} after "
                   f"it resumed; {again} tasks ran twice; {listed} nodes listed", flush=True)
+    elif args.what == "lineage":
+        for _ in range(args.repeat):
+            noticed, rebuilt, again = lineage_once(min(args.size_mb, 200))
+            print(f"node holding a 4-task chain of {min(args.size_mb, 200)} MiB results killed: "
+                  f"noticed after {noticed:.2f} s; all 4 results rebuilt {rebuilt:.2f} s after "
+                  f"a replacement node joined; {again} tasks ran again", flush=True)
     elif args.what == "driver":
         for _ in range(args.repeat):
             print(f"driver exited with 1,000 tasks queued: all CPUs free again after "

@@ -695,3 +695,28 @@ def test_lineage_keeps_arguments_until_the_last_result_made_from_them_is_freed()
     assert sorted(of(C.ReleaseRemote, out)) == sorted([C.ReleaseRemote("peer1", [b]),
                                                        C.ReleaseRemote("peer1", [a])])
     assert not node.state.locations.lineage and not node.state.objects.entries
+
+
+def test_a_result_being_rerun_is_not_lost_and_another_copy_is_pulled_from():
+    node = Node(cpus=1)
+    node.driver()
+    node.do(E.PeerSeen("peer1", peer_info()))
+    node.do(E.PeerSeen("peer2", peer_info()))
+    two = spec(gpus=1, returns=2, max_retries=1)
+    (forward,) = of(C.Forward, node.submit(two))
+    first, second = two.return_ids
+    node.do(E.ObjectLocated(forward.node_id, shm_header(first, 1000)))   # one of two back
+    other = "peer2" if forward.node_id == "peer1" else "peer1"
+    copied = spec(gpus=1)
+    (elsewhere,) = of(C.Forward, node.submit(copied))
+    (made,) = copied.return_ids
+    node.do(E.ObjectLocated(elsewhere.node_id, shm_header(made, 1000)))
+    node.do(E.ObjectLocated(forward.node_id if elsewhere.node_id == other else other,
+                            shm_header(made, 1000)))                  # a second copy
+    node.do(E.Subscribed(b"driver", [made]))
+    out = node.do(E.PeerGone(forward.node_id))
+    assert not pushed(out)                   # the two-result task runs again; no error
+    (drop,) = of(C.DropPeerTransfers, out)
+    assert {first, second, made} <= drop.expected_again
+    assert out.index(drop) < out.index(of(C.WantObjects, out)[-1])
+    assert of(C.WantObjects, out)[-1] == C.WantObjects(other, [made], True)

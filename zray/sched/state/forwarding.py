@@ -110,7 +110,9 @@ class Forwarding:
         state = self.state
         # Lost results first (remade or failed), so tasks placed again below
         # wait for arguments that went with the node.
-        again = state.locations.node_gone(node_id, peer.info.get("tcp_address"))
+        rerun = {i for task_id in peer.forwarded
+                 for i in self.forwarded[task_id].task.spec.return_ids}
+        again, repull = state.locations.node_gone(node_id, peer.info.get("tcp_address"), rerun)
         for task_id in list(peer.forwarded):
             item = self.forwarded.pop(task_id)
             task = item.task
@@ -134,6 +136,8 @@ class Forwarding:
                     f"have it run again elsewhere"))
         again |= state.actors.routing.node_gone(node_id, peer.info.get("tcp_address"))
         state.emit(C.DropPeerTransfers(node_id, again))
+        for object_id in repull:
+            state.locations.pull(object_id)
         state.needs_dispatch = True
 
     # == forwarding ===========================================================

@@ -201,18 +201,27 @@ class Locations:
         for object_id in [i for i in self.lineage if i not in entries]:
             self.freed(object_id)
 
-    def node_gone(self, node_id, address=None):
-        """``node_id`` left: drop its copies; remake or fail what it alone held.
-        Returns the ids that will be made again."""
+    def node_gone(self, node_id, address=None, rerun=()):
+        """``node_id`` left: drop its copies; remake or fail what it alone held
+        (``rerun``: results of tasks it was running, placed again anyway).
+        Returns the ids still to come (transfers of them are not failures)
+        and those to pull again from another copy once its transfers are dropped."""
         state = self.state
-        lost = []
+        lost, again, repull = [], set(), []
         for object_id, where in list(self.where.items()):
-            if where.nodes.pop(node_id, None) is None or where.nodes:
+            if where.nodes.pop(node_id, None) is None:
+                continue
+            if where.nodes:                    # another copy: pull from it if needed
+                again.add(object_id)
+                entry = state.objects.get(object_id)
+                if entry is not None and (object_id in self.wanted or entry.waiting_tasks):
+                    repull.append(object_id)
                 continue
             del self.where[object_id]
+            if object_id in rerun:
+                continue
             if not state.objects.is_ready(object_id):
                 lost.append(object_id)
-        again = set()
         node = f"node {node_id}" + (f" ({address})" if address else "")
         for object_id in lost:
             kept = self.lineage.get(object_id)
@@ -234,7 +243,7 @@ class Locations:
                 continue
             again.update(task.spec.return_ids)
             self.remake(task)
-        return again
+        return again, repull
 
     def remake(self, task):
         """Run a finished forwarded task again (one retry used) for a lost result."""
