@@ -54,7 +54,9 @@ class ObjectCache:
             self.objects[object_id] = (header, frames)
 
     def expect(self, object_ids):
-        """Results of tasks we submitted: the node pushes them, no need to ask."""
+        """Results of tasks we submitted: the node pushes them when they are
+        made on it (a get asks anyway: one made on another node stays there
+        until asked for)."""
         with self.cond:
             self.owned_pending.update(object_ids)
 
