@@ -224,6 +224,8 @@ class Locations:
                 lost.append(object_id)
         node = f"node {node_id}" + (f" ({address})" if address else "")
         for object_id in lost:
+            if object_id in again:             # another result of a task remade above
+                continue
             kept = self.lineage.get(object_id)
             if kept is None:
                 self._fail(object_id, f"its only copy was on {node}, which left the cluster, "
