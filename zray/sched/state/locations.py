@@ -85,7 +85,7 @@ class Locations:
                 keep.append(item)
         if not woken:
             return
-        entry.waiting_tasks = keep
+        entry.waiting_tasks = keep or ()
         for task in woken:
             task.missing -= 1
             if task.missing == 0:
@@ -133,7 +133,7 @@ class Locations:
             if object_id in self.where:
                 continue
             entry = objects.expect(object_id)
-            entry.waiting_tasks.append((task, self.place))
+            entry.add_waiting_task(task, self.place)
             task.missing += 1
         if task.missing == 0:
             self.place(task)
