@@ -229,14 +229,12 @@ class Locations:
             kept = self.lineage.get(object_id)
             if kept is None:
                 self._fail(object_id, f"its only copy was on {node}, which left the cluster, "
-                                      f"and it has no lineage to rebuild it from (it was made "
-                                      f"by ray.put or inside a task): keep a copy of values "
-                                      f"that must survive a node, e.g. ray.get them")
+                                      f"and it has no lineage to rebuild it from (a ray.put "
+                                      f"value, one a task made inside it, or an actor call's "
+                                      f"result): keep a copy of values that must survive a "
+                                      f"node, e.g. ray.get them")
                 continue
             task, pinned = kept
-            if task.state is not S.DONE:       # already being remade (another result)
-                again.add(object_id)
-                continue
             if not pinned:
                 self._fail(object_id, f"its only copy was on {node}, which left the cluster, "
                                       f"and task {task.spec.name} that made it has no retries "
