@@ -87,6 +87,18 @@ class DirectCalls:
         self.pending = {}           # return id of a call in flight direct -> Channel
         self.publish_on_arrival = set()   # of those, ids passed on meanwhile
 
+    def not_at_node(self):
+        """Return ids of calls the node has not heard of: in flight direct, or
+        held back behind them (a get must not ask the node for those)."""
+        if not self.pending and not any(c.held_back for c in self.channels.values()):
+            return ()
+        with self.lock:
+            unsent = set(self.pending)
+            for channel in self.channels.values():
+                for spec, _frames, _keep in channel.held_back:
+                    unsent.update(spec.return_ids)
+            return unsent
+
     # -- sending ------------------------------------------------------------
     def send(self, spec, frames, eligible, make_ref):
         """Send an actor call, direct if it can go so, else through the node."""

@@ -181,16 +181,16 @@ class Runtime:
             if len(ready) >= num_returns or (
                     stop_on_error and any(objects[i][0][IS_ERROR] for i in ready)):
                 return ready
+        unsent = self.direct.not_at_node()   # (its lock is never taken inside cond)
         with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
             with self.cond:
                 # `objects`, not `ready`: a direct call's result may have come
                 # meanwhile, and the node never heard of it (see core/direct.py);
-                # one still in flight direct is not the node's to answer either.
+                # one in flight direct or held back is not the node's to answer.
                 # Results of our own tasks are pushed when made on our node;
                 # asking also fetches one made (and kept) on another node.
-                direct = self.direct.pending
                 ask = [i for i in object_ids if i not in objects and i not in cache.requested
-                       and i not in direct]
+                       and i not in unsent]
                 cache.requested.update(ask)
             if ask:
                 self.send_message(P.SUBSCRIBE, ask)
