@@ -22,6 +22,7 @@ import zray as ray
 from zray.kv.client import KvClient, subscribe
 from zray.transport import auth
 from zray.transport import protocol as P
+from zray.transport.wire_types import decode, encode
 
 from cluster_util import Cluster, env_for, live_nodes, records, wait_for, zray
 
@@ -188,16 +189,49 @@ def _member_socket(context, address, token):
 
 
 def _valid_heads(token, canary):
+    spec = P.TaskSpec(b"t" * 16, P.ACTOR_CREATE, b"f" * 16, "f", (b"r" * 20,), (b"d" * 20,),
+                      (), {"CPU": 10_000}, 0, 0, 1, b"a" * 20, None,
+                      {"name": "fuzzed", "max_restarts": 1, "detached": True}, None)
+    header = (b"o" * 20, P.SHM, 0, (str(canary), 7), (), False)
     return [
         P.pack(P.KV_REQUEST, 7, "put", ("fuzz:a", 1), token)[0],
         P.pack(P.KV_REQUEST, 8, "put_ttl", ("node:0123456789abcdef", {"tcp_address": 5}, 1),
                token)[0],
+        P.pack(P.KV_REQUEST, 9, "put_many", [("fuzz:b", [1, {"x": b"y"}])], token)[0],
         P.pack(P.HELLO, "driver", 1, token, P.PROTOCOL_VERSION, [], None)[0],
         P.pack(P.SUBMIT, None)[0],
-        P.pack(P.DONE, b"t", [(b"o", P.SHM, 0, (str(canary), 7), (), False)], False, "", [])[0],
+        P.pack(P.SUBMIT, spec)[0],
+        P.pack(P.FORWARD, spec, ("f", b"blob", ["/"]), 1, [header])[0],
+        P.pack(P.DONE, b"t", [header], False, "", [{"name": "x"}])[0],
+        P.pack(P.PUT, [header, (b"p" * 20, P.INLINE, 1, None, (b"q" * 20,), True)])[0],
         P.pack(P.PULL, b"x", -5, 1 << 40, True)[0],
         P.pack(P.REQUEST, 1, "status", ())[0],
+        P.pack(P.REQUEST, 2, "kill_actor", (b"a" * 20, True))[0],
+        P.pack(P.REQUEST, 3, "log_tail", (1, 1 << 40))[0],
     ]
+
+
+_WRONG_VALUES = [None, True, -1, 1 << 63, 1.5, "", "x" * 300, b"", b"\xff" * 64, (), ((),),
+                 {}, {"": None}, {b"k": 1}, (None, None), (b"x", "y", 3)]
+
+
+def _retyped(rng, head):
+    """``head`` decoded, with one field (at any depth) given a value of another
+    type, and encoded again: valid msgpack a type check must refuse."""
+    def swap(value, depth):
+        if isinstance(value, tuple) and value and depth < 4 and rng.random() < 0.6:
+            index = rng.randrange(len(value))
+            return value[:index] + (swap(value[index], depth + 1),) + value[index + 1:]
+        if isinstance(value, dict) and value and depth < 4 and rng.random() < 0.6:
+            key = rng.choice(list(value))
+            return {**value, key: swap(value[key], depth + 1)}
+        return rng.choice(_WRONG_VALUES)
+    msg_type, *fields = decode(head)
+    if not fields:
+        return encode((msg_type, rng.choice(_WRONG_VALUES)))
+    index = rng.randrange(len(fields))
+    fields[index] = swap(fields[index], 1)
+    return encode((msg_type, *fields))
 
 
 def _mutate(rng, data):
@@ -214,11 +248,18 @@ def _mutate(rng, data):
 
 
 class _Fuzzer:
+    """Token holders' sockets on the kv and the node; on the node a logged-in
+    driver, so junk reaches every message's decoder, not only HELLO's."""
+
     def __init__(self, cluster):
         self.context = zmq.Context()
         self.sockets = [_member_socket(self.context, cluster.ports[name], cluster.token)
                         for name in ("kv", "node")]
         self.heads = _valid_heads(cluster.token, cluster.canary)
+        node = self.sockets[1]
+        node.send_multipart(P.pack(P.HELLO, "driver", os.getpid(), cluster.token,
+                                   P.PROTOCOL_VERSION, [], None))
+        assert node.poll(10_000) and P.unpack(node.recv_multipart()[0])[0] == P.WELCOME
 
     def send(self, frames):
         for sock in self.sockets:
@@ -227,7 +268,9 @@ class _Fuzzer:
                 sock.recv_multipart()
 
     def close(self):
-        self.context.destroy(linger=0)
+        # Leave as a driver does, so the node drops whatever work the junk made.
+        self.sockets[1].send_multipart(P.pack(P.BYE))
+        self.context.destroy(linger=1000)
 
 
 def _fuzz(cluster, count, seed):
@@ -235,8 +278,11 @@ def _fuzz(cluster, count, seed):
     rng = random.Random(seed)
     try:
         for _ in range(count):
-            if rng.random() < 0.5:
+            choice = rng.random()
+            if choice < 0.35:
                 frames = [_mutate(rng, rng.choice(fuzzer.heads))]
+            elif choice < 0.7:
+                frames = [_retyped(rng, rng.choice(fuzzer.heads))]
             else:
                 frames = [rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(1, 5))]
             frames += [rng.randbytes(rng.randint(0, 32)) for _ in range(rng.randint(0, 3))]

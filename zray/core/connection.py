@@ -28,6 +28,7 @@
 import itertools
 import logging
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -400,8 +401,13 @@ class Connection:
                     on_readable(side)
 
     # == requests =============================================================
-    def _on_response(self, fields, _frames):
+    def _on_response(self, fields, frames):
         request_id, ok, value = fields
+        if not ok and frames:
+            try:    # from our node: the exception to raise in the caller
+                value = pickle.loads(frames[0])
+            except Exception:
+                pass
         with self.cond:
             self.replies[request_id] = (ok, value)
             self.cond.notify_all()

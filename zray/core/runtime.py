@@ -274,7 +274,7 @@ class Runtime:
         self.direct.publish(object_ids)
 
     def kill_actor(self, actor_id, no_restart):
-        self.request("kill_actor", actor_id, no_restart)
+        self.request("kill_actor", actor_id, bool(no_restart))
 
     def get_actor(self, name, make_handle):
         try:

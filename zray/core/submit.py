@@ -13,6 +13,7 @@ from ..sched.resources import demand_from_options
 from ..serialization import dumps_function, serialize
 from ..transport import protocol as P
 from ..transport.protocol import function_id_of
+from ..transport.sockets import MAX_FRAME_BYTES
 from .object_cache import INLINE_MAX_BYTES
 
 # Options Ray accepts that zray takes without acting on them.
@@ -103,6 +104,12 @@ class FunctionBlob:
     def ensure(self, runtime):
         if self._blob is None:
             blob, contained = dumps_function(self.target)
+            if len(blob) > MAX_FRAME_BYTES:     # the node would drop the connection
+                raise ValueError(
+                    f"remote function or class {self.name} pickles to {len(blob) >> 20} MiB, "
+                    f"over zray's {MAX_FRAME_BYTES >> 20} MiB limit: it captures large data "
+                    f"(a global or closure variable); pass that data as an argument or "
+                    f"ray.put it and pass the ref")
             self.contained = tuple(dict.fromkeys(contained))
             self._refs = [ObjectRef(object_id, _runtime=runtime) for object_id in self.contained]
             self._blob, self._id = blob, function_id_of(blob)

@@ -120,7 +120,7 @@ class Worker:
             self.endpoint.reply(spec, route, entries, payload, exiting, error_text)
             return
         self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
-                                  self.runtime.take_events(), frames=payload)
+                                  self.runtime.take_events(), None, frames=payload)
 
     async def execute_async(self, fields, frames):
         """Like execute, but awaits coroutine methods on the actor's loop.

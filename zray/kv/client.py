@@ -5,7 +5,6 @@ waiting (its reply is dropped when the next call reads), for batched writes
 such as timeline events.
 """
 import itertools
-import pickle
 import threading
 
 import zmq
@@ -13,6 +12,7 @@ import zmq
 from ..exceptions import RaySystemError
 from ..transport import auth
 from ..transport import protocol as P
+from ..transport.wire_types import decode
 
 
 class KvClient:
@@ -90,4 +90,4 @@ def subscribe(pub_address, prefixes, token, context=None):
 
 def read_change(sub):
     key, sequence, value = sub.recv_multipart()
-    return key.decode(), int(sequence), pickle.loads(value)
+    return key.decode(), int(sequence), decode(value)

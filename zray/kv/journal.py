@@ -11,13 +11,15 @@
 - Only durable keys are kept: heartbeats (``put_ttl``) are re-sent by their
   nodes every fraction of a second, and timeline events are not worth a
   write per task.
-- Records are written with one ``write(2)`` each, unsynced: they survive a
+- Records are msgpack (plain data: the kv service unpickles nothing),
+  written with one ``write(2)`` each, unsynced: they survive a
   killed kv process (the kernel has them), not a power cut.
 """
 import logging
 import os
-import pickle
 import struct
+
+from ..transport.wire_types import decode, encode
 
 log = logging.getLogger("zray.kv")
 
@@ -37,7 +39,7 @@ class Journal:
         data = {}
         try:
             with open(self.snapshot_path, "rb") as f:
-                data = pickle.load(f)
+                data = decode(f.read())
         except FileNotFoundError:
             pass
         except Exception as exc:         # a damaged snapshot: start from the log alone
@@ -56,7 +58,7 @@ class Journal:
             if len(body) < length:
                 break                    # torn by a kill mid-write
             try:
-                key, value, deleted = pickle.loads(body)
+                key, value, deleted = decode(body)
             except Exception:
                 break
             if deleted:
@@ -71,7 +73,7 @@ class Journal:
         return data
 
     def record(self, key, value, deleted=False):
-        body = pickle.dumps((key, value, deleted), protocol=5)
+        body = encode((key, value, deleted))
         os.write(self.fd, _LENGTH.pack(len(body)) + body)
         self.records += 1
 
@@ -83,7 +85,7 @@ class Journal:
         partial = self.snapshot_path + ".partial"
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(data, f, protocol=5)
+            f.write(encode(data))
         os.rename(partial, self.snapshot_path)
         if self.fd is not None:
             os.close(self.fd)

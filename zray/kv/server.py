@@ -6,8 +6,8 @@
                      <--RESPONSE----
 
 - Tables are key prefixes: ``node:``, ``actor:``, ``err:``, ``event:``, ...
-- Every change is published as ``[key, sequence, pickled value]`` (value
-  ``None`` for a delete), so nodes and drivers react without polling.
+- Every change is published as ``[key, sequence, value]`` (msgpack;
+  value ``None`` for a delete), so nodes and drivers react without polling.
 - ``put_ttl`` entries (node heartbeats) are deleted, and the delete
   published, when not refreshed within their ttl: that is how every node
   learns that a peer died, without a failure detector of its own.
@@ -24,14 +24,14 @@
 """
 import logging
 import os
-import pickle
 import time
 
 import zmq
 
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize
+from ..transport.wire_types import encode as encode_value
+from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize, bound_receiving
 from .journal import Journal
 
 log = logging.getLogger("zray.kv")
@@ -50,7 +50,6 @@ class KvServer:
         self.router = self._listen(zmq.ROUTER, router_address, password)
         self.publisher = self._listen(zmq.PUB, pub_address, password)
         self.router_address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.unpack = P.unpack_remote if auth.is_tcp(router_address) else P.unpack
         self.pub_address = self.publisher.getsockopt_string(zmq.LAST_ENDPOINT)
         self.password = password
         self.owner = OwnerWatch(owner_pid)
@@ -68,6 +67,8 @@ class KvServer:
         sock.setsockopt(zmq.LINGER, 0)
         if auth.is_tcp(address):
             auth.serve_securely(sock, token)
+        elif kind == zmq.ROUTER:
+            bound_receiving(sock)
         sock.bind(address)
         return sock
 
@@ -159,13 +160,10 @@ class KvServer:
     def op_shutdown(self):
         self.running = False
 
-    OPS = frozenset(["put", "put_ttl", "put_many", "add_events", "events_since", "get",
-                     "delete", "scan", "ping", "info", "shutdown"])
-
     def _publish(self, key, value):
         self.sequence += 1
         self.publisher.send_multipart(
-            [key.encode(), str(self.sequence).encode(), pickle.dumps(value, protocol=5)])
+            [key.encode(), str(self.sequence).encode(), encode_value(value)])
 
     # -- loop ---------------------------------------------------------------
     def serve_forever(self):
@@ -201,28 +199,32 @@ class KvServer:
             return
         try:
             identity = frames[0]
-            msg_type, (request_id, op, args, password) = self.unpack(frames[1])
+            msg_type, (request_id, op, arguments, password) = P.unpack(frames[1])
         except Exception:       # not a kv request: ignore it, never crash on it
             self.complaints.warn("malformed", "dropped a malformed kv message")
             return
         if msg_type != P.KV_REQUEST:
             return
-        if not isinstance(password, str) or not authorize(self.password, password):
+        if not authorize(self.password, password):
             reply = (request_id, False, "wrong cluster password: pass the --redis-password "
                                         "the cluster was started with")
-        elif not isinstance(op, str) or op not in self.OPS or not isinstance(args, tuple):
-            reply = (request_id, False, f"unknown kv operation {op!r}")
         else:
             try:
-                reply = (request_id, True, getattr(self, "op_" + op)(*args))
+                arguments = P.check_op(P.KV_OPS, op, arguments)
+                reply = (request_id, True, self._ops[op](self, *arguments))
             except Exception as exc:    # a bad request must not kill the service
                 self.complaints.warn(op, "kv operation %s failed: %r", op, exc)
                 reply = (request_id, False, f"{type(exc).__name__}: {exc}")
         try:
             head = P.pack(P.RESPONSE, *reply)
-        except Exception as exc:        # a value (or request id) that cannot be pickled
-            head = P.pack(P.RESPONSE, None, False, f"the reply could not be sent: {exc!r}")
+        except Exception as exc:        # a value that is not plain data
+            head = P.pack(P.RESPONSE, request_id, False, f"the reply could not be sent: {exc!r}")
         self.router.send_multipart([identity] + head)
+
+
+
+# The method of each declared op, found once here (a missing one fails at import).
+KvServer._ops = {op: getattr(KvServer, f"op_{op}") for op in P.KV_OPS}
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@
 """
 import logging
 import os
+import pickle
 import time
 
 import psutil
@@ -35,7 +36,8 @@ from ..plasma.store import IN_MEMORY
 from .store_requests import ObjectStoreRequests
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize, send_frames
+from ..transport.sockets import (OwnerWatch, RateLimitedLog, authorize, bound_receiving,
+                                 send_frames)
 from . import admission
 from . import resources as R
 from .node_requests import NodeRequests
@@ -66,8 +68,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         self.router = self.context.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.LINGER, 0)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 0)
-        self.router.setsockopt(zmq.RCVHWM, 0)
-        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.SNDHWM, 0)     # a ROUTER drops at its SNDHWM
+        bound_receiving(self.router)               # (and why these bounds: sockets.py)
         self.router.bind(config["address"])
         self.address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.tcp_address = None        # for peers and remote drivers (zray start)
@@ -265,7 +267,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         clients = self.state.clients
         if (identity in self.remote_clients) != remote and identity in clients:
             return      # an identity taken on the other socket: not this client's
-        msg_type, fields = (P.unpack_remote if remote else P.unpack)(frames[1])
+        msg_type, fields = P.unpack(frames[1])
         if identity not in clients:
             if msg_type == P.HELLO:
                 if remote:
@@ -354,19 +356,30 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         return E.FunctionRegistered(function_id, (name, blob, sys_path))
 
     def _on_request(self, identity, fields, _payload):
-        request_id, op, args = fields
-        handler = getattr(self, "request_" + op, None)
+        request_id, op, arguments = fields
         try:
-            if handler is None:
-                raise ValueError(f"unknown request {op!r}")
-            result = (True, handler(self.state.clients[identity], *args))
+            arguments = P.check_op(P.NODE_OPS, op, arguments)
+            result = (True, self._requests[op](self, self.state.clients[identity], *arguments))
         except Exception as exc:
             result = (False, exc)
         if request_id:
+            self._respond(identity, request_id, *result)
+
+    def _respond(self, identity, request_id, ok, value):
+        """RESPONSE: an answer is plain data; an error goes as its text plus,
+        in a payload frame, the pickled exception for the caller to raise."""
+        if ok:
             try:
-                self.send(identity, P.RESPONSE, request_id, *result)
-            except Exception:
-                self.send(identity, P.RESPONSE, request_id, False, repr(result[1]))
+                return self.send(identity, P.RESPONSE, request_id, True, value)
+            except Exception as exc:        # not plain data: a bug of that request
+                ok, value = False, exc
+        frames = []
+        try:
+            frames = [pickle.dumps(value, protocol=5)]
+        except Exception:
+            pass
+        self.send(identity, P.RESPONSE, request_id, False, f"{type(value).__name__}: {value}",
+                  frames=frames)
 
     def _on_forward(self, identity, fields, payload):
         spec, function, n_task_frames, inline = fields
@@ -399,6 +412,10 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         P.EVENTS: _on_events, P.REQUEST: _on_request,
         P.FORWARD: _on_forward, P.PULL: _on_pull,
     }
+
+    # The handler of each declared op, found once here (a missing one fails at import).
+    _requests = {op: getattr(NodeRequests, f"request_{op}", None)
+                 or getattr(ObjectStoreRequests, f"request_{op}") for op in P.NODE_OPS}
 
     # == commands out ========================================================
     def send(self, identity, msg_type, *fields, frames=(), zero_copy=False):

@@ -53,6 +53,7 @@ from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
 from .held_messages import HeldMessages
+from ..transport.wire_types import decode
 from .state import events as E
 
 log = logging.getLogger("zray.peers")
@@ -161,7 +162,7 @@ class Peers:
                 return
             try:
                 key, _sequence, value = frames
-                self._on_record(key.decode(), P.unpack_remote(value))
+                self._on_record(key.decode(), decode(value))
             except Exception as exc:    # any kv client can write any value there
                 self.node.complaints.warn("feed", "ignored a bad node record on the kv "
                                           "feed: %r", exc)
@@ -312,7 +313,7 @@ class Peers:
                 return
             msg_type = None
             try:
-                msg_type, fields = P.unpack_remote(frames[0].bytes)
+                msg_type, fields = P.unpack(frames[0].bytes)
                 handler = self._peer_handlers.get(msg_type)
                 if handler is not None:
                     handler(self, link, fields, frames[1:])

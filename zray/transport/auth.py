@@ -27,14 +27,11 @@ import time
 import zmq
 from zmq.utils import z85
 
+from .sockets import MAX_FRAME_BYTES, bound_receiving
+
 TOKEN_ENV = "ZRAY_CLUSTER_TOKEN"      # how daemons and workers get it: never argv
 WORKER_SECRET_ENV = "ZRAY_WORKER_SECRET"   # a worker's proof that its node started it
 HANDSHAKE_TIMEOUT_S = 4.0
-# Listening TCP sockets refuse frames bigger than this (the largest zray
-# sends is a 4 MiB transfer chunk or a function blob) and queue at most
-# MAX_QUEUED messages per peer, so nobody can fill a daemon's memory.
-MAX_FRAME_BYTES = 256 << 20
-MAX_QUEUED = 10_000
 
 
 def new_token():
@@ -60,9 +57,10 @@ def serve_securely(socket, token):
     socket.curve_server = True
     socket.curve_publickey = public
     socket.curve_secretkey = secret
-    socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
     if socket.type != zmq.PUB:
-        socket.setsockopt(zmq.RCVHWM, MAX_QUEUED)
+        bound_receiving(socket)
+    else:
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
 
 
 class _OnlyTheCluster:

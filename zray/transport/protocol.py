@@ -1,101 +1,156 @@
 """The wire vocabulary: every message zray sends, on one screen.
 
-A message is a list of ZeroMQ frames::
+A message is a list of ZeroMQ frames (a ROUTER sees the sender's identity
+in front)::
 
-    frame 0: head, the pickled pair (message type, fields): the types and
-             their fields are listed below
-    frame 1+: payload buffers, sent as-is (numpy data is never re-pickled)
+    frame 0:  head, a msgpack array [type, field, ...], fields as declared below
+    frame 1+: payload, sent as-is: pickled task arguments and results (numpy
+              buffers never re-pickled), a RESPONSE's pickled exception, a CHUNK's bytes
 
-A ROUTER sees the sender's identity in front of frame 0.
-
-Heads are pickled, so only peers that may run code anyway are ever read:
-over tcp only token holders complete a CURVE handshake (``auth.py``); ipc
+Heads are data, never code: msgpack decodes them, then every field is checked
+against its declared type (``wire_types.py``); anything else raises
+``ProtocolError``, which every daemon loop catches and logs. Pickled values
+live only in payload frames and function blobs (read by workers and drivers,
+from their own node), never in a head; the node and kv daemons unpickle nothing.
+Over tcp only token holders complete a CURVE handshake (``auth.py``); ipc
 sockets sit in a directory only this user can enter.
-
-Object entries (in OBJECTS, DONE, PUT, EXECUTE) are header tuples
-``(object_id, kind, n_frames, location, contained_ids, is_error)``: kind
-``INLINE`` means its ``n_frames`` payload frames are ``[pickle, *buffers]``;
-kind ``SHM`` means ``location`` is ``(path, size)`` of a sealed shared-memory
-file and there are no payload frames.
 """
 import hashlib
-import pickle
-import pickletools
-from collections import namedtuple
 
-PROTOCOL_VERSION = 1
+from .wire_types import (BOOL, BYTES, DATA, INT, NUM, STR, ProtocolError, decode, encode,
+                         fixed, keyed, mapping, opt, pair, record, seq)
+
+PROTOCOL_VERSION = 2
+
+INLINE, SHM = 0, 1                    # object kinds
+TASK, ACTOR_CREATE, ACTOR_METHOD = 0, 1, 2   # task kinds
+
+IDS = seq(BYTES)
+# An object's header. INLINE: its n_frames payload frames are [pickle, *buffers];
+# SHM: no payload frames; location is (path, size) of a sealed shared-memory
+# file, or (chunk path, size, offset) of a block in the node's arena.
+ObjectHeader = record("ObjectHeader", object_id=BYTES, kind=INT, n_frames=INT,
+                      location=opt(fixed(STR, INT, optional=(INT,))), contained_ids=IDS,
+                      is_error=BOOL)
+HEADERS = seq(ObjectHeader.check)
+# Task options the node reads, by name (any other key is refused).
+TASK_OPTIONS = keyed("task options", max_restarts=NUM, max_task_retries=INT,
+                     max_concurrency=opt(INT), name=opt(STR), hold_resources=BOOL,
+                     detached=BOOL, handle_meta=DATA, _origin_node=STR,
+                     attempted=opt(BYTES))   # a direct call resubmitted: the worker it went to
+TaskSpec = record(
+    "TaskSpec", task_id=BYTES, kind=INT, function_id=BYTES,
+    name=STR,                   # for errors, logs and the timeline
+    return_ids=IDS, dep_ids=IDS,   # deps: ids passed as top-level arguments
+    contained_ids=IDS,          # ids nested inside the argument values
+    resources=mapping(STR, INT),   # name -> fixed-point quantity
+    max_retries=INT,            # retries left after a worker crash
+    max_calls=INT,              # 0 = unlimited calls per worker
+    n_arg_frames=INT,           # payload frames holding the arguments
+    actor_id=opt(BYTES), method=opt(STR), options=TASK_OPTIONS,
+    owner=opt(BYTES))           # the client that submitted it (set by the node)
+Function = record("Function", name=STR, blob=BYTES, sys_path=seq(STR))   # blob: pickled code
+
+MESSAGES = {}     # type -> record of its fields
+
+
+def _message(msg_type, /, **fields):
+    MESSAGES[msg_type] = record(msg_type.decode().title().replace("_", ""), **fields)
+    return msg_type
+
 
 # client (driver or worker) -> node daemon
-HELLO = b"HELLO"            # (kind, pid, token, version, sys_path, worker_secret or None)
-FUNCTION = b"FUNC"          # (function_id, name, blob)
-SUBMIT = b"SUBMIT"          # (TaskSpec,) + argument frames
-PUT = b"PUT"                # (entries,) + payload frames
-SUBSCRIBE = b"SUB"          # (object_ids,) push them to me when ready
-ADD_REF = b"ADDREF"         # (object_ids,) this process now holds refs
-REMOVE_REF = b"DELREF"      # (object_ids,) this process dropped its refs
-BLOCKED = b"BLOCKED"        # () worker waits in get/wait: lend its CPU
-UNBLOCKED = b"UNBLOCKED"    # () worker runs again
-DONE = b"DONE"              # (task_id, entries, worker_exiting, error_text, events[, holder])
-                            #   + frames; holder: an actor's direct caller, who now holds them
-EVENTS = b"EVENTS"          # (events,) timeline records, batched
-REQUEST = b"REQ"            # (request_id, op, args) control-plane call
-BYE = b"BYE"                # () client leaves cleanly
+HELLO = _message(b"HELLO", kind=STR, pid=INT, token=STR, version=INT, sys_path=seq(STR),
+                 worker_secret=opt(STR))
+FUNCTION = _message(b"FUNC", function_id=BYTES, name=STR, blob=BYTES, sys_path=seq(STR))
+SUBMIT = _message(b"SUBMIT", spec=TaskSpec.check)                 # + argument frames
+PUT = _message(b"PUT", entries=HEADERS)                           # + payload frames
+SUBSCRIBE = _message(b"SUB", object_ids=IDS)      # push them to me when ready
+ADD_REF = _message(b"ADDREF", object_ids=IDS)     # this process now holds refs
+REMOVE_REF = _message(b"DELREF", object_ids=IDS)  # this process dropped its refs
+BLOCKED = _message(b"BLOCKED")                    # worker waits in get/wait: lend its CPU
+UNBLOCKED = _message(b"UNBLOCKED")                # worker runs again
+DONE = _message(b"DONE", task_id=BYTES, entries=HEADERS, worker_exiting=BOOL,
+                error_text=opt(STR), events=seq(DATA),           # + result frames
+                holder=opt(BYTES))      # an actor's direct caller, who now holds them
+EVENTS = _message(b"EVENTS", events=seq(DATA))    # timeline records, batched
+REQUEST = _message(b"REQ", request_id=INT, op=STR, args=seq(DATA))   # ops: NODE_OPS
+BYE = _message(b"BYE")                            # client leaves cleanly
 
 # node daemon -> client
-WELCOME = b"WELCOME"        # (node_info dict)
-REFUSED = b"REFUSED"        # (reason,)
-OBJECTS = b"OBJS"           # (entries,) + payload frames
-EXECUTE = b"EXEC"           # (TaskSpec, dep_entries, function_blobs, resource_ids) + frames
-LOG = b"LOG"                # (pid, stream, text)
-TASK_ERROR = b"TERR"        # (function_name, message, return_ids or None) failure or warning
-RESPONSE = b"RESP"          # (request_id, ok, value)
-EXIT = b"EXIT"              # () worker: finish and leave
-SERIALIZERS = b"SER"         # ([(blob, sys_path), ...]) custom serializers registered by drivers
+WELCOME = _message(b"WELCOME", node_info=mapping(STR, DATA))
+REFUSED = _message(b"REFUSED", reason=STR)
+OBJECTS = _message(b"OBJS", entries=HEADERS)                      # + payload frames
+EXECUTE = _message(b"EXEC", spec=TaskSpec.check, deps=HEADERS,
+                   functions=mapping(BYTES, opt(Function.check)),   # ones it lacks
+                   resource_ids=mapping(STR, DATA))  # + task frames, then the deps' frames
+LOG = _message(b"LOG", pid=INT, text=STR)
+TASK_ERROR = _message(b"TERR", function_name=STR, message=STR,  # a failure, or a
+                      return_ids=opt(IDS))                      # warning if no ids
+RESPONSE = _message(b"RESP", request_id=opt(INT), ok=BOOL, value=DATA)
+#   not ok: value is the error's text; a payload frame may hold the pickled exception
+EXIT = _message(b"EXIT")                          # worker: finish and leave
+SERIALIZERS = _message(b"SER", registrations=seq(pair(BYTES, seq(STR))))  # (blob, sys_path)
 
 # caller <-> actor worker, direct (see core/direct.py): a DEALER per actor in
 # the caller, a ROUTER in the actor's worker at actor_socket_path (ipc only)
-CALL = b"CALL"              # (TaskSpec,) + argument frames: no ObjectRef in them
-REPLY = b"REPLY"            # (task_id, entries or None, error_name_and_text or None) + frames;
-                            #   entries None: the results went to the node (DONE with holder)
-PING = b"PING"              # () caller, on connecting: who are you?
-PONG = b"PONG"              # (worker_id,) the actor's worker (named in resubmitted calls)
+CALL = _message(b"CALL", spec=TaskSpec.check)     # + argument frames: no ObjectRef in them
+REPLY = _message(b"REPLY", task_id=BYTES, entries=opt(HEADERS),   # + frames; entries None:
+                 error=opt(pair(STR, STR)))  # the results went to the node (DONE with holder)
+PING = _message(b"PING")                          # caller, on connecting: who are you?
+PONG = _message(b"PONG", worker_id=BYTES)         # the actor's worker (named in resubmitted calls)
 
-# node daemon <-> node daemon (see sched/peers.py, plasma/transfer.py). A
-# peer says HELLO with kind "peer" and is then a client like any other: it
-# fetches objects with ADD_REF + SUBSCRIBE, gets OBJECTS, drops refs with
-# REMOVE_REF; results of tasks it forwarded come back to it as OBJECTS.
-FORWARD = b"FWD"            # (TaskSpec, function or None, n_task_frames, inline dep entries)
-                            #   + task frames + the inline deps' frames
-PULL = b"PULL"              # (object_id, offset, length, lz4_wanted): a byte range of an shm object
-CHUNK = b"CHUNK"            # (object_id, offset, length, compressed, error) + [data]
+# node daemon <-> node daemon (sched/peers.py, plasma/transfer.py). A peer says
+# HELLO with kind "peer" and is then a client like any other: it fetches objects
+# with ADD_REF + SUBSCRIBE, gets OBJECTS, drops refs with REMOVE_REF; results
+# of tasks it forwarded come back to it as OBJECTS.
+FORWARD = _message(b"FWD", spec=TaskSpec.check, function=opt(Function.check),
+                   n_task_frames=INT, inline=HEADERS)   # + task frames + inline deps' frames
+PULL = _message(b"PULL", object_id=BYTES, offset=INT, length=INT, lz4_wanted=BOOL)
+CHUNK = _message(b"CHUNK", object_id=BYTES, offset=INT, length=INT, compressed=BOOL,
+                 error=opt(STR))                              # + [data]
 
 # kv client -> kv service (ROUTER); replies come back as RESPONSE
-KV_REQUEST = b"KV"          # (request_id, op, args)
+KV_REQUEST = _message(b"KV", request_id=INT, op=STR, args=seq(DATA), token=STR)
 
-INLINE = 0
-SHM = 1
 
-TaskSpec = namedtuple("TaskSpec", [
-    "task_id",        # bytes: unique id of this task
-    "kind",           # TASK, ACTOR_CREATE or ACTOR_METHOD
-    "function_id",    # bytes: id of the registered function or class
-    "name",           # str: for errors, logs and the timeline
-    "return_ids",     # tuple of object ids the task will produce
-    "dep_ids",        # tuple of ids passed as top-level arguments
-    "contained_ids",  # tuple of ids nested inside the argument values
-    "resources",      # dict name -> fixed-point quantity
-    "max_retries",    # int: retries left after a worker crash
-    "max_calls",      # int: 0 = unlimited calls per worker
-    "n_arg_frames",   # number of payload frames holding the arguments
-    "actor_id",       # bytes or None
-    "method",         # str or None: the actor method to call
-    "options",        # dict: rarely used extras (actor name, restarts, ...)
-    "owner",          # bytes: the client that submitted it (set by the node)
-])
+def args(*required, optional=()):
+    """A request's argument types: ``required``, then up to len(optional) more."""
+    return (required, optional)
 
-TASK = 0
-ACTOR_CREATE = 1
-ACTOR_METHOD = 2
+
+# REQUEST ops a node answers (``request_<op>`` of sched/node_requests.py, store_requests.py)
+NODE_OPS = {
+    "cluster_resources": args(), "available_resources": args(), "nodes": args(),
+    "status": args(), "flush_events": args(), "shutdown": args(),
+    "store_stats": args(), "memory": args(),
+    "kill_actor": args(BYTES, optional=(BOOL,)), "get_actor": args(STR),
+    "reserve_actor_name": args(STR, optional=(opt(BYTES),)),
+    "introspect": args(optional=(INT,)), "log_tail": args(INT, optional=(INT,)),
+    "reserve": args(BYTES, INT, optional=(BOOL,)), "unreserve": args(BYTES),
+    "pin": args(BYTES), "unpin": args(IDS),
+    "register_serializer": args(BYTES, seq(STR)),
+}
+# KV_REQUEST ops the kv service answers (``op_<op>`` of kv/server.py)
+KV_OPS = {
+    "put": args(STR, DATA), "put_ttl": args(STR, DATA, NUM),
+    "put_many": args(seq(pair(STR, DATA))), "add_events": args(seq(DATA)),
+    "events_since": args(INT, INT), "get": args(STR, optional=(DATA,)),
+    "delete": args(STR), "scan": args(STR), "ping": args(), "info": args(),
+    "shutdown": args(),
+}
+
+
+def check_op(table, op, arguments):
+    """The arguments of a declared op, checked; ProtocolError otherwise."""
+    declared = table.get(op)
+    if declared is None:
+        raise ProtocolError(f"unknown operation {op!r}")
+    required, optional = declared
+    if not len(required) <= len(arguments) <= len(required) + len(optional):
+        raise ProtocolError(f"{op} takes {len(required)} to {len(required) + len(optional)} "
+                            f"arguments, got {len(arguments)}")
+    return tuple(check(value) for check, value in zip(required + optional, arguments))
 
 
 def actor_socket_path(session_dir, actor_id):
@@ -110,29 +165,26 @@ def function_id_of(blob):
 
 
 def pack(msg_type, *fields):
-    """The head frame of a message: type and fields pickled together (one
-    frame, not two: every frame costs a send call at every hop)."""
-    return [pickle.dumps((msg_type, fields), protocol=5)]
+    """The head frame of a message, as a one-frame list (every frame costs a
+    send call at every hop)."""
+    if _arity[msg_type] != len(fields):
+        raise ProtocolError(f"{msg_type.decode()} has the fields "
+                            f"{MESSAGES[msg_type]._fields}, got {len(fields)} values")
+    return [encode((msg_type,) + fields)]
 
 
 def unpack(frame):
-    """(msg_type, fields) from a head frame."""
-    return pickle.loads(frame)
+    """(msg_type, record of its declared fields) from a head frame; the record
+    destructures like a tuple. ProtocolError for anything malformed."""
+    items = decode(frame)
+    try:
+        return items[0], _checks[items[0]](items)
+    except (KeyError, IndexError, TypeError):
+        if type(items) is tuple and items and type(items[0]) is bytes:
+            raise ProtocolError(f"unknown message type {items[0]!r}") from None
+        raise ProtocolError(f"a message head is a list [type, field, ...], got "
+                            f"{type(items).__name__}") from None
 
 
-_MEMO_STORES = frozenset(["PUT", "BINPUT", "LONG_BINPUT"])
-
-
-def unpack_remote(frame):
-    """``unpack`` for heads that came over the network (from token holders):
-    first walk the opcodes, refusing a memo index beyond the entries made so
-    far (one LONG_BINPUT of 2**32 makes the C unpickler allocate 32 GB)."""
-    entries = 0
-    for opcode, arg, _ in pickletools.genops(frame):
-        if opcode.name == "MEMOIZE":
-            entries += 1
-        elif opcode.name in _MEMO_STORES:
-            if arg > entries:
-                raise ValueError(f"pickle memo index {arg} out of range")
-            entries = max(entries, arg + 1)
-    return pickle.loads(frame)
+_checks = {msg_type: fields.check_tagged for msg_type, fields in MESSAGES.items()}
+_arity = {msg_type: len(fields._fields) for msg_type, fields in MESSAGES.items()}

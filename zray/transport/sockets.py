@@ -17,6 +17,24 @@ import zmq
 READY_PREFIX = "ZRAY_READY "
 ZERO_COPY_MIN_BYTES = 64 * 1024
 
+# What a listening socket (ipc or tcp ROUTER) holds for each peer. A frame
+# bigger than MAX_FRAME_BYTES closes that peer's connection: zray's own
+# frames are at most a 4 MiB transfer chunk, ~100 KiB of inline object or
+# arguments, or a function blob (checked against this bound where it is
+# made). At RCVHWM queued messages zmq stops reading that peer's connection
+# (back-pressure: inbound messages are never dropped) until the loop drains
+# some; zray's DEALERs have no send limit, so a burst (5,000 submits) waits
+# in the sender's own memory, not in the daemon's. Outbound, a ROUTER at its
+# SNDHWM would drop messages: daemons keep SNDHWM 0 (unbounded).
+MAX_FRAME_BYTES = 256 << 20
+MAX_QUEUED = 10_000
+
+
+def bound_receiving(socket):
+    """Bound what a listening socket holds per peer (before bind)."""
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    socket.setsockopt(zmq.RCVHWM, MAX_QUEUED)
+
 
 def send_frames(socket, frames):
     """Send a multipart message, zero-copy only for big frames: for small ones
