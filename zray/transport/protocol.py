@@ -36,7 +36,8 @@ HEADERS = seq(ObjectHeader.check)
 # Task options the node reads, by name (any other key is refused).
 TASK_OPTIONS = keyed("task options", max_restarts=NUM, max_task_retries=INT,
                      max_concurrency=opt(INT), name=opt(STR), hold_resources=BOOL,
-                     detached=BOOL, handle_meta=DATA, _origin_node=STR,
+                     detached=BOOL, handle_meta=DATA,
+                     _origin_node=STR, _caller=pair(STR, opt(BYTES)),   # set by forwarding nodes
                      attempted=opt(BYTES))   # a direct call resubmitted: the worker it went to
 TaskSpec = record(
     "TaskSpec", task_id=BYTES, kind=INT, function_id=BYTES,
@@ -125,6 +126,7 @@ NODE_OPS = {
     "status": args(), "flush_events": args(), "shutdown": args(),
     "store_stats": args(), "memory": args(),
     "kill_actor": args(BYTES, optional=(BOOL,)), "get_actor": args(STR),
+    "actor_location": args(BYTES),
     "reserve_actor_name": args(STR, optional=(opt(BYTES),)),
     "introspect": args(optional=(INT,)), "log_tail": args(INT, optional=(INT,)),
     "reserve": args(BYTES, INT, optional=(BOOL,)), "unreserve": args(BYTES),
