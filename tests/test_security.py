@@ -202,7 +202,7 @@ def _valid_heads(token, canary):
         P.pack(P.SUBMIT, None)[0],
         P.pack(P.SUBMIT, spec)[0],
         P.pack(P.FORWARD, spec, ("f", b"blob", ["/"]), 1, [header])[0],
-        P.pack(P.DONE, b"t", [header], False, "", [{"name": "x"}])[0],
+        P.pack(P.DONE, b"t", [header], False, "", [{"name": "x"}], None)[0],
         P.pack(P.PUT, [header, (b"p" * 20, P.INLINE, 1, None, (b"q" * 20,), True)])[0],
         P.pack(P.PULL, b"x", -5, 1 << 40, True)[0],
         P.pack(P.REQUEST, 1, "status", ())[0],
@@ -444,7 +444,7 @@ def test_a_client_cannot_pose_as_a_worker_finish_others_tasks_or_name_files(ray_
         fake = serialize("forged")
         task_id = ref.binary()[:-4]
         client.send(P.DONE, task_id, [(ref.binary(), P.INLINE, 1, None, (), False)], False,
-                    "", [], frames=[fake.meta])
+                    "", [], None, frames=[fake.meta])
         # A PUT naming a file that is not its own object file is refused; a
         # valid one next to it is stored.
         planted, good = os.urandom(20), os.urandom(20)
