@@ -38,6 +38,7 @@ TASK_OPTIONS = keyed("task options", max_restarts=NUM, max_task_retries=INT,
                      max_concurrency=opt(INT), name=opt(STR), hold_resources=BOOL,
                      detached=BOOL, handle_meta=DATA,
                      _origin_node=STR, _caller=pair(STR, opt(BYTES)),   # set by forwarding nodes
+                     _arg_nodes=mapping(BYTES, STR),
                      attempted=opt(BYTES))   # a direct call resubmitted: the worker it went to
 TaskSpec = record(
     "TaskSpec", task_id=BYTES, kind=INT, function_id=BYTES,
