@@ -201,3 +201,26 @@ def test_async_and_threaded_actors_direct(ray_shared):
         before = node_tasks()
         assert ray.get([actor.echo.remote(i) for i in range(40)]) == list(range(40))
         assert node_tasks() == before
+
+
+def test_malformed_direct_messages_leave_the_actor_serving(ray_shared):
+    """Junk at the actor's own socket is dropped; the actor goes on answering."""
+    import zmq
+    from zray.transport import protocol as P
+    box = Box.remote()
+    wait_direct(box)
+    session_dir = ray.api._runtime().node_info["session_dir"]
+    path = P.actor_socket_path(session_dir, box._actor_id)
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect("ipc://" + path)
+    try:
+        for junk in ([b"\x80\x04junk"], [b"\x93\xa4CALL\x01\x02"], [b""], [b"\xc1" * 100]):
+            sock.send_multipart(junk)
+        sock.send_multipart([P.pack(P.PING)[0]])   # answered only if the junk was survived
+        assert sock.poll(20000), "the actor stopped answering after malformed messages"
+        msg_type, _ = P.unpack(sock.recv_multipart()[0])
+        assert msg_type == P.PONG
+    finally:
+        sock.close()
+    assert ray.get(box.add.remote(1)) == 1

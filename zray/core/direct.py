@@ -32,12 +32,15 @@
   from it (ipc, in the node's session directory); any other actor is
   reached through the nodes.
 """
+import logging
 import threading
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..transport import protocol as P
+from ..transport.sockets import bound_receiving
+from ..transport.wire_types import ProtocolError
 from .object_cache import INLINE_MAX_BYTES
 
 MAX_CHANNELS = 16           # direct sockets per process; more actors go through the node
@@ -329,16 +332,26 @@ class ActorEndpoint:
         socket = runtime.connection.context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 500)      # the last replies still go out at exit
         socket.setsockopt(zmq.SNDHWM, 0)
-        socket.setsockopt(zmq.RCVHWM, 0)
+        bound_receiving(socket)     # as the node's sockets: back-pressure, never drops
         socket.bind("ipc://" + path)
         self.socket = socket
+        self.warned = False
         runtime.connection.add_socket(socket, self._on_readable)
 
     def _on_readable(self, socket):
         tasks = self.runtime.tasks
         while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             frames = socket.recv_multipart()
-            msg_type, fields = P.unpack(frames[1])
+            try:
+                msg_type, fields = P.unpack(frames[1])
+            except (IndexError, ProtocolError) as error:
+                # Only this user's processes reach this socket, but a bad
+                # message must not stop the actor: drop it, say so once.
+                if not self.warned:
+                    self.warned = True
+                    logging.getLogger("zray.direct").warning(
+                        "dropped a malformed direct call: %s", error)
+                continue
             if msg_type == P.CALL:
                 spec = fields[0]
                 tasks.append(((spec, (), {}, None, frames[0]), frames[2:]))
