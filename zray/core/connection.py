@@ -157,13 +157,18 @@ class Connection:
                 # order): a put after `del ref` finds the room already freed.
                 refs.flush(self.enqueue)
             self.outbox.append(frames)
-            if self.sock_lock.acquire(blocking=False):
-                try:
-                    self._pump_now(0)
-                finally:
-                    self.sock_lock.release()
-            else:
-                self._wake()    # the holder flushes the outbox when its poll returns
+            self._pump_or_wake()
+
+    def _pump_or_wake(self):
+        """Send what is queued now if the socket is free; else the holder
+        flushes the queues when its poll returns."""
+        if self.sock_lock.acquire(blocking=False):
+            try:
+                self._pump_now(0)
+            finally:
+                self.sock_lock.release()
+        else:
+            self._wake()
 
     def send_message(self, msg_type, *fields, frames=()):
         self.send(P.pack(msg_type, *fields) + list(frames))
@@ -178,13 +183,7 @@ class Connection:
         ``still_wanted()`` says it is no longer wanted by then."""
         with _Critical(self):
             self.side_outbox.append((socket, frames, still_wanted))
-            if self.sock_lock.acquire(blocking=False):
-                try:
-                    self._pump_now(0)
-                finally:
-                    self.sock_lock.release()
-            else:
-                self._wake()
+            self._pump_or_wake()
 
     def add_socket(self, socket, on_readable):
         """Poll ``socket`` with the node's; ``on_readable(socket)`` reads it
