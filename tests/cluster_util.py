@@ -189,3 +189,18 @@ def save_logs(root):
         session = path.split(os.sep)[-3]
         os.makedirs(os.path.join(target, session), exist_ok=True)
         shutil.copy(path, os.path.join(target, session))
+
+
+def three_node_cluster(root, node_b_resources, node_c_resources, store_bytes):
+    """A head {"head_only": 1} and nodes B and C with the given resources, one
+    CPU each; a generator for module fixtures: yields the cluster, stops it."""
+    cluster = Cluster(root)
+    try:
+        common = ("--num-cpus", 1, "--object-store-memory", store_bytes)
+        cluster.start_head(*common, "--resources", '{"head_only": 1}')
+        cluster.add_node(*common, "--resources", node_b_resources)
+        cluster.add_node(*common, "--resources", node_c_resources)
+        cluster.wait_nodes(3)
+        yield cluster
+    finally:
+        cluster.stop()

@@ -17,25 +17,15 @@ from zray.core import context
 from zray.exceptions import RayTaskError
 
 from cluster_util import (Cluster, assert_all_gone, here, live_nodes, node_of, records,
-                          wait_for)
+                          three_node_cluster, wait_for)
 
 STORE = str(400 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        cluster.start_head("--num-cpus", 1, "--resources", '{"head_only": 1}',
-                           "--object-store-memory", STORE)
-        cluster.add_node("--num-cpus", 1, "--resources", '{"node_b": 1}',
-                         "--object-store-memory", STORE)
-        cluster.add_node("--num-cpus", 1, "--resources", '{"node_c": 1, "spare": 1}',
-                         "--object-store-memory", STORE)
-        cluster.wait_nodes(3)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from three_node_cluster(tmp_path_factory.mktemp("cluster"), '{"node_b": 1}',
+                                  '{"node_c": 1, "spare": 1}', STORE)
 
 
 @pytest.fixture

@@ -14,25 +14,15 @@ import pytest
 import zray as ray
 from zray.exceptions import RayActorError
 
-from cluster_util import Cluster, here, node_of, records, wait_for
+from cluster_util import here, node_of, records, three_node_cluster, wait_for
 
 STORE = str(100 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = Cluster(tmp_path_factory.mktemp("actors"))
-    try:
-        cluster.start_head("--num-cpus", 1, "--resources", '{"head_only": 1}',
-                           "--object-store-memory", STORE)
-        cluster.add_node("--num-cpus", 1, "--resources", '{"only_on_b": 1}',
-                         "--object-store-memory", STORE)
-        cluster.add_node("--num-cpus", 1, "--resources", '{"node_c": 1}',
-                         "--object-store-memory", STORE)
-        cluster.wait_nodes(3)
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from three_node_cluster(tmp_path_factory.mktemp("actors"), '{"only_on_b": 1}',
+                                  '{"node_c": 1}', STORE)
 
 
 @pytest.fixture
