@@ -54,6 +54,9 @@ class FakeDisk:
     def allocate_pages(self, path, offset, size):
         pass
 
+    def release_pages(self, path, offset, size):
+        return True
+
     def free_bytes(self, spill_dir):
         return self.free
 

@@ -207,6 +207,24 @@ class TestSharedSession:
         assert stored(fourth)["offset"] == block["offset"]
         assert (ray.get(fourth) == 4.0).all()
 
+    def test_freed_arena_pages_go_back_to_the_os(self, ray_shared):
+        chunk = os.path.join("/dev/shm", f"zray-{ray_shared['session_name']}-arena-0")
+
+        def resident():
+            return os.stat(chunk).st_blocks * 512
+
+        refs = [ray.put(np.full(64 * MiB // 8, float(i))) for i in range(3)]
+        peak = resident()
+        assert peak >= 3 * 64 * MiB
+        assert store_stats()["arena_resident_bytes"] >= 3 * 64 * MiB
+        del refs
+        # Not at once (a put of the same size soon after reuses the pages),
+        # but within a few of the node's ticks.
+        assert wait_for(lambda: resident() <= peak - 3 * 64 * MiB, 30), (peak, resident())
+        assert store_stats()["arena_resident_bytes"] <= peak - 3 * 64 * MiB
+        again = ray.put(np.full(64 * MiB // 8, 7.0))     # pages again where there were none
+        assert (ray.get(again) == 7.0).all() and resident() >= 64 * MiB
+
     def test_pending_task_and_containing_object_keep_objects_alive(self, ray_shared):
         inner = ray.put(np.ones(MiB // 8))
         inner_id = inner.hex()
@@ -607,6 +625,62 @@ def test_arena_first_fit_merges_free_neighbours():
     with pytest.raises(ValueError, match="already free"):
         arena.free("/chunk0", 0, ALIGN)
     assert not arena.contains("/chunk0", 8 * MiB - 10, 11) and arena.contains("/chunk0", 0, 10)
+
+
+class ClockedDisk(SpillDisk):
+    """A real SpillDisk whose clock the test sets (for the release delay)."""
+
+    def __init__(self, directory):
+        super().__init__(directory, "t")
+        self.clock = 0.0
+        self.page_allocations = []
+
+    def now(self):
+        return self.clock
+
+    def allocate_pages(self, path, offset, size):
+        self.page_allocations.append((offset, size))
+        super().allocate_pages(path, offset, size)
+
+
+def test_arena_keeps_a_freed_blocks_pages_a_while_then_releases_them(tmp_path):
+    from zray.plasma.arena import RELEASE_AFTER_S
+    disk = ClockedDisk(str(tmp_path))
+    table = ObjectTable(capacity_bytes=16 * MiB, spill_dir=str(tmp_path / "spill"), disk=disk)
+
+    def allocated():
+        return os.stat(table.arena.paths()[0]).st_blocks * 512
+
+    a, b, c = b"a" * 20, b"b" * 20, b"c" * 20
+    where_a = _arena_object(table, tmp_path, a, 4 * MiB, 1)
+    assert disk.page_allocations == [(0, 4 * MiB)] and allocated() >= 4 * MiB
+    table.remove_ref(a)
+    disk.clock += RELEASE_AFTER_S / 2
+    table.release_idle_pages()                  # not idle long enough: pages stay
+    assert allocated() >= 4 * MiB
+    where_b = _arena_object(table, tmp_path, b, 4 * MiB, 2)
+    assert where_b == where_a and disk.page_allocations == [(0, 4 * MiB)]   # no new pages
+    table.remove_ref(b)
+    disk.clock += RELEASE_AFTER_S
+    table.release_idle_pages()
+    assert allocated() < MiB and table.stats()["arena_resident_bytes"] == 0
+    # Pages come back (fallocated before the writer gets the block) where needed.
+    _arena_object(table, tmp_path, c, 2 * MiB, 3)
+    assert disk.page_allocations[1:] == [(0, 2 * MiB)] and allocated() >= 2 * MiB
+    assert table.stats()["arena_resident_bytes"] == 2 * MiB
+    table.unlink_all()
+
+
+def test_arena_release_skips_what_was_reused_meanwhile():
+    from zray.plasma.arena import Arena
+    arena = Arena(8 * MiB, lambda index, size: f"/chunk{index}")
+    path, offset = arena.allocate(4 * MiB)
+    arena.by_path[path].take_holes(offset, offset + 4 * MiB)     # its pages
+    arena.free(path, offset, 4 * MiB, now=0.0)
+    assert arena.allocate(MiB) == (path, 0)                      # the first MiB again
+    assert arena.idle_ranges(now=100.0) == [(path, MiB, 4 * MiB)]
+    arena.released(path, MiB, 4 * MiB)
+    assert arena.resident_bytes() == MiB and arena.idle_ranges(now=200.0) == []
 
 
 def _arena_object(table, tmp_path, object_id, size, fill):

@@ -8,20 +8,28 @@ chunk once and keeps it mapped.
 
 The chunk is sparse: made when the first large object comes (so ``init``
 and an idle node pay nothing), its pages allocated block by block as
-blocks are first handed out (the node ``fallocate``s a block before the
-writer gets it, so a full ``/dev/shm`` is an error to the writer, never a
-SIGBUS), and kept when blocks are freed: first fit from the start reuses
-the same pages again and again, so memory in use is the high-water mark of
-what was live at once, never more than the store's capacity.
+blocks are handed out (the node ``fallocate``s the parts of a block that
+have no pages before the writer gets it, so a full ``/dev/shm`` is an error
+to the writer, never a SIGBUS). A freed block keeps its pages for a while:
+first fit from the start hands the same range to the next object, so a
+repeated put is one memcpy into pages already there. A range that has
+stayed free ``RELEASE_AFTER_S`` (``idle_ranges``) goes back to the OS (the
+node punches a hole in the file), so memory in use falls back to what is
+live once a burst of big objects is gone.
 
 This module is the bookkeeping only (no files, no clock): which byte
-ranges of which chunk are free. First fit over a sorted free list per
-chunk, neighbours merged on free. Blocks start on ``ALIGN`` boundaries.
+ranges of which chunk are free, which have no pages (``holes``) and
+since when a freed range has gone unused (``idle``); the caller passes the
+time. First fit over a sorted free list per chunk, neighbours merged on
+free. Blocks start on ``ALIGN`` boundaries.
 """
 import bisect
 
 ALIGN = 4096                       # page-aligned blocks: numpy views start aligned
 CHUNK_ROUND = 2 << 20              # chunks are whole huge pages (hugetlbfs needs it)
+# A freed range keeps its pages this long: a put of the same size soon after
+# (a loop of put/get/free) finds them there. Longer idle, they go to the OS.
+RELEASE_AFTER_S = 2.0
 
 
 def _round_up(n, to):
@@ -29,7 +37,8 @@ def _round_up(n, to):
 
 
 class Chunk:
-    __slots__ = ("index", "path", "size", "free_offsets", "free_sizes", "used_bytes", "touched")
+    __slots__ = ("index", "path", "size", "free_offsets", "free_sizes", "used_bytes", "holes",
+                 "idle")
 
     def __init__(self, index, path, size):
         self.index = index
@@ -38,7 +47,43 @@ class Chunk:
         self.free_offsets = [0]        # sorted starts of free ranges
         self.free_sizes = [size]       # their lengths, same order
         self.used_bytes = 0
-        self.touched = 0               # bytes below this have their pages (a high-water mark)
+        self.holes = [(0, size)]       # sorted (start, end) ranges without pages, merged
+        self.idle = []                 # (start, end, freed_at) of freed ranges with pages
+
+    def resident_bytes(self):
+        """Bytes of the chunk that have pages now."""
+        return self.size - sum(end - start for start, end in self.holes)
+
+    def take_holes(self, start, end):
+        """The parts of ``[start, end)`` without pages (the caller gives them
+        pages now), no longer holes; ``put_holes`` undoes it."""
+        return _cut(self.holes, start, end)
+
+    def put_holes(self, ranges):
+        """These ranges have no pages (any more)."""
+        for start, end in ranges:
+            _insert_merged(self.holes, start, end)
+
+    def mark_used(self, start, end):
+        """``[start, end)`` was handed out: no longer idle."""
+        if self.idle:
+            kept = []
+            for s, e, since in self.idle:
+                if e <= start or s >= end:
+                    kept.append((s, e, since))
+                    continue
+                if s < start:
+                    kept.append((s, start, since))
+                if e > end:
+                    kept.append((end, e, since))
+            self.idle = kept
+
+    def due_idle(self, now, after):
+        """Pop the idle ranges freed at least ``after`` seconds before ``now``."""
+        due = [(s, e) for s, e, since in self.idle if now - since >= after]
+        if due:
+            self.idle = [r for r in self.idle if not now - r[2] >= after]
+        return due
 
     def allocate(self, size):
         for i, length in enumerate(self.free_sizes):
@@ -92,11 +137,12 @@ class Arena:
             if chunk.size - chunk.used_bytes >= size:
                 offset = chunk.allocate(size)
                 if offset is not None:
+                    chunk.mark_used(offset, offset + size)
                     return chunk.path, offset
         chunk = self._grow(size)
         if chunk is None:
             return None
-        return chunk.path, chunk.allocate(size)
+        return chunk.path, chunk.allocate(size)     # a new chunk: nothing idle in it
 
     def _grow(self, size):
         room = _round_up(self.capacity_bytes, CHUNK_ROUND) - self.mapped_bytes
@@ -115,8 +161,25 @@ class Arena:
         self.mapped_bytes += want
         return chunk
 
-    def free(self, path, offset, size):
-        self.by_path[path].free(offset, _round_up(max(size, 1), ALIGN))
+    def free(self, path, offset, size, now=0.0):
+        """Free a block; its pages stay (idle since ``now``) until released."""
+        chunk = self.by_path[path]
+        size = _round_up(max(size, 1), ALIGN)
+        chunk.free(offset, size)
+        chunk.idle.append((offset, offset + size, now))
+
+    def idle_ranges(self, now, after=RELEASE_AFTER_S):
+        """``[(path, start, end)]`` of free ranges unused for ``after`` seconds
+        that still have pages: the caller releases them (``released``)."""
+        return [(chunk.path, start, end) for chunk in self.chunks
+                for start, end in chunk.due_idle(now, after)]
+
+    def released(self, path, start, end):
+        """The pages of ``[start, end)`` went back to the OS."""
+        self.by_path[path].put_holes([(start, end)])
+
+    def resident_bytes(self):
+        return sum(chunk.resident_bytes() for chunk in self.chunks)
 
     def contains(self, path, offset, size):
         """True if ``[offset, offset + size)`` lies inside the chunk ``path``."""
@@ -129,3 +192,32 @@ class Arena:
 
     def used_bytes(self):
         return sum(chunk.used_bytes for chunk in self.chunks)
+
+
+def _cut(ranges, start, end):
+    """Remove ``[start, end)`` from sorted disjoint ``ranges`` (in place);
+    return the parts that were in them."""
+    taken, kept = [], []
+    for s, e in ranges:
+        if e <= start or s >= end:
+            kept.append((s, e))
+            continue
+        taken.append((max(s, start), min(e, end)))
+        if s < start:
+            kept.append((s, start))
+        if e > end:
+            kept.append((end, e))
+    ranges[:] = kept
+    return taken
+
+
+def _insert_merged(ranges, start, end):
+    """Add ``[start, end)`` to sorted disjoint ``ranges``, merging neighbours."""
+    i = bisect.bisect_left(ranges, (start, end))
+    ranges.insert(i, (start, end))
+    if i + 1 < len(ranges) and ranges[i + 1][0] <= end:
+        ranges[i] = (start, max(end, ranges[i + 1][1]))
+        del ranges[i + 1]
+    if i and ranges[i - 1][1] >= start:
+        ranges[i - 1] = (ranges[i - 1][0], max(ranges[i - 1][1], ranges[i][1]))
+        del ranges[i]

@@ -36,6 +36,10 @@ class SpillDisk:
         """Pages for an arena block before its writer gets it; raises OSError."""
         shm.allocate_pages(path, offset, size)
 
+    def release_pages(self, path, offset, size):
+        """Give a free range's pages back to the OS; False if this file system cannot."""
+        return shm.release_pages(path, offset, size)
+
     def start_copy(self, object_id, location, spill_dir):
         """Copy an object (file or arena block) to its file in ``spill_dir``."""
         target = os.path.join(spill_dir, shm.object_file_name(self.session_name, object_id))

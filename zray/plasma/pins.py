@@ -21,18 +21,25 @@ class ArenaBlocks:
         if block is None:
             return None
         chunk = self.arena.by_path[block[0]]
-        # Below its high-water mark a chunk's pages exist already (first fit
-        # hands out the untouched part only as a suffix): allocate the rest.
-        start, end = max(block[1], chunk.touched), block[1] + size
-        if end > start:
-            try:
+        # Pages only where the block has none (a reused block usually has
+        # them all: no syscall then).
+        missing = chunk.take_holes(block[1], block[1] + size)
+        try:
+            for start, end in missing:
                 self.disk.allocate_pages(block[0], start, end - start)
-            except OSError as exc:
-                self.arena.free(block[0], block[1], size)
-                self.arena.failure = f"the arena's pages could not be allocated: {exc}"
-                return None
-            chunk.touched = end
+        except OSError as exc:
+            chunk.put_holes(missing)     # a partial fallocate leaves pages: punched when idle
+            self.arena.free(block[0], block[1], size, self.disk.now())
+            self.arena.failure = f"the arena's pages could not be allocated: {exc}"
+            return None
         return (block[0], size, block[1])
+
+    def release_idle_pages(self):
+        """Give back to the OS the pages of arena ranges free for a while
+        (on the node's tick, about once a second)."""
+        for path, start, end in self.arena.idle_ranges(self.disk.now()):
+            if self.disk.release_pages(path, start, end - start):
+                self.arena.released(path, start, end)
 
     def _free_block(self, object_id, location, being_copied=False):
         """Give an arena block back, once nothing reads it any more."""
@@ -41,7 +48,7 @@ class ArenaBlocks:
         elif object_id in self.pins:
             self.retired[object_id] = location             # a process still views it
         else:
-            self.arena.free(location[0], location[2], location[1])
+            self.arena.free(location[0], location[2], location[1], self.disk.now())
 
     # -- pins: a process maps an arena object ---------------------------------
     def pin(self, object_id, owner):
@@ -66,7 +73,7 @@ class ArenaBlocks:
             del self.pins[object_id]
             location = self.retired.pop(object_id, None)
             if location is not None:
-                self.arena.free(location[0], location[2], location[1])
+                self.arena.free(location[0], location[2], location[1], self.disk.now())
 
     def release_pins_of(self, owner):
         """A client left: whatever it mapped it no longer views."""

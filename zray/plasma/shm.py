@@ -18,6 +18,7 @@ same layout at an offset of a chunk file (``write_into``, ``parse`` of a
 slice of the chunk's mapping); spilled, such an object becomes a file like
 any other.
 """
+import ctypes
 import errno
 import mmap
 import os
@@ -120,6 +121,43 @@ def allocate_pages(path, offset, size):
             raise                           # else: no fallocate here, pages come on first touch
     finally:
         os.close(fd)
+
+
+def release_pages(path, offset, size):
+    """Punch ``[offset, offset + size)`` out of a chunk: its pages go back to
+    the OS, the file keeps its size (reads of the range give zeros). False if
+    the file system cannot (then the pages stay)."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if _libc_fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, offset, size) == 0:
+            return True
+        error = ctypes.get_errno()
+        if error in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return False
+        raise OSError(error, f"punching a hole in {path}: {os.strerror(error)}")
+    finally:
+        os.close(fd)
+
+
+_PUNCH_HOLE, _KEEP_SIZE = 0x02, 0x01      # FALLOC_FL_* of <linux/falloc.h>
+
+
+def _load_fallocate():
+    libc = ctypes.CDLL(None, use_errno=True)
+    fallocate = libc.fallocate
+    fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fallocate.restype = ctypes.c_int
+    return fallocate
+
+
+def _libc_fallocate(fd, mode, offset, size):
+    global _fallocate
+    if _fallocate is None:
+        _fallocate = _load_fallocate()
+    return _fallocate(fd, mode, offset, size)
+
+
+_fallocate = None
 
 
 def map_chunk(path, writable):

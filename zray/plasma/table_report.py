@@ -14,7 +14,7 @@ class TableReport:
                 "inline_bytes": self.inline_bytes, "capacity_bytes": self.capacity_bytes,
                 "created_objects": self.created_objects, "created_bytes": self.created_bytes,
                 "arena_bytes": self.arena.mapped_bytes, "arena_chunks": len(self.arena.chunks),
-                "arena_touched_bytes": sum(c.touched for c in self.arena.chunks),
+                "arena_resident_bytes": self.arena.resident_bytes(),
                 "arena_used_bytes": self.arena.used_bytes(), "pinned_objects": len(self.pins),
                 "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
 

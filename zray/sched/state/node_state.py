@@ -324,6 +324,7 @@ class NodeState(ObjectEvents):
             self.stop_worker(worker)
         if self.locations.where or self.locations.lineage or self.locations.wanted:
             self.locations.sweep()
+        self.objects.release_idle_pages()
 
     def _on_workers_wanted(self, ev):
         for _ in range(min(ev.count, self.pool.max_workers - self.pool.live_count())):
