@@ -25,6 +25,25 @@ def env_for(root=None, extra=None):
     return env
 
 
+def tcp_driver_env(extra=None):
+    """The environment of a driver script that calls ``connect_over_tcp``."""
+    return env_for(extra={"PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]),
+                          **(extra or {})})
+
+
+def connect_over_tcp():
+    """In a driver script, before ``ray.init``: connect to the node over tcp,
+    as a driver whose node's unix socket is not on its machine."""
+    import zray.cluster as cluster
+    find_cluster = cluster.find_cluster
+
+    def find_over_tcp(address, password="", temp_dir=None):
+        _, info = find_cluster(address, password, temp_dir)
+        nodes = cluster.list_nodes(address, password, temp_dir)[2]
+        return nodes[info["node_id"]]["tcp_address"], info
+    cluster.find_cluster = find_over_tcp
+
+
 def zray(*args, check=True, timeout=60, env=None):
     """Run `zray ARGS`; return the CompletedProcess (raise with its output if check)."""
     result = subprocess.run([sys.executable, "-m", "zray.cli", *map(str, args)],

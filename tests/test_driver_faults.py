@@ -14,7 +14,7 @@ import pytest
 import zray as ray
 from zray.exceptions import RaySystemError
 
-from cluster_util import Cluster, env_for, records, wait_for
+from cluster_util import Cluster, env_for, records, tcp_driver_env, wait_for
 
 
 @pytest.fixture
@@ -133,15 +133,8 @@ import os, signal, sys
 import zray as ray
 
 if sys.argv[3] == "tcp":
-    # As a driver whose node's unix socket is not on its machine: over tcp.
-    import zray.cluster as cluster
-    find_cluster = cluster.find_cluster
-
-    def find_over_tcp(address, password="", temp_dir=None):
-        _, info = find_cluster(address, password, temp_dir)
-        nodes = cluster.list_nodes(address, password, temp_dir)[2]
-        return nodes[info["node_id"]]["tcp_address"], info
-    cluster.find_cluster = find_over_tcp
+    from cluster_util import connect_over_tcp
+    connect_over_tcp()
 
 ray.init(address=sys.argv[1], redis_password=os.environ["ZRAY_TEST_TOKEN"])
 never = sys.argv[2]
@@ -182,7 +175,7 @@ def test_a_dead_drivers_tasks_and_actors_stop_and_its_cpus_come_back(tmp_path, o
         script.write_text(DYING_DRIVER)
         dead = subprocess.run(
             [sys.executable, str(script), cluster.address, str(tmp_path / "never"), over],
-            env=env_for(extra={"ZRAY_TEST_TOKEN": cluster.token}), timeout=120,
+            env=tcp_driver_env({"ZRAY_TEST_TOKEN": cluster.token}), timeout=120,
             capture_output=True, text=True)
         assert dead.returncode == (-signal.SIGKILL if over == "tcp" else 0), dead.stderr[-3000:]
         ray.init(address=cluster.address, redis_password=cluster.token)

@@ -23,6 +23,7 @@ class ObjectCache:
         self.spill_dir = spill_dir
         self.arena = arena          # plasma.client.ArenaViews: the node's arena mapped here
         self.request = request      # the connection's request (to pin arena objects)
+        self.by_value = None        # plasma.by_value.ByValue: no shared memory with the node
         self.objects = {}           # object_id -> (header, frames)
         self.mapped = weakref.WeakValueDictionary()   # object_id -> mmap, while values use it
         self.owned_pending = set()  # results of our tasks not yet pushed to us

@@ -19,7 +19,7 @@ from collections import deque
 
 from ..exceptions import GetTimeoutError
 from ..object_ref import ObjectRef
-from ..plasma import client as object_store
+from ..plasma import by_value, client as object_store
 from ..serialization import install_shipped_registrations, serialize, ship_registrations
 from ..transport import protocol as P
 from . import context, submit
@@ -72,6 +72,11 @@ class Runtime:
         connection.on_last_flush = self._flush_events_locked
         self.direct = DirectCalls(self)
         connection.start()
+        if not by_value.shares_node_memory(connection, self.node_info):
+            # Another machine: large objects travel over the connection.
+            self.objects.by_value = by_value.ByValue(
+                connection, self.node_info.get("hostname") != os.uname().nodename)
+            connection.handlers[P.CHUNK] = self.objects.by_value.on_chunk
         ship_registrations(self)    # custom serializers registered before init
 
     @property

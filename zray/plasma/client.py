@@ -15,6 +15,8 @@
   (``unpin``, batched with the reference traffic) when the last value
   viewing it goes. Per-object views are cached weakly either way, so the
   second get of a value still alive costs nothing.
+- A process that does not share its node's shared memory (a driver on
+  another machine) does both over its connection instead (``by_value``).
 """
 import os
 import weakref
@@ -58,6 +60,8 @@ class ArenaViews:
 
 def write(runtime, object_id, data, is_error=False):
     """Write ``data`` as a shared-memory object; return its header tuple."""
+    if runtime.objects.by_value is not None:
+        return runtime.objects.by_value.write(runtime, object_id, data, is_error)
     size = shm.object_size(data.meta, data.buffers)
     reserved = size >= RESERVE_MIN_BYTES
     directory = runtime.plasma_dir
@@ -92,6 +96,8 @@ def read(objects, object_id, location):
     ``objects``: the process's ``core.object_cache.ObjectCache``."""
     cache = objects.mapped
     mapping = cache.get(object_id)
+    if mapping is None and objects.by_value is not None:
+        mapping = cache[object_id] = objects.by_value.read(object_id, location[1])
     if mapping is None:
         if len(location) == 3:
             location = objects.request("pin", object_id)

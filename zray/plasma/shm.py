@@ -56,7 +56,7 @@ def object_size(meta, buffers):
     return layout(len(meta), [memoryview(b).nbytes for b in buffers])[2]
 
 
-def _parts(meta, buffers, is_error):
+def parts(meta, buffers, is_error):
     """``(parts, size)``: the ``(offset, bytes)`` pieces of an object's layout."""
     views = [memoryview(b).cast("B") for b in buffers]
     lengths = [len(meta)] + [v.nbytes for v in views]
@@ -71,13 +71,13 @@ def _parts(meta, buffers, is_error):
 
 def write_object(path, meta, buffers, is_error=False):
     """Write a serialized value to ``path``; return the file's size in bytes."""
-    parts, size = _parts(meta, buffers, is_error)
+    pieces, size = parts(meta, buffers, is_error)
     fd = _create(path)
     try:
         if is_hugetlbfs(os.path.dirname(path)):
-            _write_mapped(fd, parts, size)      # hugetlbfs has no write(2)
+            _write_mapped(fd, pieces, size)      # hugetlbfs has no write(2)
         else:
-            _write_sequential(fd, parts)
+            _write_sequential(fd, pieces)
     except BaseException:
         os.close(fd)
         unlink_quietly(path)
@@ -89,10 +89,10 @@ def write_object(path, meta, buffers, is_error=False):
 def write_into(block, meta, buffers, is_error=False):
     """Write a serialized value into ``block`` (a writable memoryview of an
     arena block, at least ``object_size`` long): one copy per part."""
-    parts, size = _parts(meta, buffers, is_error)
+    pieces, size = parts(meta, buffers, is_error)
     if size > block.nbytes:
         raise ValueError(f"an object of {size} bytes does not fit its {block.nbytes}-byte block")
-    for offset, part in parts:
+    for offset, part in pieces:
         view = memoryview(part).cast("B")
         block[offset:offset + view.nbytes] = view
     return size

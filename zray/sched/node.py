@@ -33,6 +33,7 @@ import zmq
 from ..plasma.disk import SpillDisk
 from ..kv.records import ACTOR_NAME_PREFIX
 from ..plasma.store import IN_MEMORY
+from ..plasma.uploads import Uploads
 from .store_requests import ObjectStoreRequests
 from ..transport import auth
 from ..transport import protocol as P
@@ -95,6 +96,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         # maximum_startup_concurrency); keep that many warm when idle.
         # Files of the object table (arena chunks, spill copies in a thread).
         self.disk = SpillDisk(config["plasma_dir"], self.session_name)
+        self.uploads = Uploads(self)   # objects written for clients without our shared memory
         self.state = NodeState(
             totals, config["object_store_memory"],
             config.get("spill_dir") or os.path.join(self.session_dir, "spill"),
@@ -397,6 +399,10 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
     def _on_pull(self, identity, fields, _payload):
         if self.peers is not None:
             self.peers.transfer.on_pull(identity, fields)
+        else:       # never a silent drop: the puller would wait forever
+            self.send(identity, P.CHUNK, fields[0], fields[1], fields[2], False,
+                      "this node serves no pulls (it was started without a tcp address)",
+                      frames=[b""])
 
     _decoders = {
         P.SUBMIT: lambda self, i, f, p: E.TaskSubmitted(i, f[0], p),
@@ -411,6 +417,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         P.BYE: lambda self, i, f, p: E.ClientLeft(i),
         P.EVENTS: _on_events, P.REQUEST: _on_request,
         P.FORWARD: _on_forward, P.PULL: _on_pull,
+        P.WRITE: lambda self, i, f, p: self.uploads.on_write(i, f[0], f[1], p[0] if p else b""),
     }
 
     # The handler of each declared op, found once here (a missing one fails at import).

@@ -14,6 +14,11 @@ the store go through ``handle(event)``. Ops:
 - ``pin`` / ``unpin``: a process maps an arena object (the answer says
   where it is now; its block is not reused until unpinned, or the process
   leaves), and is done with it.
+- ``probe_memory``: does a file a client made in the plasma directory show
+  here? (a client on tcp shares the node's shared memory only if so; one
+  that does not sends large objects by value: ``uploaded``, ``plasma/uploads.py``).
+- ``uploaded``: the WRITEs of an object sent by value went well (its
+  location to seal it at, once done), or why not.
 - ``store_stats``: the table's counters (bytes in memory, spilled, created).
 - ``memory``: one row per object with who holds it (``zray memory``).
 - ``register_serializer``: a driver's ``register_custom_serializer``; kept
@@ -21,14 +26,24 @@ the store go through ``handle(event)``. Ops:
   node (now and when it joins), never unpickled here, so user code never
   runs in the node.
 """
+import os
+
 from .state import events as E
 
 
 class ObjectStoreRequests:
     def request_reserve(self, client, object_id, size, arena=False):
-        # Only a process on this machine can write into the arena's chunks.
-        arena = arena is True and client.identity not in self.remote_clients
-        return self.reserve(client.identity, object_id, size, arena)
+        # A client on tcp asks for a block only if it shares our shared memory
+        # (its probe file showed here) or sends the bytes for us to write.
+        return self.reserve(client.identity, object_id, size, arena is True)
+
+    def request_probe_memory(self, _client, name):
+        if not name.startswith(f"zray-{self.session_name}-probe-") or "/" in name:
+            raise ValueError(f"{name!r} is not a probe file of this session")
+        return os.path.exists(os.path.join(self.config["plasma_dir"], name))
+
+    def request_uploaded(self, client, object_id, done):
+        return self.uploads.uploaded(client.identity, object_id, done)
 
     def request_unreserve(self, _client, object_id):
         self.handle(E.ReservationReleased(object_id))

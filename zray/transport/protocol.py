@@ -78,6 +78,10 @@ DONE = _message(b"DONE", task_id=BYTES, entries=HEADERS, worker_exiting=BOOL,
 EVENTS = _message(b"EVENTS", events=seq(DATA))    # timeline records, batched
 REQUEST = _message(b"REQ", request_id=INT, op=STR, args=seq(DATA))   # ops: NODE_OPS
 BYE = _message(b"BYE")                            # client leaves cleanly
+# A client without the node's shared memory (another machine) sends a large
+# object's bytes for the node to write into the block or file it reserved
+# (plasma/uploads.py); it reads objects back with PULL (answered by CHUNK).
+WRITE = _message(b"WRITE", object_id=BYTES, offset=INT)          # + [data]
 
 # node daemon -> client
 WELCOME = _message(b"WELCOME", node_info=mapping(STR, DATA))
@@ -132,6 +136,7 @@ NODE_OPS = {
     "introspect": args(optional=(INT,)), "log_tail": args(INT, optional=(INT,)),
     "reserve": args(BYTES, INT, optional=(BOOL,)), "unreserve": args(BYTES),
     "pin": args(BYTES), "unpin": args(IDS),
+    "probe_memory": args(STR), "uploaded": args(BYTES, BOOL),
     "register_serializer": args(BYTES, seq(STR)),
 }
 # KV_REQUEST ops the kv service answers (``op_<op>`` of kv/server.py)
