@@ -69,12 +69,16 @@ def pulled_here():
 
 
 def test_pipeline_on_the_second_node_moves_nothing_to_the_head(cluster):
+    assert ray.wait([make.remote(8)], fetch_local=False, timeout=60)[0]     # small: inline
     before = head_peers()["pulled_bytes"], ray.get(pulled_here.remote())
     first = make.remote(N)
     total = ray.get(count.remote(first, add.remote(first, 1)))
     assert total == 2
     after = head_peers()["pulled_bytes"], ray.get(pulled_here.remote())
     assert after == before            # neither node copied the 8 MB intermediates
+    # Waiting without fetching says it is ready and copies nothing here either.
+    assert ray.wait([first], fetch_local=False, timeout=60) == ([first], [])
+    assert head_peers()["pulled_bytes"] == before[0]
     # The driver still reads it when it asks: then, and only then, it moves.
     assert ray.get(add.remote(first, 1))[-1] == N
     moved = head_peers()["pulled_bytes"] - before[0]

@@ -258,7 +258,9 @@ def wait(object_refs, *, num_returns=1, timeout=None, fetch_local=True):
         raise ValueError(f"num_returns must be a positive integer, got {num_returns!r}")
     if num_returns > len(refs):
         raise ValueError(f"num_returns={num_returns} is more than the {len(refs)} refs given")
-    ready_ids = context.require().wait([r.id for r in refs], num_returns, timeout)
+    # fetch_local=False: ready once it exists on any node; nothing is copied here.
+    ready_ids = context.require().wait([r.id for r in refs], num_returns, timeout,
+                                       fetch_local=bool(fetch_local))
     ready, not_ready = [], []
     for ref in refs:
         if ref.id in ready_ids and len(ready) < num_returns:

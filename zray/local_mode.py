@@ -63,7 +63,7 @@ class LocalRuntime:
             out.append(value)
         return out
 
-    def wait(self, object_ids, num_returns, timeout=None):
+    def wait(self, object_ids, num_returns, timeout=None, fetch_local=True):
         return set(object_ids)    # everything ran at .remote() time
 
     def _resolve(self, args, kwargs):

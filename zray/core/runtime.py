@@ -170,8 +170,40 @@ class Runtime:
     def get(self, object_ids, timeout=None):
         return self.get_values(object_ids, timeout, _in_task())
 
-    def wait(self, object_ids, num_returns, timeout=None):
+    def wait(self, object_ids, num_returns, timeout=None, fetch_local=True):
+        if not fetch_local:
+            return self.wait_anywhere(object_ids, num_returns, timeout, _in_task())
         return self.wait_objects(object_ids, num_returns, timeout, _in_task())
+
+    def wait_anywhere(self, object_ids, num_returns, timeout_s, in_task=False):
+        """The ids that exist here or on any node (none is copied here), once
+        ``num_returns`` do or at the deadline: asks the node, backing off
+        from 1 to 100 ms between asks."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        object_ids = list(dict.fromkeys(object_ids))
+        objects = self.objects.objects
+        pause = 0.001
+        if in_task:
+            self.send_message(P.BLOCKED)
+        try:
+            while True:
+                with self.cond:
+                    ready = {i for i in object_ids if i in objects}
+                unsent = self.direct.not_at_node()    # only here once they are
+                ask = [i for i in object_ids if i not in ready and i not in unsent]
+                if ask and len(ready) < num_returns:
+                    ready.update(self.request("objects_exist", ask))
+                if len(ready) >= num_returns:
+                    return ready
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    return ready
+                until = now + pause if deadline is None else min(deadline, now + pause)
+                self.wait_until(lambda: any(i in objects for i in ask), until)
+                pause = min(pause * 2, 0.1)
+        finally:
+            if in_task:
+                self.send_message(P.UNBLOCKED)
 
     def wait_objects(self, object_ids, num_returns, timeout_s, in_task=False,
                      stop_on_error=False):

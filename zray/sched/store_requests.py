@@ -19,6 +19,8 @@ the store go through ``handle(event)``. Ops:
   that does not sends large objects by value: ``uploaded``, ``plasma/uploads.py``).
 - ``uploaded``: the WRITEs of an object sent by value went well (its
   location to seal it at, once done), or why not.
+- ``objects_exist``: which of these ids are ready here or on another node
+  (``ray.wait(fetch_local=False)``: nothing is pulled here).
 - ``store_stats``: the table's counters (bytes in memory, spilled, created).
 - ``memory``: one row per object with who holds it (``zray memory``).
 - ``register_serializer``: a driver's ``register_custom_serializer``; kept
@@ -55,6 +57,10 @@ class ObjectStoreRequests:
     def request_unpin(self, client, object_ids):
         self.handle(E.Unpinned(client.identity, list(object_ids)))
         return True
+
+    def request_objects_exist(self, _client, object_ids):
+        exists = self.state.locations.exists
+        return [object_id for object_id in object_ids if exists(object_id)]
 
     def request_store_stats(self, _client):
         stats = self.objects.stats()

@@ -136,7 +136,7 @@ NODE_OPS = {
     "introspect": args(optional=(INT,)), "log_tail": args(INT, optional=(INT,)),
     "reserve": args(BYTES, INT, optional=(BOOL,)), "unreserve": args(BYTES),
     "pin": args(BYTES), "unpin": args(IDS),
-    "probe_memory": args(STR), "uploaded": args(BYTES, BOOL),
+    "probe_memory": args(STR), "uploaded": args(BYTES, BOOL), "objects_exist": args(IDS),
     "register_serializer": args(BYTES, seq(STR)),
 }
 # KV_REQUEST ops the kv service answers (``op_<op>`` of kv/server.py)
