@@ -683,6 +683,41 @@ def test_arena_release_skips_what_was_reused_meanwhile():
     assert arena.resident_bytes() == MiB and arena.idle_ranges(now=200.0) == []
 
 
+def test_arena_pages_and_idle_ranges_agree_with_a_page_by_page_model():
+    import random
+    from zray.plasma.arena import ALIGN, Arena
+    pages = 64
+    arena = Arena(pages * ALIGN, lambda index, size: f"/chunk{index}")
+    rng = random.Random(7)
+    live, resident, now = {}, set(), 0.0          # the model: which pages have pages
+    for _ in range(3000):
+        now += rng.random()
+        action = rng.random()
+        if action < 0.45:
+            size = rng.randint(1, 8) * ALIGN
+            block = arena.allocate(size)
+            if block is None:
+                continue
+            chunk = arena.by_path[block[0]]
+            given = chunk.take_holes(block[1], block[1] + size)     # as the node fallocates
+            wanted = set(range(block[1] // ALIGN, (block[1] + size) // ALIGN))
+            assert {p for s, e in given for p in range(s // ALIGN, e // ALIGN)} == \
+                wanted - resident
+            resident |= wanted
+            live[block[1]] = size
+        elif action < 0.85 and live:
+            offset = rng.choice(sorted(live))
+            arena.free("/chunk0", offset, live.pop(offset), now)
+        else:
+            for _, start, end in arena.idle_ranges(now, after=2.0):
+                pages_of = set(range(start // ALIGN, end // ALIGN))
+                assert not any(o // ALIGN <= p < (o + n) // ALIGN   # never a live block's
+                               for o, n in live.items() for p in pages_of)
+                resident -= pages_of
+                arena.released("/chunk0", start, end)
+        assert arena.resident_bytes() == len(resident) * ALIGN
+
+
 def _arena_object(table, tmp_path, object_id, size, fill):
     """Reserve an arena block, write ``fill`` bytes into it, seal it."""
     table.expect(object_id).refcount = 1

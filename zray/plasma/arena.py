@@ -48,7 +48,7 @@ class Chunk:
         self.free_sizes = [size]       # their lengths, same order
         self.used_bytes = 0
         self.holes = [(0, size)]       # sorted (start, end) ranges without pages, merged
-        self.idle = []                 # (start, end, freed_at) of freed ranges with pages
+        self.idle = []                 # (start, end, freed_at) of freed ranges with pages, sorted
 
     def resident_bytes(self):
         """Bytes of the chunk that have pages now."""
@@ -66,17 +66,29 @@ class Chunk:
 
     def mark_used(self, start, end):
         """``[start, end)`` was handed out: no longer idle."""
-        if self.idle:
-            kept = []
-            for s, e, since in self.idle:
-                if e <= start or s >= end:
-                    kept.append((s, e, since))
-                    continue
+        idle = self.idle
+        if not idle:
+            return
+        # Idle ranges never overlap: those that may meet [start, end) are
+        # the last one starting at or before ``start`` and the ones after it.
+        first = max(bisect.bisect_right(idle, start, key=_start) - 1, 0)
+        last, kept = first, []
+        while last < len(idle) and idle[last][0] < end:
+            s, e, since = idle[last]
+            if e <= start:
+                kept.append((s, e, since))
+            else:
                 if s < start:
                     kept.append((s, start, since))
                 if e > end:
                     kept.append((end, e, since))
-            self.idle = kept
+            last += 1
+        idle[first:last] = kept
+
+    def add_idle(self, start, end, now):
+        """``[start, end)`` was freed at ``now`` (its own entry: a neighbour
+        freed later must not keep an older range from being released)."""
+        bisect.insort(self.idle, (start, end, now), key=_start)
 
     def due_idle(self, now, after):
         """Pop the idle ranges freed at least ``after`` seconds before ``now``."""
@@ -166,7 +178,7 @@ class Arena:
         chunk = self.by_path[path]
         size = _round_up(max(size, 1), ALIGN)
         chunk.free(offset, size)
-        chunk.idle.append((offset, offset + size, now))
+        chunk.add_idle(offset, offset + size, now)
 
     def idle_ranges(self, now, after=RELEASE_AFTER_S):
         """``[(path, start, end)]`` of free ranges unused for ``after`` seconds
@@ -194,20 +206,27 @@ class Arena:
         return sum(chunk.used_bytes for chunk in self.chunks)
 
 
+def _start(entry):
+    return entry[0]
+
+
 def _cut(ranges, start, end):
     """Remove ``[start, end)`` from sorted disjoint ``ranges`` (in place);
     return the parts that were in them."""
-    taken, kept = [], []
-    for s, e in ranges:
-        if e <= start or s >= end:
-            kept.append((s, e))
-            continue
-        taken.append((max(s, start), min(e, end)))
-        if s < start:
-            kept.append((s, start))
-        if e > end:
-            kept.append((end, e))
-    ranges[:] = kept
+    first = max(bisect.bisect_right(ranges, start, key=_start) - 1, 0)
+    last, taken, kept = first, [], []
+    while last < len(ranges) and ranges[last][0] < end:
+        s, e = ranges[last][:2]
+        if e <= start:
+            kept.append(ranges[last])
+        else:
+            taken.append((max(s, start), min(e, end)))
+            if s < start:
+                kept.append((s, start))
+            if e > end:
+                kept.append((end, e))
+        last += 1
+    ranges[first:last] = kept
     return taken
 
 
