@@ -17,6 +17,7 @@ from zray.exceptions import ObjectStoreFullError
 from zray.plasma import shm
 from zray.plasma.report import memory_summary
 from zray.plasma.disk import SpillDisk
+from zray.plasma.spare import SPARE_MAX_BYTES
 from zray.plasma.store import IN_MEMORY, ON_DISK, ObjectTable
 from zray.serialization import serialize
 from zray.transport import protocol as P
@@ -177,35 +178,66 @@ class TestSharedSession:
         assert not os.path.exists(path)
         assert stats["shm_bytes"] == held - size
         # Large ones live in an arena block; it is free again after the last ref.
+        assert wait_for(lambda: store_stats()["reserved_bytes"] == 0)   # no spare block held
         before = store_stats()
         ref = ray.put(np.ones(2 * MiB // 8))
         size = stored(ref)["size"]
+        block = -(-size // 4096) * 4096
         during = store_stats()
         assert during["shm_bytes"] == before["shm_bytes"] + size >= 2 * MiB
         assert during["arena_used_bytes"] >= before["arena_used_bytes"] + size
         del ref
         after = store_stats()
         assert after["shm_bytes"] == before["shm_bytes"]
-        assert after["arena_used_bytes"] == before["arena_used_bytes"]
+        # Only the block reserved ahead for a next put of that size is left,
+        # and it goes back when no such put comes.
+        assert after["arena_used_bytes"] == before["arena_used_bytes"] + block
+        assert after["reserved_bytes"] == size
+        assert wait_for(lambda: store_stats()["arena_used_bytes"] == before["arena_used_bytes"])
 
     def test_arena_block_reused_only_when_no_value_views_it(self, ray_shared):
-        first = ray.put(np.full(2 * MiB // 8, 1.0))
+        # Above SPARE_MAX_BYTES: no block is reserved ahead of the next put,
+        # so each put takes the first free block.
+        n = (SPARE_MAX_BYTES + 4 * MiB) // 8
+        first = ray.put(np.full(n, 1.0))
         block = stored(first)
         del first                                   # never read: its block is free at once
-        second = ray.put(np.full(2 * MiB // 8, 2.0))
+        second = ray.put(np.full(n, 2.0))
         assert stored(second)["offset"] == block["offset"]      # same pages again
         value = ray.get(second)
         assert store_stats()["pinned_objects"] == 1
         del second                                  # freed, but `value` still views it
-        third = ray.put(np.full(2 * MiB // 8, 3.0))
+        third = ray.put(np.full(n, 3.0))
         assert stored(third)["offset"] != block["offset"]
         assert (value == 2.0).all()
         del value                                   # the pin goes (batched with the refs)
         assert wait_for(lambda: store_stats()["pinned_objects"] == 0)
         del third
-        fourth = ray.put(np.full(2 * MiB // 8, 4.0))
+        fourth = ray.put(np.full(n, 4.0))
         assert stored(fourth)["offset"] == block["offset"]
         assert (ray.get(fourth) == 4.0).all()
+
+    def test_a_repeated_put_takes_the_block_reserved_ahead_for_it(self, ray_shared):
+        assert wait_for(lambda: store_stats()["reserved_bytes"] == 0)
+        before = store_stats()
+        array = np.ones(4 * MiB // 8)
+        offsets = []
+        for i in range(6):
+            ref = ray.put(array)
+            offsets.append(stored(ref)["offset"])
+            assert (ray.get(ref) == 1.0).all()
+            del ref
+        stats = store_stats()
+        # One reserve round trip, for the first put; each later one took the
+        # block asked for (without waiting) after the put before it.
+        assert stats["reservations"] == before["reservations"] + 1
+        assert stats["spares_granted"] >= before["spares_granted"] + 6
+        assert len(set(offsets)) == 2                 # two blocks in turn: pages reused
+        # Another size: a plain reservation; then the spare goes back unused.
+        other = ray.put(np.ones(3 * MiB // 8))
+        assert store_stats()["reservations"] == before["reservations"] + 2
+        del other
+        assert wait_for(lambda: store_stats()["reserved_bytes"] == 0)
 
     def test_freed_arena_pages_go_back_to_the_os(self, ray_shared):
         chunk = os.path.join("/dev/shm", f"zray-{ray_shared['session_name']}-arena-0")

@@ -122,6 +122,7 @@ class Runtime:
 
     def _on_tick(self, now):
         self.flush_events()
+        self.objects.arena.spare.expire(self, now)
         self._print_unretrieved_errors(now)
 
     def _print_unretrieved_errors(self, now):
@@ -144,7 +145,7 @@ class Runtime:
 
     def put_data(self, data):
         """A new object holding already-serialized ``data``; its ObjectRef."""
-        object_id = os.urandom(16) + b"\xff\xff\xff\xff"
+        object_id = object_store.put_id(self, data)
         ref = ObjectRef(object_id, _runtime=self)
         self.put_serialized(object_id, data)
         return ref

@@ -24,6 +24,7 @@ import weakref
 from ..exceptions import ObjectLostError, ObjectStoreFullError
 from ..transport import protocol as P
 from . import shm
+from .spare import SPARE_MAX_BYTES, SpareBlock, fresh_put_id
 from .store import IN_MEMORY, ON_DISK
 
 # Below this the reservation round trip costs more than the write itself.
@@ -38,6 +39,7 @@ class ArenaViews:
         self.readable = {}          # chunk path -> read-only mmap
         self.writable = {}          # chunk path -> writable mmap
         self.unpins = unpins        # a deque: ids whose last view died (any thread appends)
+        self.spare = SpareBlock()   # a block reserved ahead for the next put
 
     def chunk(self, path, writable):
         maps = self.writable if writable else self.readable
@@ -58,6 +60,17 @@ class ArenaViews:
 
 
 
+def put_id(runtime, data):
+    """The id of a new ``ray.put`` of ``data``: a large one may take the
+    block reserved ahead for it (``spare.py``)."""
+    if data.nbytes < RESERVE_MIN_BYTES // 2 or runtime.objects.by_value is not None:
+        return fresh_put_id()
+    size = shm.object_size(data.meta, data.buffers)
+    if not RESERVE_MIN_BYTES <= size <= SPARE_MAX_BYTES:
+        return fresh_put_id()
+    return runtime.objects.arena.spare.new_put_id(size)
+
+
 def write(runtime, object_id, data, is_error=False):
     """Write ``data`` as a shared-memory object; return its header tuple."""
     if runtime.objects.by_value is not None:
@@ -66,9 +79,16 @@ def write(runtime, object_id, data, is_error=False):
     reserved = size >= RESERVE_MIN_BYTES
     directory = runtime.plasma_dir
     where = IN_MEMORY
+    spare = runtime.objects.arena.spare
     if reserved:
-        # Raises ObjectStoreFullError; ON_DISK: too big for memory, straight to disk.
-        where = runtime.request("reserve", object_id, size, True)
+        where = spare.claim(runtime, object_id, size)
+        if where is None:
+            try:
+                # Raises ObjectStoreFullError; ON_DISK: too big for memory, straight to disk.
+                where = runtime.request("reserve", object_id, size, True)
+            except BaseException:
+                spare.forget(object_id)
+                raise
         if where == ON_DISK:
             directory = runtime.spill_dir
     try:
@@ -77,10 +97,13 @@ def write(runtime, object_id, data, is_error=False):
             block = memoryview(runtime.objects.arena.chunk(path, True))[offset:offset + size]
             shm.write_into(block, data.meta, data.buffers, is_error)
             block.release()
+            spare.after_write(runtime, object_id, size)
             return (object_id, P.SHM, 0, where, data.contained, is_error)
+        spare.forget(object_id)
         path = os.path.join(directory, shm.object_file_name(runtime.session_name, object_id))
         size = shm.write_object(path, data.meta, data.buffers, is_error)
     except OSError as exc:
+        spare.forget(object_id)
         if reserved:
             runtime.send_message(P.REQUEST, 0, "unreserve", (object_id,))
         raise ObjectStoreFullError(

@@ -97,7 +97,9 @@ class ObjectTable(ArenaBlocks, TableReport):
         self.spill_dir = spill_dir
         self.shm_bytes = 0              # sealed objects in shared memory
         self.reserved_bytes = 0         # admitted, being written
-        self.reserved = {}              # object_id -> (size, owner)
+        self.reserved = {}              # object_id -> (size, owner, where, arena location)
+        self.reservations = 0           # reserve requests answered (spares apart)
+        self.spares_granted = 0         # blocks reserved ahead of a client's next put
         self.spilled_bytes = 0
         self.spilled_objects = 0
         self.inline_bytes = 0
@@ -127,17 +129,22 @@ class ObjectTable(ArenaBlocks, TableReport):
             entry = self.entries[object_id] = ObjectEntry(object_id, self.clock())
         return entry
 
-    def reserve(self, object_id, size, owner=None, arena=False):
+    def reserve(self, object_id, size, owner=None, arena=False, spare=False):
         """Admit an object of ``size`` bytes before it is written; return where
         to write it: IN_MEMORY (a file in the plasma directory), ON_DISK (spill
         directory) or, if ``arena`` and a block is free, its arena location
-        ``(chunk path, size, offset)``.
+        ``(chunk path, size, offset)``. ``spare``: reserved ahead of a put
+        that may never come, so only an arena block that fits as things are
+        (nothing spilled for it), else None.
 
         Starts spilling the oldest objects to make room in memory; falls back
         to the disk when memory cannot hold it; raises ObjectStoreFullError
         (with sizes and paths) when neither can.
         """
         self.release_reservation(object_id)      # a retried writer reserves again
+        if spare:
+            return self._reserve_spare(object_id, size, owner)
+        self.reservations += 1
         if size > self.capacity_bytes:
             why_not_memory = (f"it is larger than the whole object store "
                               f"({format_bytes(self.capacity_bytes)})")
@@ -165,6 +172,17 @@ class ObjectTable(ArenaBlocks, TableReport):
         self.reserved[object_id] = (size, owner, ON_DISK, None)
         self.disk_reserved_bytes += size
         return ON_DISK
+
+    def _reserve_spare(self, object_id, size, owner):
+        if (self.shm_bytes - self.spilling_bytes + self.reserved_bytes + size
+                > self.capacity_bytes):
+            return None
+        location = self._arena_block(object_id, size)
+        if location is not None:
+            self.reserved[object_id] = (size, owner, IN_MEMORY, location)
+            self.reserved_bytes += size
+            self.spares_granted += 1
+        return location
 
     def reserved_location(self, object_id, owner):
         """The arena block ``owner`` reserved for ``object_id``, or None."""

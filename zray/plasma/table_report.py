@@ -16,6 +16,7 @@ class TableReport:
                 "arena_bytes": self.arena.mapped_bytes, "arena_chunks": len(self.arena.chunks),
                 "arena_resident_bytes": self.arena.resident_bytes(),
                 "arena_used_bytes": self.arena.used_bytes(), "pinned_objects": len(self.pins),
+                "reservations": self.reservations, "spares_granted": self.spares_granted,
                 "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
 
     def listing(self, holders=None, only=None):

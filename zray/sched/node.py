@@ -530,10 +530,10 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
                                                                        c.expected_again),
     }
 
-    def reserve(self, owner, object_id, size, arena=False):
+    def reserve(self, owner, object_id, size, arena=False, spare=False):
         """Admit a large object: IN_MEMORY, ON_DISK or (``arena``) an arena
-        location (raises ObjectStoreFullError)."""
-        for command in self.handle(E.ReserveRequested(owner, object_id, size, arena)):
+        location (raises ObjectStoreFullError); ``spare``: a block or None."""
+        for command in self.handle(E.ReserveRequested(owner, object_id, size, arena, spare)):
             if isinstance(command, C.Reserved):
                 return command.where
         return IN_MEMORY

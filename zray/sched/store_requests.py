@@ -10,7 +10,8 @@ the store go through ``handle(event)``. Ops:
 
 - ``reserve`` / ``unreserve``: admit a large object before it is written
   (spilling to make room; the answer says memory, disk or an arena block),
-  or give the room back when the write failed.
+  or give the room back when the write failed. With ``spare``: a block
+  for a client's next put, only if it fits without spilling (else None).
 - ``pin`` / ``unpin``: a process maps an arena object (the answer says
   where it is now; its block is not reused until unpinned, or the process
   leaves), and is done with it.
@@ -34,10 +35,10 @@ from .state import events as E
 
 
 class ObjectStoreRequests:
-    def request_reserve(self, client, object_id, size, arena=False):
+    def request_reserve(self, client, object_id, size, arena=False, spare=False):
         # A client on tcp asks for a block only if it shares our shared memory
         # (its probe file showed here) or sends the bytes for us to write.
-        return self.reserve(client.identity, object_id, size, arena is True)
+        return self.reserve(client.identity, object_id, size, arena is True, spare is True)
 
     def request_probe_memory(self, _client, name):
         if not name.startswith(f"zray-{self.session_name}-probe-") or "/" in name:

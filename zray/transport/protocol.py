@@ -134,7 +134,7 @@ NODE_OPS = {
     "actor_location": args(BYTES),
     "reserve_actor_name": args(STR, optional=(opt(BYTES),)),
     "introspect": args(optional=(INT,)), "log_tail": args(INT, optional=(INT,)),
-    "reserve": args(BYTES, INT, optional=(BOOL,)), "unreserve": args(BYTES),
+    "reserve": args(BYTES, INT, optional=(BOOL, BOOL)), "unreserve": args(BYTES),
     "pin": args(BYTES), "unpin": args(IDS),
     "probe_memory": args(STR), "uploaded": args(BYTES, BOOL), "objects_exist": args(IDS),
     "register_serializer": args(BYTES, seq(STR)),

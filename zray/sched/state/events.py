@@ -70,6 +70,7 @@ class ReserveRequested(NamedTuple):  # answered by Reserved; ObjectStoreFullErro
     object_id: bytes
     size: int
     arena: bool = False       # the writer can write into an arena block (same machine)
+    spare: bool = False       # ahead of a put: an arena block only if it fits without spilling
 
 
 class SpillsFinished(NamedTuple):  # copies to the spill directory done (or failed)

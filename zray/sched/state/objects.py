@@ -137,7 +137,8 @@ class ObjectEvents:
             locations.freed(object_id)
 
     def _on_reserve(self, ev):
-        where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner, arena=ev.arena)
+        where = self.objects.reserve(ev.object_id, ev.size, owner=ev.owner, arena=ev.arena,
+                                     spare=ev.spare)
         self.emit(C.Reserved(ev.object_id, where))
 
     def _on_pin(self, ev):
