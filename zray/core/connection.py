@@ -53,6 +53,8 @@ TICK_S = 0.5
 NODE_LOST_GRACE_S = 2.0
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
+# Plain ints: `int & zmq.POLLIN` would build an enum member on every test.
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Connection:
@@ -240,15 +242,17 @@ class Connection:
     def _pump_now(self, timeout_ms):
         self.refs.flush(self.enqueue)
         self._flush_outbox()
-        if timeout_ms:
-            self.poller.poll(timeout_ms)
+        # Direct sockets are read only when a poll says so (zmq_poll reports
+        # what is already queued, so nothing waits past the next poll): a
+        # process with calls to many actors must not test every socket per pump.
+        ready = self.poller.poll(timeout_ms) if timeout_ms else ()
         if self.wake_pending:
             self.wake_pending = False
             try:
                 os.read(self.wake_r, 65536)
             except BlockingIOError:
                 pass
-        self._receive_all()
+        self._receive_all(ready)
         self.refs.flush(self.enqueue)
         self._flush_outbox()
 
@@ -384,20 +388,22 @@ class Connection:
             except zmq.ZMQError:
                 pass        # closed meanwhile
 
-    def _receive_all(self):
+    def _receive_all(self, ready=()):
+        """Read the node's socket, and the direct sockets in ``ready`` (a poll's result)."""
         socket = self.socket
         handlers = self.handlers
         # Asking EVENTS is cheaper than the zmq.Again exception of an empty recv.
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while socket.getsockopt(EVENTS) & POLLIN:
             frames = socket.recv_multipart()
             msg_type, fields = P.unpack(frames[0])
             handler = handlers.get(msg_type)
             if handler is not None:
                 handler(fields, frames[1:])
-        if self.side_sockets:
-            for side, on_readable in list(self.side_sockets.items()):
-                if side.getsockopt(zmq.EVENTS) & zmq.POLLIN:
-                    on_readable(side)
+        side_sockets = self.side_sockets
+        for side, _event in ready:
+            on_readable = side_sockets.get(side)
+            if on_readable is not None:
+                on_readable(side)
 
     # == requests =============================================================
     def _on_response(self, fields, frames):

@@ -41,6 +41,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..transport import protocol as P
 from ..transport.sockets import bound_receiving
 from ..transport.wire_types import ProtocolError
+from .connection import EVENTS, POLLIN
 from .object_cache import INLINE_MAX_BYTES
 
 MAX_CHANNELS = 16           # direct sockets per process; more actors go through the node
@@ -205,7 +206,7 @@ class DirectCalls:
 
     # -- replies, connection events (under sock_lock) --------------------------
     def _on_readable(self, socket):
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while socket.getsockopt(EVENTS) & POLLIN:
             frames = socket.recv_multipart()
             msg_type, fields = P.unpack(frames[0])
             if msg_type == P.REPLY:
@@ -340,7 +341,7 @@ class ActorEndpoint:
 
     def _on_readable(self, socket):
         tasks = self.runtime.tasks
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while socket.getsockopt(EVENTS) & POLLIN:
             frames = socket.recv_multipart()
             try:
                 msg_type, fields = P.unpack(frames[1])
