@@ -50,6 +50,20 @@ class Box:
     def leave(self):
         ray.exit_actor()
 
+    @ray.method(num_returns=0)
+    def note(self, x):
+        self.calls.append(x)
+
+    def keep(self, items):
+        self.kept = items               # a list holding a ref: borrowed by the actor
+        return len(items)
+
+    def read_kept(self):
+        return ray.get(self.kept[0])
+
+    def total(self, array):
+        return float(array.sum())
+
 
 def node_tasks():
     return ray.api._runtime().request("status")["tasks"]["submitted"]
@@ -224,3 +238,94 @@ def test_malformed_direct_messages_leave_the_actor_serving(ray_shared):
     finally:
         sock.close()
     assert ray.get(box.add.remote(1)) == 1
+
+
+@ray.remote
+def slow_value(x, delay=0.5):
+    time.sleep(delay)
+    return x
+
+
+@ray.remote
+def failing():
+    raise ValueError("argument boom")
+
+
+def test_calls_with_ref_arguments_go_direct_in_order(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    later = slow_value.remote("late", 1.0)          # not made yet when the call is sent
+    big = ray.put(np.ones(300_000))                # in shared memory
+    before = node_tasks()
+    refs = [box.add.remote(later),                 # waits here for its argument...
+            box.add.remote("plain"),               # ...and holds back this one, in order
+            box.add.remote(ray.put("put")),        # the put's only ref dies at once
+            box.add.remote(box.slow.remote("chained", 0.2)),   # a direct result in flight
+            box.total.remote(big),
+            box.total.remote(np.ones(200_000))]   # large by value: put once, passed by ref
+    del later
+    assert ray.get(refs, timeout=60) == [1, 2, 3, 4, 300_000.0, 200_000.0]
+    assert ray.get(box.calls_seen.remote()) == ["late", "plain", "put", "chained"]
+    assert node_tasks() == before, "calls with ref arguments went through the node"
+
+
+def test_a_failed_argument_fails_the_direct_call(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    failed = failing.remote()
+    before = node_tasks()
+    with pytest.raises(ValueError, match="argument boom"):
+        ray.get(box.add.remote(failed), timeout=60)
+    assert ray.get(box.add.remote(1)) == 1
+    assert node_tasks() == before
+
+
+def test_refs_inside_arguments_outlive_the_caller_s(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    before = node_tasks()
+    assert ray.get(box.keep.remote([ray.put("kept")])) == 1   # the caller's ref is gone now
+    import gc
+    gc.collect()
+    time.sleep(0.1)     # let the caller's release reach the node (it must not free it)
+    assert ray.get(box.read_kept.remote()) == "kept"
+    assert node_tasks() == before
+
+
+def test_calls_without_returns_go_direct(ray_shared):
+    box = Box.remote()
+    box.note.remote("first")        # before the socket is up: through the node
+    wait_direct(box)                # ...which must not keep later calls off it
+    before = node_tasks()
+    for i in range(5):
+        box.note.remote(i)
+    assert ray.get(box.calls_seen.remote()) == ["first", 0, 1, 2, 3, 4]
+    assert node_tasks() == before
+
+
+def test_actor_killed_while_a_call_waits_for_its_argument(ray_shared):
+    box = Box.remote()
+    wait_direct(box)
+    pid = ray.get(box.pid.remote())
+    waiting = box.add.remote(slow_value.remote(1, 2.0))
+    assert ray.api._runtime().direct.channels[box._actor_id].waiting   # held here, not sent
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(RayActorError, match="SIGKILL"):
+        ray.get(waiting, timeout=60)
+
+
+def test_idle_sockets_close_to_make_room(ray_shared, monkeypatch):
+    from zray.core import direct
+    monkeypatch.setattr(direct, "MAX_CHANNELS", 2)
+    monkeypatch.setattr(direct, "IDLE_CLOSE_S", 0.2)
+    calls = ray.api._runtime().direct
+    for channel in list(calls.channels.values()):   # earlier tests' sockets: idle by now
+        channel.last_used = 0.0
+    boxes = [Box.remote() for _ in range(3)]
+    for box in boxes:
+        wait_direct(box)            # each in turn: the least recently used one closes
+        assert calls.sockets <= 2
+    assert calls.channels.get(boxes[0]._actor_id) is None or not calls.channels[
+        boxes[0]._actor_id].socket
+    wait_direct(boxes[0])           # back again, in place of another
+    assert [ray.get(box.add.remote(1)) for box in boxes] == [1, 1, 1]

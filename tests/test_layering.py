@@ -36,7 +36,8 @@ API_ORDER = ["zray.object_ref", "zray.local_mode", "zray.remote_function", "zray
              "zray.api", "zray.introspection"]
 # The client runtime's parts, lowest first, with what each may import of the others.
 CORE_ORDER = ["zray.core.context", "zray.core.refcount", "zray.core.object_cache",
-              "zray.core.connection", "zray.core.direct", "zray.core.submit", "zray.core.runtime",
+              "zray.core.connection", "zray.core.direct", "zray.core.endpoint",
+              "zray.core.submit", "zray.core.runtime",
               "zray.core.worker"]
 
 

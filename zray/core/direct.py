@@ -2,15 +2,26 @@
 
 ::
 
-    caller DEALER ──CALL (spec + args)──► actor worker ROUTER (ipc, actor_socket_path)
-    caller DEALER ◄──REPLY (results)─────
+    caller DEALER ──CALL (spec + args + deps' values)──► actor worker ROUTER
+    caller DEALER ◄──REPLY (results)─────────────────   (ipc, actor_socket_path)
                         node: hears of a call only when its results must outlive it
 
-- A call goes direct when the caller's socket to the actor is connected,
-  its arguments hold no ObjectRef, it returns something, and none of this
-  caller's calls to the actor went through the node and are still unanswered
-  (so each caller's calls stay in order). Every other call goes through the
-  node as before; the caller switches back once those are answered.
+- A call goes direct when the caller's socket to the actor is connected and
+  none of this caller's calls to the actor went through the node and are
+  still unanswered (so each caller's calls stay in order). Every other call
+  goes through the node as before; the caller switches back once those are
+  answered. A call without returns sent through the node (nothing answers
+  it) keeps later ones on the node until one sent after it is answered.
+- ObjectRef arguments: the caller waits until their values are here (asking
+  the node for them, or for its own direct results to come back), then sends
+  them in the CALL as the node's EXECUTE would (an object in shared memory:
+  its header; the worker reads or pins it by id). A call waiting so holds
+  back this caller's later calls to the actor only. The caller keeps every
+  argument (and each ref inside one) alive until the call is answered; the
+  node hears of them only if the call goes through it. A call whose
+  arguments hold refs is answered through the node (DONE with ``holder``),
+  so the node sees the actor borrow them before the caller lets go; one
+  without returns whose arguments hold refs goes through the node.
 - Results that are small, hold no ref and are no error come back in REPLY
   and live only in the caller's cache. If the caller passes such a ref on
   (a task argument, inside a put or a result) it first PUTs the value to
@@ -30,46 +41,69 @@
   actor cannot be told to exit (last handle gone) before they are answered.
 - Only between a caller and an actor both on the caller's node and made
   from it (ipc, in the node's session directory); any other actor is
-  reached through the nodes.
+  reached through the nodes. At most MAX_CHANNELS sockets per process: past
+  that, the least recently used one idle for IDLE_CLOSE_S closes (its actor's
+  next call opens it again); with none idle, calls go through the node.
 """
-import logging
+import itertools
 import threading
+import time
+from collections import deque
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..transport import protocol as P
-from ..transport.sockets import bound_receiving
-from ..transport.wire_types import ProtocolError
 from .connection import EVENTS, POLLIN
-from .object_cache import INLINE_MAX_BYTES
 
-MAX_CHANNELS = 16           # direct sockets per process; more actors go through the node
+MAX_CHANNELS = 64           # direct sockets per process; past it, idle ones close (LRU)
+IDLE_CLOSE_S = 1.0          # a socket unused this long may close to make room
 MAX_IPC_PATH = 100          # a unix socket path longer than ~107 bytes cannot be bound
 
 
 class Channel:
     """This process's socket to one actor, and its calls in flight on it."""
-    __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "node_calls",
-                 "node_only", "actor_ref", "held_back", "epoch", "worker_id")
+    __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "waiting",
+                 "node_calls", "node_only", "silent_sent", "silent_answered", "actor_ref",
+                 "held_back", "epoch", "worker_id", "last_used", "retry_at", "closed")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
         self.socket = socket
         self.monitor = monitor
         self.connected = False
-        self.inflight = {}          # task_id -> (spec, frames), in send order
+        self.inflight = {}          # task_id -> (spec, frames, keep), in send order
+        # Calls to send direct once the arguments of the first are here (its
+        # dependencies: the caller waits for them, as the node would).
+        self.waiting = deque()      # (spec, frames, keep)
         self.node_calls = 0         # calls sent through the node, not answered yet
         self.node_only = socket is None   # no direct path to this actor
+        # Calls without returns sent through the node (nothing says when they
+        # ran): later ones go through the node too until one sent after them
+        # is answered, since the node sends each caller's calls in order.
+        self.silent_sent = 0
+        self.silent_answered = 0
         self.actor_ref = None       # held while calls are in flight
-        # Calls for the node made while direct ones are in flight: sent once
-        # those are answered, so the node's cannot overtake them at the actor.
-        self.held_back = []
+        # Calls for the node made while direct ones are in flight or waiting:
+        # sent once those are answered, so they cannot overtake them.
+        self.held_back = []         # (spec, frames, keep)
         self.epoch = 0              # +1 at each fail-over: older sends are dropped
         self.worker_id = None       # the actor's worker at the other end (its PONG)
+        self.last_used = 0.0        # when a call last went on it (the LRU closes first)
+        self.retry_at = None        # no socket for want of room: try again from then
+        self.closed = False         # replaced (its socket closed to make room): look again
 
     def usable(self):
-        return self.connected and not self.node_calls and not self.node_only
+        return (self.connected and not self.node_calls and not self.node_only
+                and self.silent_answered == self.silent_sent)
+
+    def idle(self):
+        return not (self.inflight or self.waiting)
+
+    def quiet(self):
+        """Nothing outstanding: a fresh channel could take its place."""
+        return (not (self.inflight or self.waiting or self.held_back or self.node_calls)
+                and self.silent_answered == self.silent_sent)
 
 
 class DirectCalls:
@@ -87,101 +121,217 @@ class DirectCalls:
             self.node_id = b""
         self.lock = threading.RLock()
         self.channels = {}          # actor_id -> Channel
+        self.sockets = 0            # channels with a socket (at most MAX_CHANNELS)
         self.by_monitor = {}        # monitor socket -> Channel
+        self.by_task = {}           # task id of a call in flight direct -> Channel
         self.pending = {}           # return id of a call in flight direct -> Channel
         self.publish_on_arrival = set()   # of those, ids passed on meanwhile
 
     def not_at_node(self):
-        """Return ids of calls the node has not heard of: in flight direct, or
-        held back behind them (a get must not ask the node for those)."""
-        if not self.pending and not any(c.held_back for c in self.channels.values()):
+        """Return ids of calls the node has not heard of: in flight direct,
+        waiting, or held back (a get must not ask the node for those)."""
+        if not self.pending and not any(c.held_back or c.waiting
+                                        for c in self.channels.values()):
             return ()
         with self.lock:
             unsent = set(self.pending)
             for channel in self.channels.values():
-                for spec, _frames, _keep in channel.held_back:
+                for spec, _frames, _keep in itertools.chain(channel.held_back, channel.waiting):
                     unsent.update(spec.return_ids)
             return unsent
 
     # -- sending ------------------------------------------------------------
-    def send(self, spec, frames, eligible, make_ref):
-        """Send an actor call, direct if it can go so, else through the node."""
-        channel = self.channels.get(spec.actor_id) or self._open(spec.actor_id)
+    def send(self, spec, frames):
+        """Send an actor call, direct if it can go so, else through the node.
+        Its arguments stay alive here until it is answered; the node hears of
+        them only if the call goes through it (``_through_node``)."""
+        args = spec.dep_ids + spec.contained_ids
+        # Without returns nothing says when it ran: one whose arguments hold
+        # refs could let the caller drop them before the actor borrowed them.
+        eligible = bool(spec.return_ids) or not args
+        keep = [self.runtime.hold_ref(i) for i in args] if args else ()
+        while True:
+            channel = self._channel(spec.actor_id)
+            with self.lock:
+                if not channel.closed:
+                    channel.last_used = time.monotonic()
+                    self._send_on(channel, spec, frames, keep, eligible)
+                    return
+
+    def _send_on(self, channel, spec, frames, keep, eligible):
+        """Direct (now, or once its arguments are here), held back behind
+        direct ones, or through the node. Under lock."""
+        if eligible and channel.usable() and not channel.held_back:
+            if channel.waiting or not self._arguments_here(spec):
+                channel.waiting.append((spec, frames, keep))
+                self._fetch_arguments(channel, spec)
+            else:
+                self._send_direct(channel, spec, frames, keep)
+            return
+        if not channel.idle():
+            channel.held_back.append((spec, frames, keep))
+            return
+        self._through_node(channel, spec, frames, self.connection.send_message)
+
+    def _arguments_here(self, spec):
+        objects = self.cache.objects
+        return all(i in objects for i in spec.dep_ids)
+
+    def _fetch_arguments(self, channel, spec):
+        """Have the arguments of a waiting call come here; the channel moves on
+        as each arrives. Results of our calls not sent to the node come by
+        themselves (or are pushed as ours once sent there); others are asked
+        of the node."""
+        cache = self.cache
+        ask = []
+        unsent = None
+        for object_id in spec.dep_ids:
+            cache.call_on_arrival(object_id, lambda _id, ch=channel: self._advance(ch))
+            if object_id not in cache.objects and object_id not in cache.requested:
+                if unsent is None:
+                    unsent = self.not_at_node()
+                if object_id not in unsent:
+                    ask.append(object_id)
+        if ask:
+            with cache.cond:
+                cache.requested.update(ask)
+            self.connection.send_message(P.SUBSCRIBE, ask)
+        self._advance(channel)      # one may have come before we asked
+
+    def _advance(self, channel):
+        """Send the waiting calls whose arguments are here, in order."""
         with self.lock:
-            if eligible and channel.usable() and not channel.held_back:
-                spec = spec._replace(owner=self.identity)
-                if not channel.inflight:
-                    channel.actor_ref = make_ref(spec.actor_id)
-                channel.inflight[spec.task_id] = (spec, frames)
-                for object_id in spec.return_ids:
-                    self.pending[object_id] = channel
-                epoch = channel.epoch
-                self.connection.send_on(channel.socket, P.pack(P.CALL, spec) + frames,
-                                        lambda: channel.epoch == epoch)
-                return
-            if channel.inflight:
-                # Its argument refs are kept until it is sent: the node must not
-                # free them meanwhile.
-                keep = [make_ref(i) for i in spec.dep_ids + spec.contained_ids]
-                channel.held_back.append((spec, frames, keep))
-                return
-            self._through_node(channel, spec, frames, self.connection.send_message)
+            while channel.waiting and channel.usable():
+                spec, frames, keep = channel.waiting[0]
+                if not self._arguments_here(spec):
+                    return
+                channel.waiting.popleft()
+                self._send_direct(channel, spec, frames, keep)
+            if channel.idle():
+                self._release_held_back(channel)
+
+    def _send_direct(self, channel, spec, frames, keep):
+        spec = spec._replace(owner=self.identity)
+        deps, dep_frames = [], []
+        if spec.dep_ids:
+            # Their values travel with the call, as the node's EXECUTE carries
+            # them (an object in shared memory: its header only).
+            objects = self.cache.objects
+            with self.cache.cond:
+                for object_id in spec.dep_ids:
+                    header, payload = objects[object_id]
+                    deps.append(header)
+                    dep_frames.extend(payload)
+        if channel.idle():
+            channel.actor_ref = self.runtime.hold_ref(spec.actor_id)
+        channel.inflight[spec.task_id] = (spec, frames, keep)
+        self.by_task[spec.task_id] = channel
+        for object_id in spec.return_ids:
+            self.pending[object_id] = channel
+        epoch = channel.epoch
+        self.connection.send_on(channel.socket, P.pack(P.CALL, spec, deps) + frames + dep_frames,
+                                lambda: channel.epoch == epoch)
 
     def _through_node(self, channel, spec, frames, send):
+        # The node must know every object the call names before its SUBMIT.
+        if spec.dep_ids:
+            self.publish(spec.dep_ids)
         if not spec.return_ids:
-            channel.node_only = True      # no answer to wait for: order unknowable
+            channel.silent_sent += 1
         else:
             channel.node_calls += 1
             # Hold the first return until it arrives (the node pushes only
             # what we hold), so this channel learns the call was answered.
             first = spec.return_ids[0]
             self.runtime.refs.add(first, False)
-            self.cache.on_arrival[first] = lambda object_id, ch=channel: self._node_call_done(
-                ch, object_id)
+            silent = channel.silent_sent
+            self.cache.call_on_arrival(first, lambda object_id, ch=channel: self._node_call_done(
+                ch, object_id, silent))
         send(P.SUBMIT, spec, frames=frames)
 
-    def _node_call_done(self, channel, object_id):
+    def _node_call_done(self, channel, object_id, silent_before):
         with self.lock:
             channel.node_calls -= 1
+            channel.silent_answered = max(channel.silent_answered, silent_before)
         self.runtime.refs.drop(object_id)
 
-    def _open(self, actor_id):
+    def _channel(self, actor_id):
+        """The channel to this actor, opened on first use. One left without a
+        socket for want of room tries again now and then, when quiet."""
+        channel = self.channels.get(actor_id)
+        if channel is not None and (channel.retry_at is None
+                                    or time.monotonic() < channel.retry_at):
+            return channel
+        return self._open(actor_id, channel)
+
+    def _open(self, actor_id, old):
         path = P.actor_socket_path(self.session_dir, actor_id) if self.session_dir else None
         # Only actors made from this node (their ids begin with its id): its
         # actor table then holds the record that judges calls resubmitted
         # after a death. One on another node has no socket here anyway.
         home_here = bool(self.node_id) and actor_id[:len(self.node_id)] == self.node_id
-        if (path is None or not home_here or len(path) > MAX_IPC_PATH
-                or len(self.channels) >= MAX_CHANNELS):
-            channel = Channel(actor_id)
-        else:
-            socket = self.connection.context.socket(zmq.DEALER)
-            socket.setsockopt(zmq.LINGER, 0)
-            socket.setsockopt(zmq.SNDHWM, 0)
-            socket.setsockopt(zmq.RCVHWM, 0)
-            # Only to a connected actor: a call queued for a dead one must
-            # never reach its restarted successor (it is resubmitted instead).
-            socket.setsockopt(zmq.IMMEDIATE, 1)
-            socket.setsockopt(zmq.RECONNECT_IVL, 50)
-            socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            socket.setsockopt(zmq.IDENTITY, self.identity)
-            monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-            socket.connect("ipc://" + path)
-            channel = Channel(actor_id, socket, monitor)
+        reachable = path is not None and home_here and len(path) <= MAX_IPC_PATH
+        possible = reachable
+        victims = ()
         with self.lock:
             existing = self.channels.get(actor_id)
-            if existing is not None:     # another thread opened it first
-                if channel.socket is not None:
-                    channel.socket.disable_monitor()
-                    channel.monitor.close(0)
-                    channel.socket.close(0)
+            if existing is not old:      # another thread opened it first
                 return existing
+            if old is not None and not old.quiet():
+                old.retry_at = time.monotonic() + IDLE_CLOSE_S
+                return old
+            if possible:
+                possible, victims = self._room()
+            if not possible:
+                channel = Channel(actor_id)
+                if reachable:
+                    channel.retry_at = time.monotonic() + IDLE_CLOSE_S
+            else:
+                socket = self.connection.context.socket(zmq.DEALER)
+                socket.setsockopt(zmq.LINGER, 0)
+                socket.setsockopt(zmq.SNDHWM, 0)
+                socket.setsockopt(zmq.RCVHWM, 0)
+                # Only to a connected actor: a call queued for a dead one must
+                # never reach its restarted successor (it is resubmitted instead).
+                socket.setsockopt(zmq.IMMEDIATE, 1)
+                socket.setsockopt(zmq.RECONNECT_IVL, 50)
+                socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+                socket.setsockopt(zmq.IDENTITY, self.identity)
+                monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+                socket.connect("ipc://" + path)
+                channel = Channel(actor_id, socket, monitor)
+                self.by_monitor[monitor] = channel
+                self.sockets += 1
             self.channels[actor_id] = channel
+            if old is not None:
+                old.closed = True
+        for victim in victims:
+            self.connection.remove_socket(victim.monitor)
+            self.connection.remove_socket(victim.socket)
         if channel.socket is not None:
-            self.by_monitor[channel.monitor] = channel
             self.connection.add_socket(channel.socket, self._on_readable)
             self.connection.add_socket(channel.monitor, self._on_monitor)
         return channel
+
+    def _room(self):
+        """(room for one more socket, the channels closed to make it): the
+        least recently used of those quiet for IDLE_CLOSE_S. Under lock."""
+        excess = self.sockets + 1 - MAX_CHANNELS
+        if excess <= 0:
+            return True, ()
+        cutoff = time.monotonic() - IDLE_CLOSE_S
+        idle = [c for c in self.channels.values()
+                if c.socket is not None and c.last_used < cutoff and c.quiet()]
+        if len(idle) < excess:
+            return False, ()
+        victims = sorted(idle, key=lambda c: c.last_used)[:excess]
+        for victim in victims:
+            victim.closed = True
+            victim.epoch += 1           # its PING, if still queued, is not sent
+            del self.channels[victim.actor_id]
+            self.by_monitor.pop(victim.monitor, None)
+        self.sockets -= len(victims)
+        return True, victims
 
     # -- passing refs on ----------------------------------------------------
     def publish(self, object_ids):
@@ -226,11 +376,11 @@ class DirectCalls:
         enqueue = self.connection.enqueue
         cache = self.cache
         with self.lock:
-            channel = self.pending.get(task_id + b"\x00\x00\x00\x00")
+            channel = self.by_task.pop(task_id, None)
             call = channel.inflight.pop(task_id, None) if channel is not None else None
             if call is None:
                 return                       # resubmitted through the node already
-            spec = call[0]
+            spec, _frames, keep = call
             for object_id in spec.return_ids:
                 self.pending.pop(object_id, None)
             if entries is not None:
@@ -250,9 +400,11 @@ class DirectCalls:
                         if self.runtime.refs.holds(object_id):
                             cache.objects[object_id] = (header, part)
                     cache.cond.notify_all()
+                if cache.on_arrival:
+                    cache.arrived(spec.return_ids)   # calls waiting for these as arguments
             else:
-                self._from_node(spec, error)
-            if not channel.inflight:
+                self._from_node(spec, error, keep)
+            if channel.idle():
                 self._release_held_back(channel)
                 channel.actor_ref = None
 
@@ -262,17 +414,20 @@ class DirectCalls:
             self._through_node(channel, spec, frames, self.connection.enqueue)
         # Refs in `held` drop after the SUBMITs are queued, so the node sees them first.
 
-    def _from_node(self, spec, error):
+    def _from_node(self, spec, error, keep):
         """The results went to the node with us as holder: ask for them, and
-        keep a ref until they are here (our release must follow its DONE)."""
+        keep a ref until they are here (our release must follow its DONE).
+        The arguments too: the actor may have borrowed refs they hold, and the
+        node hears of that before the DONE, on the same socket."""
         refs = self.runtime.refs
         for object_id in spec.return_ids:
             if object_id in self.publish_on_arrival:
                 self.publish_on_arrival.discard(object_id)   # publish's ref serves
             else:
                 refs.add(object_id, False)
-            self.cache.on_arrival[object_id] = refs.drop
+            self.cache.call_on_arrival(object_id, refs.drop)
         if spec.return_ids:
+            self.cache.call_on_arrival(spec.return_ids[0], lambda _id, keep=keep: None)
             self.connection.enqueue(P.ADD_REF, list(spec.return_ids))
             self.connection.enqueue(P.SUBSCRIBE, list(spec.return_ids))
         if error is not None:
@@ -300,7 +455,8 @@ class DirectCalls:
 
     def _fail_over(self, channel):
         """The actor's worker went: its calls in flight go through the node,
-        in order, marked as possibly run (its retry rules decide)."""
+        in order, marked as possibly run (its retry rules decide); the ones
+        waiting for their arguments follow, as new calls."""
         with self.lock:
             channel.connected = False
             channel.epoch += 1      # a call not sent yet must not reach a restarted actor
@@ -308,7 +464,8 @@ class DirectCalls:
             channel.worker_id = None
             calls = list(channel.inflight.values())
             channel.inflight.clear()
-            for spec, frames in calls:
+            for spec, frames, _keep in calls:
+                self.by_task.pop(spec.task_id, None)
                 for object_id in spec.return_ids:
                     self.pending.pop(object_id, None)
                     if object_id in self.publish_on_arrival:
@@ -317,60 +474,8 @@ class DirectCalls:
                         self.runtime.refs.drop(object_id)
                 retry = spec._replace(options={**spec.options, "attempted": attempted_on})
                 self._through_node(channel, retry, frames, self.connection.enqueue)
+            waiting, channel.waiting = list(channel.waiting), deque()
+            for spec, frames, _keep in waiting:
+                self._through_node(channel, spec, frames, self.connection.enqueue)
             self._release_held_back(channel)
             channel.actor_ref = None
-
-
-class ActorEndpoint:
-    """The actor worker's side: a ROUTER where callers send CALLs."""
-
-    def __init__(self, runtime, actor_id):
-        self.runtime = runtime
-        session_dir = runtime.node_info.get("session_dir")
-        path = P.actor_socket_path(session_dir, actor_id) if session_dir else None
-        if path is None or len(path) > MAX_IPC_PATH:
-            raise ValueError(f"no direct socket for this actor: path {path!r} too long")
-        socket = runtime.connection.context.socket(zmq.ROUTER)
-        socket.setsockopt(zmq.LINGER, 500)      # the last replies still go out at exit
-        socket.setsockopt(zmq.SNDHWM, 0)
-        bound_receiving(socket)     # as the node's sockets: back-pressure, never drops
-        socket.bind("ipc://" + path)
-        self.socket = socket
-        self.warned = False
-        runtime.connection.add_socket(socket, self._on_readable)
-
-    def _on_readable(self, socket):
-        tasks = self.runtime.tasks
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
-            try:
-                msg_type, fields = P.unpack(frames[1])
-            except (IndexError, ProtocolError) as error:
-                # Only this user's processes reach this socket, but a bad
-                # message must not stop the actor: drop it, say so once.
-                if not self.warned:
-                    self.warned = True
-                    logging.getLogger("zray.direct").warning(
-                        "dropped a malformed direct call: %s", error)
-                continue
-            if msg_type == P.CALL:
-                spec = fields[0]
-                tasks.append(((spec, (), {}, None, frames[0]), frames[2:]))
-            elif msg_type == P.PING:
-                self.runtime.connection.send_on(
-                    socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity))
-
-    def reply(self, spec, route, entries, payload, exiting, error_text):
-        """Results straight to the caller if they can live there alone; else
-        to the node, held for the caller, and a REPLY saying so."""
-        simple = not exiting and error_text is None and all(
-            header[1] == P.INLINE and not header[4] and not header[5] for header in entries)
-        if simple and sum(len(f) for f in payload) < INLINE_MAX_BYTES:
-            self.runtime.connection.send_on(
-                self.socket, [route] + P.pack(P.REPLY, spec.task_id, entries, None) + payload)
-            return
-        self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
-                                  self.runtime.take_events(), spec.owner, frames=payload)
-        error = (spec.name, error_text) if error_text else None
-        self.runtime.connection.send_on(
-            self.socket, [route] + P.pack(P.REPLY, spec.task_id, None, error))

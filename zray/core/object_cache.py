@@ -29,7 +29,7 @@ class ObjectCache:
         self.owned_pending = set()  # results of our tasks not yet pushed to us
         self.requested = set()      # ids we asked the node for
         self.local_only = set()     # direct-call results the node has never seen
-        self.on_arrival = {}        # object_id -> fn(object_id), once, when the node sends it
+        self.on_arrival = {}        # object_id -> [fn(object_id)], each once, as it arrives
 
     def on_objects(self, fields, frames):
         """OBJECTS from the node: results we own, or objects we asked for."""
@@ -45,10 +45,19 @@ class ObjectCache:
                 offset += n
             self.cond.notify_all()
         if self.on_arrival:         # outside cond: the callbacks take other locks
-            for header in entries:
-                callback = self.on_arrival.pop(header[ID], None)
-                if callback is not None:
-                    callback(header[ID])
+            self.arrived([header[ID] for header in entries])
+
+    def call_on_arrival(self, object_id, callback):
+        """``callback(object_id)`` once, when the object comes (from the node,
+        or in a direct call's reply). One already here may never call it:
+        check ``objects`` after asking."""
+        self.on_arrival.setdefault(object_id, []).append(callback)
+
+    def arrived(self, object_ids):
+        """Run the callbacks of these ids (outside cond)."""
+        for object_id in object_ids:
+            for callback in self.on_arrival.pop(object_id, ()):
+                callback(object_id)
 
     def add(self, object_id, header, frames):
         with self.cond:

@@ -301,12 +301,13 @@ class Runtime:
         return submit.submit_actor_method(self, actor_id, label, method, args, kwargs,
                                           num_returns)
 
-    def send_actor_call(self, spec, frames, direct_ok):
+    def send_actor_call(self, spec, frames):
         """Straight to the actor's worker when it can go so (core/direct.py)."""
-        self.direct.send(spec, frames, direct_ok, self._actor_ref)
+        self.direct.send(spec, frames)
 
-    def _actor_ref(self, actor_id):
-        return ObjectRef(actor_id, _runtime=self)
+    def hold_ref(self, object_id):
+        """An ObjectRef held here (not borrowed: the node counts us already)."""
+        return ObjectRef(object_id, _runtime=self)
 
     def publish(self, object_ids):
         self.direct.publish(object_ids)

@@ -117,8 +117,10 @@ class FunctionBlob:
         return self._id
 
 
-def encode_arguments(runtime, args, kwargs):
-    """Return (frames, dep_ids, contained_ids, keepalive) for a task's arguments."""
+def encode_arguments(runtime, args, kwargs, publish_deps=True):
+    """Return (frames, dep_ids, contained_ids, keepalive) for a task's arguments.
+    ``publish_deps=False``: the caller publishes the dependencies itself if
+    the call goes to the node (an actor call may carry their values direct)."""
     deps, keepalive = [], []
 
     def as_marker(value):
@@ -144,8 +146,9 @@ def encode_arguments(runtime, args, kwargs):
         plain_kwargs = {k: by_ref_if_large(v) for k, v in plain_kwargs.items()}
         data = serialize((plain_args, plain_kwargs))
     frames = [data.meta] + [bytes(b) for b in data.buffers]
-    if deps or data.contained:
-        runtime.publish(deps + list(data.contained))   # the node must know what it is given
+    published = (deps if publish_deps else []) + list(data.contained)
+    if published:
+        runtime.publish(published)      # the node must know what it is given
     return frames, tuple(deps), tuple(data.contained), keepalive
 
 
@@ -238,12 +241,14 @@ def create_actor(runtime, code, args, kwargs, options, handle_meta, make_handle)
 
 def submit_actor_method(runtime, actor_id, label, method, args, kwargs, n_returns):
     """Send one call of an actor's method; its ObjectRef(s)."""
-    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
+    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
+                                                          publish_deps=False)
     spec = make_spec(P.ACTOR_METHOD, new_task_id(), b"", label, n_returns, deps, contained, {},
                      n_arg_frames=len(frames), actor_id=actor_id, method=method)
     refs = _refs(runtime, spec, n_returns)
     runtime.expect_results(spec.return_ids)
-    # Straight to the actor's worker when nothing in it needs the node (core/direct.py).
-    runtime.send_actor_call(spec, frames, not (deps or contained or keepalive) and n_returns > 0)
+    # Straight to the actor's worker when it can go so (core/direct.py); it
+    # keeps the arguments alive until the call is answered.
+    runtime.send_actor_call(spec, frames)
     del keepalive
     return refs

@@ -21,7 +21,7 @@ from ..transport import auth
 from ..transport import protocol as P
 from ..stackdump import install as install_stack_dump
 from . import context
-from .direct import ActorEndpoint
+from .endpoint import ActorEndpoint
 from .runtime import Runtime
 from .submit import ArgRef
 

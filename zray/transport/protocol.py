@@ -100,7 +100,8 @@ SERIALIZERS = _message(b"SER", registrations=seq(pair(BYTES, seq(STR))))  # (blo
 
 # caller <-> actor worker, direct (see core/direct.py): a DEALER per actor in
 # the caller, a ROUTER in the actor's worker at actor_socket_path (ipc only)
-CALL = _message(b"CALL", spec=TaskSpec.check)     # + argument frames: no ObjectRef in them
+CALL = _message(b"CALL", spec=TaskSpec.check, deps=HEADERS)   # + argument frames, then
+#   the deps' frames (as EXECUTE; an object in shared memory: its header only)
 REPLY = _message(b"REPLY", task_id=BYTES, entries=opt(HEADERS),   # + frames; entries None:
                  error=opt(pair(STR, STR)))  # the results went to the node (DONE with holder)
 PING = _message(b"PING")                          # caller, on connecting: who are you?

@@ -1,0 +1,109 @@
+"""The actor worker's side of direct calls (see core/direct.py): a ROUTER at
+the actor's socket path where callers send CALLs, and the REPLYs back.
+
+- A CALL is checked before anything runs: its dependencies' headers may
+  name only objects of this node (inline values, a file in its store or
+  spill directory named for the object, or an arena block, pinned by id);
+  anything else is dropped (logged once) and the actor goes on serving.
+- Results that can live in the caller alone go back in REPLY; others (big,
+  holding refs, errors, exit, or a call whose arguments held refs the actor
+  may have borrowed) go to the node in DONE with the caller as holder.
+"""
+import logging
+import os
+
+import zmq
+
+from ..plasma import shm
+from ..transport import protocol as P
+from ..transport.sockets import bound_receiving
+from ..transport.wire_types import ProtocolError
+from .connection import EVENTS, POLLIN
+from .direct import MAX_IPC_PATH
+from .object_cache import INLINE_MAX_BYTES
+
+
+class ActorEndpoint:
+    """The actor worker's side: a ROUTER where callers send CALLs."""
+
+    def __init__(self, runtime, actor_id):
+        self.runtime = runtime
+        session_dir = runtime.node_info.get("session_dir")
+        path = P.actor_socket_path(session_dir, actor_id) if session_dir else None
+        if path is None or len(path) > MAX_IPC_PATH:
+            raise ValueError(f"no direct socket for this actor: path {path!r} too long")
+        socket = runtime.connection.context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 500)      # the last replies still go out at exit
+        socket.setsockopt(zmq.SNDHWM, 0)
+        bound_receiving(socket)     # as the node's sockets: back-pressure, never drops
+        socket.bind("ipc://" + path)
+        self.socket = socket
+        self.warned = False
+        self.borrowing = set()      # calls whose arguments held refs (see reply)
+        runtime.connection.add_socket(socket, self._on_readable)
+
+    def _on_readable(self, socket):
+        tasks = self.runtime.tasks
+        while socket.getsockopt(EVENTS) & POLLIN:
+            frames = socket.recv_multipart()
+            try:
+                msg_type, fields = P.unpack(frames[1])
+                if msg_type == P.CALL:
+                    self._check_call(*fields, len(frames) - 2)
+            except (IndexError, ProtocolError) as error:
+                # Only this user's processes reach this socket, but a bad
+                # message must not stop the actor: drop it, say so once.
+                if not self.warned:
+                    self.warned = True
+                    logging.getLogger("zray.direct").warning(
+                        "dropped a malformed direct call: %s", error)
+                continue
+            if msg_type == P.CALL:
+                spec, deps = fields
+                if spec.contained_ids or any(header[4] for header in deps):
+                    self.borrowing.add(spec.task_id)
+                tasks.append(((spec, deps, {}, None, frames[0]), frames[2:]))
+            elif msg_type == P.PING:
+                self.runtime.connection.send_on(
+                    socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity))
+
+    def _check_call(self, spec, deps, n_frames):
+        """Arguments only where this node keeps objects: a file in its store or
+        spill directory named for the object (a block of its arena is pinned
+        by id, so its place is the node's word, not the caller's)."""
+        needed = spec.n_arg_frames
+        runtime = self.runtime
+        for header in deps:
+            object_id, kind, count, location = header[:4]
+            if kind == P.INLINE:
+                needed += count
+            elif not (kind == P.SHM and isinstance(location, tuple) and (
+                    len(location) == 3 or (len(location) == 2 and location[0] in [
+                        os.path.join(d, shm.object_file_name(runtime.session_name, object_id))
+                        for d in (runtime.plasma_dir, runtime.spill_dir) if d]))):
+                raise ProtocolError(f"argument {object_id.hex()} of a call is not an object "
+                                    f"of this node: {kind!r} at {location!r}")
+        if spec.kind != P.ACTOR_METHOD:
+            raise ProtocolError(f"a direct call runs a method, not a {spec.kind!r}")
+        if needed > n_frames:
+            raise ProtocolError(f"a call names {needed} frames, has {n_frames}")
+
+    def reply(self, spec, route, entries, payload, exiting, error_text):
+        """Results straight to the caller if they can live there alone; else
+        to the node, held for the caller, and a REPLY saying so. Also through
+        the node when the call's arguments held refs: the node must hear this
+        worker borrow them (sent before the DONE) before the caller lets go."""
+        borrowed = spec.task_id in self.borrowing
+        if borrowed:
+            self.borrowing.discard(spec.task_id)
+        simple = not exiting and error_text is None and not borrowed and all(
+            header[1] == P.INLINE and not header[4] and not header[5] for header in entries)
+        if simple and sum(len(f) for f in payload) < INLINE_MAX_BYTES:
+            self.runtime.connection.send_on(
+                self.socket, [route] + P.pack(P.REPLY, spec.task_id, entries, None) + payload)
+            return
+        self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
+                                  self.runtime.take_events(), spec.owner, frames=payload)
+        error = (spec.name, error_text) if error_text else None
+        self.runtime.connection.send_on(
+            self.socket, [route] + P.pack(P.REPLY, spec.task_id, None, error))
