@@ -231,7 +231,7 @@ def test_malformed_direct_messages_leave_the_actor_serving(ray_shared):
     try:
         for junk in ([b"\x80\x04junk"], [b"\x93\xa4CALL\x01\x02"], [b""], [b"\xc1" * 100]):
             sock.send_multipart(junk)
-        sock.send_multipart([P.pack(P.PING)[0]])   # answered only if the junk was survived
+        sock.send_multipart([P.pack(P.PING, 1)[0]])   # answered only if the junk was survived
         assert sock.poll(20000), "the actor stopped answering after malformed messages"
         msg_type, _ = P.unpack(sock.recv_multipart()[0])
         assert msg_type == P.PONG

@@ -65,7 +65,8 @@ class Channel:
     """This process's socket to one actor, and its calls in flight on it."""
     __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "waiting",
                  "node_calls", "node_only", "silent_sent", "silent_answered", "actor_ref",
-                 "held_back", "epoch", "worker_id", "last_used", "retry_at", "closed")
+                 "held_back", "epoch", "worker_id", "pings", "last_used", "retry_at",
+                 "closed")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
@@ -89,6 +90,7 @@ class Channel:
         self.held_back = []         # (spec, frames, keep)
         self.epoch = 0              # +1 at each fail-over: older sends are dropped
         self.worker_id = None       # the actor's worker at the other end (its PONG)
+        self.pings = 0              # PINGs sent: only the PONG to the latest counts
         self.last_used = 0.0        # when a call last went on it (the LRU closes first)
         self.retry_at = None        # no socket for want of room: try again from then
         self.closed = False         # replaced (its socket closed to make room): look again
@@ -333,6 +335,29 @@ class DirectCalls:
         self.sockets -= len(victims)
         return True, victims
 
+    # -- ray.kill from this process ---------------------------------------
+    def suspend(self, actor_id):
+        """Calls go through the node until the worker answers a PING again:
+        one killed (the node's SIGKILL lands before it answers the kill)
+        never does, and its restarted successor does once connected."""
+        channel = self.channels.get(actor_id)
+        if channel is not None:
+            with self.lock:
+                channel.connected = False
+                channel.pings += 1          # a PONG on its way now does not count
+
+    def resume(self, actor_id):
+        channel = self.channels.get(actor_id)
+        if channel is not None and channel.socket is not None:
+            self._ping(channel)
+
+    def _ping(self, channel):
+        with self.lock:
+            channel.pings += 1
+            epoch = channel.epoch
+            self.connection.send_on(channel.socket, P.pack(P.PING, channel.pings),
+                                    lambda: channel.epoch == epoch)
+
     # -- passing refs on ----------------------------------------------------
     def publish(self, object_ids):
         """The node must know these objects before a message naming them."""
@@ -362,13 +387,14 @@ class DirectCalls:
             if msg_type == P.REPLY:
                 self._on_reply(*fields, frames[1:])
             elif msg_type == P.PONG:
-                self._on_pong(socket, fields[0])
+                self._on_pong(socket, *fields)
 
-    def _on_pong(self, socket, worker_id):
-        """Connected, and to this worker: calls may go direct now."""
+    def _on_pong(self, socket, worker_id, nonce):
+        """Connected, and to this worker: calls may go direct now (unless a
+        later PING is unanswered: this may be a worker killed since)."""
         with self.lock:
             for channel in self.channels.values():
-                if channel.socket is socket:
+                if channel.socket is socket and nonce == channel.pings:
                     channel.worker_id = worker_id
                     channel.connected = True
 
@@ -447,9 +473,7 @@ class DirectCalls:
                 # Usable once the worker says who it is: a call resubmitted
                 # after its death names it, so the node can tell a death it has
                 # not seen yet from one it has already restarted the actor after.
-                epoch = channel.epoch
-                self.connection.send_on(channel.socket, P.pack(P.PING),
-                                        lambda: channel.epoch == epoch)
+                self._ping(channel)
             elif event == zmq.EVENT_DISCONNECTED:
                 self._fail_over(channel)
 

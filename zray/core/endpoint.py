@@ -65,7 +65,8 @@ class ActorEndpoint:
                 tasks.append(((spec, deps, {}, None, frames[0]), frames[2:]))
             elif msg_type == P.PING:
                 self.runtime.connection.send_on(
-                    socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity))
+                    socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity,
+                                                 fields[0]))
 
     def _check_call(self, spec, deps, n_frames):
         """Arguments only where this node keeps objects: a file in its store or

@@ -313,7 +313,11 @@ class Runtime:
         self.direct.publish(object_ids)
 
     def kill_actor(self, actor_id, no_restart):
-        self.request("kill_actor", actor_id, bool(no_restart))
+        self.direct.suspend(actor_id)       # later calls must not reach the dying worker
+        try:
+            self.request("kill_actor", actor_id, bool(no_restart))
+        finally:
+            self.direct.resume(actor_id)
 
     def get_actor(self, name, make_handle):
         try:

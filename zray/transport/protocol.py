@@ -104,8 +104,9 @@ CALL = _message(b"CALL", spec=TaskSpec.check, deps=HEADERS)   # + argument frame
 #   the deps' frames (as EXECUTE; an object in shared memory: its header only)
 REPLY = _message(b"REPLY", task_id=BYTES, entries=opt(HEADERS),   # + frames; entries None:
                  error=opt(pair(STR, STR)))  # the results went to the node (DONE with holder)
-PING = _message(b"PING")                          # caller, on connecting: who are you?
-PONG = _message(b"PONG", worker_id=BYTES)         # the actor's worker (named in resubmitted calls)
+PING = _message(b"PING", nonce=INT)               # caller, on connecting: who are you?
+PONG = _message(b"PONG", worker_id=BYTES, nonce=INT)   # the actor's worker (named in
+#   resubmitted calls), answering the PING of that nonce (only the latest counts)
 
 # node daemon <-> node daemon (sched/peers.py, plasma/transfer.py). A peer says
 # HELLO with kind "peer" and is then a client like any other: it fetches objects
