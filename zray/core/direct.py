@@ -188,8 +188,10 @@ class DirectCalls:
         ask = []
         unsent = None
         for object_id in spec.dep_ids:
+            if object_id in cache.objects:
+                continue
             cache.call_on_arrival(object_id, lambda _id, ch=channel: self._advance(ch))
-            if object_id not in cache.objects and object_id not in cache.requested:
+            if object_id not in cache.requested:
                 if unsent is None:
                     unsent = self.not_at_node()
                 if object_id not in unsent:
