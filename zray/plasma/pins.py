@@ -3,10 +3,16 @@
 A block goes back to the arena only when nothing can read it any more: its
 object is freed (or spilled), no process has it mapped (``pin`` until
 ``unpin``; a client's pins go with it) and the spiller is not copying it.
+A free block keeps its pages until it has stayed free a while; then
+``release_idle_pages`` (on the node's tick) gives them back to the OS.
 Mixed into ``store.ObjectTable``: needs ``entries``, ``is_ready``, ``arena``, ``pins``,
-``retired`` and ``free_after_copy``.
+``retired``, ``free_after_copy`` and ``disk``.
 """
+import logging
+
 from ..transport.protocol import SHM
+
+log = logging.getLogger("zray.store")
 
 
 def is_arena(location):
@@ -38,7 +44,12 @@ class ArenaBlocks:
         """Give back to the OS the pages of arena ranges free for a while
         (on the node's tick, about once a second)."""
         for path, start, end in self.arena.idle_ranges(self.disk.now()):
-            if self.disk.release_pages(path, start, end - start):
+            try:
+                released = self.disk.release_pages(path, start, end - start)
+            except OSError as exc:       # the pages stay; the node goes on
+                log.warning("the free pages of %s could not be released: %s", path, exc)
+                continue
+            if released:
                 self.arena.released(path, start, end)
 
     def _free_block(self, object_id, location, being_copied=False):
