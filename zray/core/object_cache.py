@@ -73,6 +73,7 @@ class ObjectCache:
     def forget(self, object_ids):
         """No local ref left; True if one of them was in shared memory."""
         in_shared_memory = False
+        kept = self.arena.kept if self.arena is not None else {}
         with self.cond:
             for object_id in object_ids:
                 entry = self.objects.pop(object_id, None)
@@ -80,8 +81,15 @@ class ObjectCache:
                 if entry is None or entry[0][KIND] != P.INLINE:
                     # Only shared-memory objects are mapped (a weak dict's pop is dear).
                     self.mapped.pop(object_id, None)
+                    kept.pop(object_id, None)   # unpinned once no value views it
                     in_shared_memory = entry is not None or in_shared_memory
         return in_shared_memory
+
+    def on_drop_pins(self, fields, _frames):
+        """DROP_PINS from the node: it wants these blocks back (spilled or freed)."""
+        (object_ids,) = fields
+        if self.arena is not None:
+            self.arena.drop_pins(object_ids)
 
     def decode(self, header, frames):
         """The value of an object; raises it if it is an error (a task's error

@@ -27,6 +27,7 @@ class RefCounter:
         self.borrowed = []          # ids to announce with ADD_REF
         self.drops = deque()        # ids of dead ObjectRefs, counted down by flush
         self.unpins = deque()       # ids of arena objects no value here views any more
+        self.pin_uses = deque()     # (id, in use) of arena blocks kept pinned here
         self.pending_release = set()  # ids to send in the next batched REMOVE_REF
         self.release_due = 0.0
 
@@ -52,30 +53,44 @@ class RefCounter:
             if self.borrowed:
                 enqueue(P.ADD_REF, self.borrowed)
                 self.borrowed = []
-            if self.unpins:
-                unpins = self.unpins
-                enqueue(P.REQUEST, 0, "unpin", ([unpins.popleft() for _ in range(len(unpins))],))
-            if not self.drops:
-                self._release_if_due(enqueue)
-                return
-            released = []
-            drops = self.drops
-            while drops:
-                object_id = drops.popleft()
-                count = self.local_refs.get(object_id, 0) - 1
-                if count > 0:
-                    self.local_refs[object_id] = count
-                else:
-                    self.local_refs.pop(object_id, None)
-                    released.append(object_id)
-            if released:
-                urgent = self.forget(released)
-                if not self.pending_release:
-                    self.release_due = time.monotonic() + RELEASE_DELAY_S
-                self.pending_release.update(released)
-                if urgent or len(self.pending_release) >= RELEASE_BATCH:
-                    self.release_due = 0.0
+            if self.drops:
+                self._count_drops()
+            # After the drops (they let go of pins kept for their refs), before
+            # REMOVE_REF: a block nothing views is unpinned before it is freed.
+            if self.unpins or self.pin_uses:
+                self._send_pin_changes(enqueue)
             self._release_if_due(enqueue)
+
+    def _count_drops(self):
+        released = []
+        drops = self.drops
+        while drops:
+            object_id = drops.popleft()
+            count = self.local_refs.get(object_id, 0) - 1
+            if count > 0:
+                self.local_refs[object_id] = count
+            else:
+                self.local_refs.pop(object_id, None)
+                released.append(object_id)
+        if released:
+            urgent = self.forget(released)
+            if not self.pending_release:
+                self.release_due = time.monotonic() + RELEASE_DELAY_S
+            self.pending_release.update(released)
+            if urgent or len(self.pending_release) >= RELEASE_BATCH:
+                self.release_due = 0.0
+
+    def _send_pin_changes(self, enqueue):
+        uses, unpins = self.pin_uses, self.unpins
+        if uses:
+            in_use = {}             # the last change of each wins
+            for _ in range(len(uses)):
+                object_id, used = uses.popleft()
+                in_use[object_id] = used
+            enqueue(P.REQUEST, 0, "pin_use", ([i for i, used in in_use.items() if used],
+                                              [i for i, used in in_use.items() if not used]))
+        if unpins:
+            enqueue(P.REQUEST, 0, "unpin", ([unpins.popleft() for _ in range(len(unpins))],))
 
     def _release_if_due(self, enqueue):
         if self.pending_release and time.monotonic() >= self.release_due:

@@ -50,7 +50,8 @@ class Runtime:
         self.password = password
         self.kv = None              # a KvClient, made on first use
         self.objects = ObjectCache(connection.cond, self.refs.holds, self.spill_dir,
-                                   object_store.ArenaViews(self.refs.unpins), connection.request)
+                                   object_store.ArenaViews(self.refs.unpins, self.refs.pin_uses),
+                                   connection.request)
         self.cond = connection.cond
         # The hot paths, bound once: ObjectRef.__init__/__del__ and every send.
         self.add_local_ref = self.refs.add
@@ -67,7 +68,8 @@ class Runtime:
         connection.handlers.update({
             P.OBJECTS: self.objects.on_objects, P.EXECUTE: self._on_execute,
             P.EXIT: self._on_exit, P.LOG: self._on_log, P.TASK_ERROR: self._on_task_error,
-            P.SERIALIZERS: self._on_serializers})
+            P.SERIALIZERS: self._on_serializers,
+            P.DROP_PINS: self.objects.on_drop_pins})
         connection.on_tick = self._on_tick
         connection.on_last_flush = self._flush_events_locked
         self.direct = DirectCalls(self)

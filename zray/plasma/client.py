@@ -11,10 +11,15 @@
 - ``read``: a file is mapped read-only (following it to the spill
   directory if it moved). An arena object is first *pinned* (one request:
   the node says where it is now and keeps its block from reuse) and read
-  from this process's read-only mapping of its chunk; the pin is dropped
-  (``unpin``, batched with the reference traffic) when the last value
-  viewing it goes. Per-object views are cached weakly either way, so the
-  second get of a value still alive costs nothing.
+  from this process's read-only mapping of its chunk. While this process
+  holds a ref to the object it keeps the pin, so the next get needs no
+  round trip (``ArenaViews.kept``); the node hears (batched with the
+  reference traffic) when no value views the block any more (``pin_use``:
+  idle, so the block may be spilled, and the node then asks for the pin
+  back with DROP_PINS) or views it again; the pin goes (``unpin``) once the
+  ref is dropped or the node asked, and the last value viewing it is gone.
+  Per-object views are cached weakly either way, so the second get of a
+  value still alive costs nothing.
 - A process that does not share its node's shared memory (a driver on
   another machine) does both over its connection instead (``by_value``).
 """
@@ -32,14 +37,37 @@ RESERVE_MIN_BYTES = 1 << 20
 
 
 class ArenaViews:
-    """One process's mappings of arena chunks (each mapped once) and the
-    pins to give back (``unpins``, sent with the reference traffic)."""
+    """One process's mappings of arena chunks (each mapped once), the pins it
+    keeps, and what to tell the node about them (deques sent with the
+    reference traffic: ``unpins``, and ``uses``: (id, in use) changes)."""
 
-    def __init__(self, unpins):
+    def __init__(self, unpins, uses):
         self.readable = {}          # chunk path -> read-only mmap
         self.writable = {}          # chunk path -> writable mmap
-        self.unpins = unpins        # a deque: ids whose last view died (any thread appends)
+        self.unpins = unpins        # a deque: ids whose pinned view died (any thread appends)
         self.spare = SpareBlock()   # a block reserved ahead for the next put
+        self.uses = uses            # a deque: (id, True) viewed again, (id, False) no value views it
+        self.kept = {}              # object_id -> pinned view of its block, while a local ref lives
+
+    def reuse(self, object_id):
+        """A new view of a block this process keeps pinned (no round trip), or None."""
+        block = self.kept.get(object_id)
+        if block is None:
+            return None
+        self.uses.append((object_id, True))
+        return self.watched(object_id, block[:])
+
+    def watched(self, object_id, view):
+        """``view`` (of a pinned block), telling the node once no value uses it."""
+        weakref.finalize(view, self.uses.append, (object_id, False))
+        return view
+
+    def drop_pins(self, object_ids):
+        """Keep these pins no longer (ref dropped, or the node wants the block
+        back): each goes once the values viewing it are gone."""
+        kept = self.kept
+        for object_id in object_ids:
+            kept.pop(object_id, None)
 
     def chunk(self, path, writable):
         maps = self.writable if writable else self.readable
@@ -50,6 +78,7 @@ class ArenaViews:
 
     def close(self):
         """Unmap the chunks no value views any more (the rest go with the process)."""
+        self.kept.clear()
         for maps in (self.readable, self.writable):
             for path, mapping in list(maps.items()):
                 try:
@@ -122,12 +151,16 @@ def read(objects, object_id, location):
     if mapping is None and objects.by_value is not None:
         mapping = cache[object_id] = objects.by_value.read(object_id, location[1])
     if mapping is None:
-        if len(location) == 3:
+        in_arena = len(location) == 3
+        mapping = objects.arena.reuse(object_id) if in_arena else None   # a kept pin
+        if mapping is None and in_arena:
             location = objects.request("pin", object_id)
             if location is None:
                 raise ObjectLostError(f"object {object_id.hex()} is no longer in its node's store")
-        if len(location) == 3:
-            mapping = _pinned_view(objects.arena, object_id, location)
+        if mapping is not None:
+            pass
+        elif len(location) == 3:
+            mapping = _pinned_view(objects, object_id, location)
         else:
             mapping = _map_file(object_id, location, objects.spill_dir)
         cache[object_id] = mapping
@@ -144,16 +177,21 @@ def _map_file(object_id, location, spill_dir):
             f"holding it stopped") from None
 
 
-def _pinned_view(arena, object_id, location):
+def _pinned_view(objects, object_id, location):
     """A weak-referenceable read-only view of an arena block; when the last
-    value built on it goes, the block is unpinned."""
+    value built on it goes, the block is unpinned, or kept pinned (and the
+    node told it is idle) while this process holds a ref to the object."""
+    arena = objects.arena
     path, size, offset = location
+    keepable = True
     try:
         try:
             import numpy
         except ImportError:
-            # Without numpy, a mapping of just this block (blocks are page-aligned).
+            # Without numpy, a mapping of just this block (blocks are page-aligned),
+            # not sliceable into new views: never kept.
             view = shm.map_block(path, offset, size)
+            keepable = False
         else:
             chunk = memoryview(arena.chunk(path, False))[offset:offset + size]
             view = numpy.frombuffer(chunk, dtype=numpy.uint8)     # read-only, like the mapping
@@ -163,4 +201,9 @@ def _pinned_view(arena, object_id, location):
             f"object {object_id.hex()} lives in {path}, which this process cannot open: "
             f"it runs on another machine than the object's node, or the node stopped") from None
     weakref.finalize(view, arena.unpins.append, object_id)
+    if keepable:
+        with objects.cond:      # forget drops kept pins under it: none is left behind
+            if objects.holds(object_id):
+                arena.kept[object_id] = view
+                return arena.watched(object_id, view[:])
     return view

@@ -5,8 +5,14 @@ object is freed (or spilled), no process has it mapped (``pin`` until
 ``unpin``; a client's pins go with it) and the spiller is not copying it.
 A free block keeps its pages until it has stayed free a while; then
 ``release_idle_pages`` (on the node's tick) gives them back to the OS.
+
+A process keeps its pin while it holds a ref, so its next get needs no
+round trip, and says when no value of its views the block (``pin_use``:
+idle) or one does again. An object whose pins are all idle may be spilled;
+its block is then retired and its pinners asked to let go (``pins_to_drop``,
+sent by the node as DROP_PINS); one pinned in use stays in memory.
 Mixed into ``store.ObjectTable``: needs ``entries``, ``is_ready``, ``arena``, ``pins``,
-``retired``, ``free_after_copy`` and ``disk``.
+``idle_pins``, ``pins_to_drop``, ``retired``, ``free_after_copy`` and ``disk``.
 """
 import logging
 
@@ -58,6 +64,8 @@ class ArenaBlocks:
             self.free_after_copy[object_id] = location     # the spiller still reads it
         elif object_id in self.pins:
             self.retired[object_id] = location             # a process still views it
+            for owner in self.pins[object_id]:
+                self.pins_to_drop.setdefault(owner, []).append(object_id)
         else:
             self.arena.free(location[0], location[2], location[1], self.disk.now())
 
@@ -71,7 +79,29 @@ class ArenaBlocks:
         if is_arena(entry.location):
             owners = self.pins.setdefault(object_id, {})
             owners[owner] = owners.get(owner, 0) + 1
+            self._mark_used(object_id, owner)
         return entry.location
+
+    def pin_use(self, owner, used_ids, idle_ids):
+        """``owner`` views these blocks again / no longer (it keeps the pins)."""
+        for object_id in used_ids:
+            self._mark_used(object_id, owner)
+        for object_id in idle_ids:
+            if owner in self.pins.get(object_id, ()):
+                self.idle_pins.setdefault(object_id, set()).add(owner)
+
+    def _mark_used(self, object_id, owner):
+        idle = self.idle_pins.get(object_id)
+        if idle is not None:
+            idle.discard(owner)
+            if not idle:
+                del self.idle_pins[object_id]
+
+    def in_use(self, object_id):
+        """True if a process may be reading the object's block now (a pin
+        not said to be idle)."""
+        owners = self.pins.get(object_id)
+        return owners is not None and not owners.keys() <= self.idle_pins.get(object_id, set())
 
     def unpin(self, object_id, owner, count=1):
         owners = self.pins.get(object_id)
@@ -80,6 +110,7 @@ class ArenaBlocks:
         owners[owner] -= count
         if owners[owner] <= 0:
             del owners[owner]
+            self._mark_used(object_id, owner)
         if not owners:
             del self.pins[object_id]
             location = self.retired.pop(object_id, None)

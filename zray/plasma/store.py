@@ -117,6 +117,8 @@ class ObjectTable(ArenaBlocks, TableReport):
         # is reused only once no process views it: clients pin what they map.
         self.arena = Arena(capacity_bytes, disk.make_chunk)
         self.pins = {}                  # object_id -> {owner: count} of arena objects mapped
+        self.idle_pins = {}             # object_id -> owners keeping a pin no value uses
+        self.pins_to_drop = {}          # owner -> ids whose blocks were retired: ask for them
         self.retired = {}               # object_id -> arena location freed while pinned
         self.free_after_copy = {}       # object_id -> arena location freed while being spilled
 
@@ -319,7 +321,7 @@ class ObjectTable(ArenaBlocks, TableReport):
                         "being written)")
             if self.disk.now() - self.spill_failed_at < SPILL_RETRY_S:
                 return self.spill_failure
-            victim = next((e for e in self.in_memory.values() if e.object_id not in self.pins),
+            victim = next((e for e in self.in_memory.values() if not self.in_use(e.object_id)),
                           None)
             if victim is None:
                 return "every object in memory is being read by a process (pinned)"
@@ -371,7 +373,7 @@ class ObjectTable(ArenaBlocks, TableReport):
                     self._free_block(object_id, location)
                 continue
             self.spilling_bytes -= entry.size
-            if error is None and object_id in self.pins:
+            if error is None and self.in_use(object_id):
                 # Mapped by a process while it was copied: it stays in memory.
                 self.disk.unlink(target)
                 self.in_memory[object_id] = entry

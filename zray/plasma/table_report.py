@@ -17,6 +17,8 @@ class TableReport:
                 "arena_resident_bytes": self.arena.resident_bytes(),
                 "arena_used_bytes": self.arena.used_bytes(), "pinned_objects": len(self.pins),
                 "reservations": self.reservations, "spares_granted": self.spares_granted,
+                "idle_pinned_objects": sum(self.pins[i].keys() <= owners
+                                           for i, owners in self.idle_pins.items()),
                 "spill_dir": self.spill_dir, "spill_failure": self.spill_failure}
 
     def listing(self, holders=None, only=None):

@@ -14,7 +14,9 @@ the store go through ``handle(event)``. Ops:
   for a client's next put, only if it fits without spilling (else None).
 - ``pin`` / ``unpin``: a process maps an arena object (the answer says
   where it is now; its block is not reused until unpinned, or the process
-  leaves), and is done with it.
+  leaves), and is done with it. ``pin_use``: it keeps the pins but no value
+  views these blocks (idle: they may be spilled, then DROP_PINS asks for
+  the pins), or views them again.
 - ``probe_memory``: does a file a client made in the plasma directory show
   here? (a client on tcp shares the node's shared memory only if so; one
   that does not sends large objects by value: ``uploaded``, ``plasma/uploads.py``).
@@ -54,6 +56,10 @@ class ObjectStoreRequests:
 
     def request_pin(self, client, object_id):
         return self.pin(client.identity, object_id)
+
+    def request_pin_use(self, client, used_ids, idle_ids):
+        self.handle(E.PinsUsed(client.identity, list(used_ids), list(idle_ids)))
+        return True
 
     def request_unpin(self, client, object_ids):
         self.handle(E.Unpinned(client.identity, list(object_ids)))

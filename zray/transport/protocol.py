@@ -97,6 +97,7 @@ RESPONSE = _message(b"RESP", request_id=opt(INT), ok=BOOL, value=DATA)
 #   not ok: value is the error's text; a payload frame may hold the pickled exception
 EXIT = _message(b"EXIT")                          # worker: finish and leave
 SERIALIZERS = _message(b"SER", registrations=seq(pair(BYTES, seq(STR))))  # (blob, sys_path)
+DROP_PINS = _message(b"DROPPINS", object_ids=IDS)  # let go of the pins you keep on these
 
 # caller <-> actor worker, direct (see core/direct.py): a DEALER per actor in
 # the caller, a ROUTER in the actor's worker at actor_socket_path (ipc only)
@@ -137,7 +138,7 @@ NODE_OPS = {
     "reserve_actor_name": args(STR, optional=(opt(BYTES),)),
     "introspect": args(optional=(INT,)), "log_tail": args(INT, optional=(INT,)),
     "reserve": args(BYTES, INT, optional=(BOOL, BOOL)), "unreserve": args(BYTES),
-    "pin": args(BYTES), "unpin": args(IDS),
+    "pin": args(BYTES), "unpin": args(IDS), "pin_use": args(IDS, IDS),
     "probe_memory": args(STR), "uploaded": args(BYTES, BOOL), "objects_exist": args(IDS),
     "register_serializer": args(BYTES, seq(STR)),
 }

@@ -91,6 +91,12 @@ class Unpinned(NamedTuple):        # the client's views of these objects are gon
     object_ids: list
 
 
+class PinsUsed(NamedTuple):        # the client keeps these pins, viewing the blocks again / not
+    owner: Any
+    used_ids: list
+    idle_ids: list
+
+
 class SerializerRegistered(NamedTuple):
     blob: bytes
     sys_path: list

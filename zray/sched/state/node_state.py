@@ -71,6 +71,8 @@ class NodeState(ObjectEvents):
         """Apply one event; return the commands the node must carry out, in order."""
         self.out = out = []
         self._handlers[type(event)](self, event)
+        if self.objects.pins_to_drop:
+            self.ask_to_drop_pins()
         if self.needs_dispatch:
             self._dispatch()
         return out

@@ -148,6 +148,16 @@ class ObjectEvents:
         for object_id in ev.object_ids:
             self.objects.unpin(object_id, ev.owner)
 
+    def _on_pins_used(self, ev):
+        self.objects.pin_use(ev.owner, ev.used_ids, ev.idle_ids)
+
+    def ask_to_drop_pins(self):
+        """DROP_PINS to the clients pinning blocks the table retired."""
+        asks, self.objects.pins_to_drop = self.objects.pins_to_drop, {}
+        for owner, object_ids in asks.items():
+            if owner in self.clients:       # (not the node's own transfers)
+                self.emit(C.TellClient(owner, P.DROP_PINS, (object_ids,)))
+
     def _on_spills_finished(self, ev):
         self.objects.finish_spills(ev.results)
 
@@ -160,5 +170,5 @@ class ObjectEvents:
         E.RefsAdded: _on_add_ref, E.RefsRemoved: _on_remove_ref,
         E.ReserveRequested: _on_reserve, E.ReservationReleased: _on_unreserve,
         E.SpillsFinished: _on_spills_finished,
-        E.PinRequested: _on_pin, E.Unpinned: _on_unpinned,
+        E.PinRequested: _on_pin, E.Unpinned: _on_unpinned, E.PinsUsed: _on_pins_used,
     }
