@@ -53,7 +53,8 @@ def test_second_get_of_a_held_object_asks_the_node_nothing(start_ray):
     # The node hears it is in use again (so it will not spill it).
     assert wait_for(lambda: store_stats()["idle_pinned_objects"] == 0)
     assert store_stats()["pinned_objects"] == 1
-    del value, ref
+    del value
+    ref = None          # (the lambda above reads it: rebound, not deleted)
     assert wait_for(lambda: store_stats()["pinned_objects"] == 0)
     assert wait_for(lambda: store_stats()["objects"] == 0)
 
