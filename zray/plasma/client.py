@@ -157,12 +157,9 @@ def read(objects, object_id, location):
             location = objects.request("pin", object_id)
             if location is None:
                 raise ObjectLostError(f"object {object_id.hex()} is no longer in its node's store")
-        if mapping is not None:
-            pass
-        elif len(location) == 3:
-            mapping = _pinned_view(objects, object_id, location)
-        else:
-            mapping = _map_file(object_id, location, objects.spill_dir)
+        if mapping is None:
+            mapping = (_pinned_view(objects, object_id, location) if len(location) == 3
+                       else _map_file(object_id, location, objects.spill_dir))
         cache[object_id] = mapping
     return shm.parse(mapping)
 
