@@ -261,6 +261,13 @@ class Runtime:
                 self.send_message(P.UNBLOCKED)
 
     def get_values(self, object_ids, timeout_s=None, in_task=False):
+        objects = self.objects.objects
+        decode = self.objects.decode
+        with self.cond:
+            entries = [objects.get(i) for i in object_ids]
+        if None not in entries and not any(entry[0][IS_ERROR] for entry in entries):
+            # All here, none an error (the usual repeated get): nothing to wait for.
+            return [decode(header, frames) for header, frames in entries]
         ready = self.wait_objects(object_ids, len(set(object_ids)), timeout_s, in_task,
                                   stop_on_error=True)
         if len(ready) < len(set(object_ids)):
@@ -268,8 +275,6 @@ class Runtime:
             missing = [i.hex() for i in object_ids if i not in ready]
             raise GetTimeoutError(f"ray.get timed out after {timeout_s} s; {len(missing)} of "
                                   f"{len(object_ids)} objects not ready (first: {missing[0]})")
-        objects = self.objects.objects
-        decode = self.objects.decode
         values = []
         for object_id in object_ids:
             with self.cond:

@@ -23,6 +23,7 @@
 - A process that does not share its node's shared memory (a driver on
   another machine) does both over its connection instead (``by_value``).
 """
+import functools
 import os
 import weakref
 
@@ -47,20 +48,29 @@ class ArenaViews:
         self.unpins = unpins        # a deque: ids whose pinned view died (any thread appends)
         self.spare = SpareBlock()   # a block reserved ahead for the next put
         self.uses = uses            # a deque: (id, True) viewed again, (id, False) no value views it
-        self.kept = {}              # object_id -> pinned view of its block, while a local ref lives
+        # object_id -> (pinned view of its block, shm.read_header of it), while a local ref lives
+        self.kept = {}
+        self.watches = {}           # id(weakref) -> weakref to a view of a kept block
 
     def reuse(self, object_id):
-        """A new view of a block this process keeps pinned (no round trip), or None."""
-        block = self.kept.get(object_id)
-        if block is None:
+        """``(a new view, its shm.read_header)`` of a block this process keeps pinned
+        (no round trip), or None."""
+        kept = self.kept.get(object_id)
+        if kept is None:
             return None
         self.uses.append((object_id, True))
-        return self.watched(object_id, block[:])
+        return self.watched(object_id, kept[0][:]), kept[1]
 
     def watched(self, object_id, view):
         """``view`` (of a pinned block), telling the node once no value uses it."""
-        weakref.finalize(view, self.uses.append, (object_id, False))
+        # A weakref with a callback: a third of weakref.finalize's cost.
+        watch = weakref.ref(view, functools.partial(self._unused, object_id))
+        self.watches[id(watch)] = watch
         return view
+
+    def _unused(self, object_id, watch):
+        self.watches.pop(id(watch), None)
+        self.uses.append((object_id, False))
 
     def drop_pins(self, object_ids):
         """Keep these pins no longer (ref dropped, or the node wants the block
@@ -79,6 +89,7 @@ class ArenaViews:
     def close(self):
         """Unmap the chunks no value views any more (the rest go with the process)."""
         self.kept.clear()
+        self.watches.clear()
         for maps in (self.readable, self.writable):
             for path, mapping in list(maps.items()):
                 try:
@@ -152,8 +163,12 @@ def read(objects, object_id, location):
         mapping = cache[object_id] = objects.by_value.read(object_id, location[1])
     if mapping is None:
         in_arena = len(location) == 3
-        mapping = objects.arena.reuse(object_id) if in_arena else None   # a kept pin
-        if mapping is None and in_arena:
+        reused = objects.arena.reuse(object_id) if in_arena else None   # a kept pin
+        if reused is not None:
+            mapping, header = reused
+            cache[object_id] = mapping
+            return shm.views(mapping, header)
+        if in_arena:
             location = objects.request("pin", object_id)
             if location is None:
                 raise ObjectLostError(f"object {object_id.hex()} is no longer in its node's store")
@@ -201,6 +216,6 @@ def _pinned_view(objects, object_id, location):
     if keepable:
         with objects.cond:      # forget drops kept pins under it: none is left behind
             if objects.holds(object_id):
-                arena.kept[object_id] = view
+                arena.kept[object_id] = (view, shm.read_header(view))
                 return arena.watched(object_id, view[:])
     return view

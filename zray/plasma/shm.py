@@ -234,14 +234,24 @@ def map_block(path, offset, size):
 
 def parse(mapping):
     """``(meta, buffers, is_error)``: views into a mapped object file."""
+    return views(mapping, read_header(mapping))
+
+
+def read_header(mapping):
+    """``(meta offset, meta length, [(offset, length)] of the buffers,
+    is_error)`` from an object's header."""
     view = memoryview(mapping)
     if bytes(view[:4]) != MAGIC:
         raise ValueError("not a zray object file")
     (header_len,) = struct.unpack("<I", view[4:8])
-    meta_off, meta_len, parts, is_error = pickle.loads(view[8:8 + header_len])
-    meta = view[meta_off:meta_off + meta_len]
-    buffers = [view[off:off + length] for off, length in parts]
-    return meta, buffers, is_error
+    return pickle.loads(view[8:8 + header_len])
+
+
+def views(mapping, header):
+    """``(meta, buffers, is_error)`` of an object whose ``read_header`` is known."""
+    meta_off, meta_len, parts, is_error = header
+    view = memoryview(mapping)
+    return view[meta_off:meta_off + meta_len], [view[o:o + n] for o, n in parts], is_error
 
 
 def copy_to_spill(location, target):
