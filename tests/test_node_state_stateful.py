@@ -41,6 +41,7 @@ class NodeMachine(RuleBasedStateMachine):
         self.calls_run = defaultdict(list)  # caller -> actor call task ids in execution order
         self.missing = []                   # argument ids nobody has put yet
         self.leaving = set()                # workers told to exit (or killed), not reaped yet
+        self.leases = {}                    # lease id -> worker id, granted and not returned
         self.actor_id = new_id()
         creation = spec(P.ACTOR_CREATE, actor_id=self.actor_id, cpus=0, returns=0,
                         options={"max_restarts": float("inf")})
@@ -57,6 +58,14 @@ class NodeMachine(RuleBasedStateMachine):
                     self.calls_run[spec_.owner].append(spec_.task_id)
             elif isinstance(command, (C.StopWorker, C.KillWorker)):
                 self.leaving.add(command.worker_id)
+            elif isinstance(command, C.TellClient) and command.msg_type == P.LEASED:
+                lease_id, worker_id = command.fields
+                if worker_id is not None:
+                    self.leases[lease_id] = worker_id
+            elif isinstance(command, C.TellClient) and command.msg_type == P.RECALL:
+                lease_id, lost = command.fields
+                if lost is not None:
+                    self.leases.pop(lease_id, None)     # its worker died
             elif isinstance(command, C.PushObject):
                 object_id = command.entry.object_id
                 if self.owner_of.get(object_id) == command.identity:
@@ -115,6 +124,16 @@ class NodeMachine(RuleBasedStateMachine):
             object_id = data.draw(st.sampled_from(sorted(self.held[caller])))
             self.held[caller].discard(object_id)
             self.do(E.RefsRemoved(caller, [object_id]))
+
+    @rule(caller=st.sampled_from(CALLERS), cpus=st.sampled_from([0.5, 1, 2]))
+    def request_lease(self, caller, cpus):
+        self.do(E.LeaseRequested(caller, new_id(), {"CPU": int(cpus * 10000)}))
+
+    @precondition(lambda self: self.leases)
+    @rule(data=st.data())
+    def return_lease(self, data):
+        lease_id = data.draw(st.sampled_from(sorted(self.leases)))
+        self.do(E.LeaseReturned(self.leases.pop(lease_id), lease_id))
 
     @rule()
     def workers_say_hello(self):
@@ -194,6 +213,16 @@ class NodeMachine(RuleBasedStateMachine):
                     f"{task.state if task else 'never ran'})")
 
     @invariant()
+    def leased_workers_are_busy_with_their_lease(self):
+        state = self.node.state
+        for lease_id, task in state.leases.held.items():
+            assert task.worker is not None and task.worker.task is task
+            assert state.scheduler.running.get(lease_id) is task
+        for lease_id, worker_id in self.leases.items():
+            worker = state.pool.workers.get(worker_id)
+            assert worker is None or worker.task is state.leases.held.get(lease_id)
+
+    @invariant()
     def results_reach_their_owner_at_most_once(self):
         assert not [i for i, n in self.results.items() if n > 1]
 
@@ -204,9 +233,15 @@ class NodeMachine(RuleBasedStateMachine):
             firsts = list(dict.fromkeys(ran))     # a retried call may run twice
             assert [order[t] for t in firsts] == sorted(order[t] for t in firsts)
 
+    def return_all_leases(self):
+        while self.leases:
+            lease_id = min(self.leases)
+            self.do(E.LeaseReturned(self.leases.pop(lease_id), lease_id))
+
     def teardown(self):
         # Drain: every argument arrives, every worker answers, every task ends.
         for _ in range(200):
+            self.return_all_leases()
             if self.leaving:
                 self.reap()
             for object_id in list(self.missing):
@@ -214,6 +249,7 @@ class NodeMachine(RuleBasedStateMachine):
                 self.held[CALLERS[0]].add(object_id)
                 self.do(E.ObjectsPut(CALLERS[0], [inline(object_id)], [b"v"]))
             self.apply(self.node.start_workers())
+            self.return_all_leases()        # (each return may grant a queued one)
             if not self.running:
                 break
             for task_id in sorted(self.running):
@@ -222,6 +258,7 @@ class NodeMachine(RuleBasedStateMachine):
                     self.apply(self.node.done(execute))
         counts = self.node.state.counts
         assert counts["submitted"] == counts["ended"], counts
+        assert not self.node.state.leases.queued and not self.node.state.leases.held
         wanted = [i for i, caller in self.owner_of.items() if i in self.held[caller]]
         unfinished = [i for i in wanted if self.results[i] != 1]
         assert not unfinished, f"{len(unfinished)} results never reached their owner"

@@ -36,7 +36,7 @@ OUT_OF_BAND_MIN_BYTES = 4096
 
 _custom = {}          # class -> (serializer, deserializer)
 _custom_by_name = {}  # (module, qualname) -> (serializer, deserializer)
-_registrations = []   # shipped form of each registration made here, in order
+registrations = []   # shipped form of each registration made here, in order
 _local = threading.local()
 
 
@@ -366,7 +366,7 @@ def register_custom_serializer(cls, use_pickle=False, use_dict=False, serializer
             f"register_custom_serializer: the class {cls.__qualname__} or its serializer "
             f"functions cannot be sent to other processes ({type(exc).__name__}: {exc}). Define "
             f"them at module level, or pass local=True to register in this process only") from exc
-    _registrations.append(blob)
+    registrations.append(blob)
     from .core import context
     ship_registrations(context.current(), [blob])
 
@@ -398,7 +398,7 @@ def ship_registrations(runtime, blobs=None):
     if send is None:
         return
     from .transport import protocol as P
-    for blob in (_registrations if blobs is None else blobs):
+    for blob in (registrations if blobs is None else blobs):
         send(P.REQUEST, 0, "register_serializer", (blob, list(sys.path)))
 
 

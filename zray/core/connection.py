@@ -187,20 +187,25 @@ class Connection:
             self.side_outbox.append((socket, frames, still_wanted))
             self._pump_or_wake()
 
-    def add_socket(self, socket, on_readable):
+    def add_socket(self, socket, on_readable, locked=False):
         """Poll ``socket`` with the node's; ``on_readable(socket)`` reads it
-        (under sock_lock, like everything that touches a socket)."""
-        self._wake()
-        with self.sock_lock:
-            self.side_sockets[socket] = on_readable
-            self.poller.register(socket, zmq.POLLIN)
+        (under sock_lock, like everything that touches a socket).
+        ``locked``: the caller holds sock_lock (a handler)."""
+        if not locked:
+            self._wake()
+            with self.sock_lock:
+                return self.add_socket(socket, on_readable, locked=True)
+        self.side_sockets[socket] = on_readable
+        self.poller.register(socket, zmq.POLLIN)
 
-    def remove_socket(self, socket):
-        self._wake()
-        with self.sock_lock:
-            if self.side_sockets.pop(socket, None) is not None:
-                self.poller.unregister(socket)
-            socket.close(0)
+    def remove_socket(self, socket, locked=False):
+        if not locked:
+            self._wake()
+            with self.sock_lock:
+                return self.remove_socket(socket, locked=True)
+        if self.side_sockets.pop(socket, None) is not None:
+            self.poller.unregister(socket)
+        socket.close(0)
 
     def _wake(self):
         if not self.wake_pending:

@@ -400,9 +400,11 @@ class DirectCalls:
                     channel.worker_id = worker_id
                     channel.connected = True
 
-    def _on_reply(self, task_id, entries, error, payload):
+    def _on_reply(self, task_id, entries, error, events, payload):
         enqueue = self.connection.enqueue
         cache = self.cache
+        if events:
+            self.runtime.events.extend(events)     # sent on with ours (timeline)
         with self.lock:
             channel = self.by_task.pop(task_id, None)
             call = channel.inflight.pop(task_id, None) if channel is not None else None
@@ -418,7 +420,6 @@ class DirectCalls:
                         object_id, n = header[0], header[2]
                         part = payload[offset:offset + n]
                         offset += n
-                        cache.owned_pending.discard(object_id)
                         if object_id in self.publish_on_arrival:
                             self.publish_on_arrival.discard(object_id)
                             enqueue(P.PUT, [header], frames=part)
@@ -427,6 +428,8 @@ class DirectCalls:
                             cache.local_only.add(object_id)
                         if self.runtime.refs.holds(object_id):
                             cache.objects[object_id] = (header, part)
+                            if cache.waiters:
+                                cache.tell_waiters(object_id)
                     cache.cond.notify_all()
                 if cache.on_arrival:
                     cache.arrived(spec.return_ids)   # calls waiting for these as arguments

@@ -1,5 +1,6 @@
-"""The actor worker's side of direct calls (see core/direct.py): a ROUTER at
-the actor's socket path where callers send CALLs, and the REPLYs back.
+"""A worker's sockets for direct messages: an actor's (``ActorEndpoint``,
+callers' CALLs; see core/direct.py) and a leased worker's (``TaskEndpoint``,
+its lessee's PUSHes; see core/lease.py), and the REPLYs back.
 
 - A CALL is checked before anything runs: its dependencies' headers may
   name only objects of this node (inline values, a file in its store or
@@ -15,6 +16,7 @@ import os
 import zmq
 
 from ..plasma import shm
+from ..serialization import install_shipped_registrations
 from ..transport import protocol as P
 from ..transport.sockets import bound_receiving
 from ..transport.wire_types import ProtocolError
@@ -32,12 +34,7 @@ class ActorEndpoint:
         path = P.actor_socket_path(session_dir, actor_id) if session_dir else None
         if path is None or len(path) > MAX_IPC_PATH:
             raise ValueError(f"no direct socket for this actor: path {path!r} too long")
-        socket = runtime.connection.context.socket(zmq.ROUTER)
-        socket.setsockopt(zmq.LINGER, 500)      # the last replies still go out at exit
-        socket.setsockopt(zmq.SNDHWM, 0)
-        bound_receiving(socket)     # as the node's sockets: back-pressure, never drops
-        socket.bind("ipc://" + path)
-        self.socket = socket
+        socket = self.socket = _router(runtime, path)
         self.warned = False
         self.borrowing = set()      # calls whose arguments held refs (see reply)
         runtime.connection.add_socket(socket, self._on_readable)
@@ -97,14 +94,74 @@ class ActorEndpoint:
         borrowed = spec.task_id in self.borrowing
         if borrowed:
             self.borrowing.discard(spec.task_id)
-        simple = not exiting and error_text is None and not borrowed and all(
-            header[1] == P.INLINE and not header[4] and not header[5] for header in entries)
-        if simple and sum(len(f) for f in payload) < INLINE_MAX_BYTES:
-            self.runtime.connection.send_on(
-                self.socket, [route] + P.pack(P.REPLY, spec.task_id, entries, None) + payload)
-            return
-        self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
-                                  self.runtime.take_events(), spec.owner, frames=payload)
-        error = (spec.name, error_text) if error_text else None
-        self.runtime.connection.send_on(
-            self.socket, [route] + P.pack(P.REPLY, spec.task_id, None, error))
+        send_results(self.runtime, self.socket, spec, route, entries, payload, exiting,
+                     error_text, direct_ok=not borrowed)
+
+
+def send_results(runtime, socket, spec, route, entries, payload, exiting, error_text,
+                 direct_ok=True):
+    """Results straight to the caller (REPLY) if they can live there alone;
+    else to the node in DONE, held for the caller, and a REPLY saying so.
+    The worker's timeline records ride along either way."""
+    simple = direct_ok and not exiting and error_text is None and all(
+        header[1] == P.INLINE and not header[4] and not header[5] for header in entries)
+    if simple and sum(len(f) for f in payload) < INLINE_MAX_BYTES:
+        runtime.connection.send_on(socket, [route] + P.pack(
+            P.REPLY, spec.task_id, entries, None, runtime.take_events()) + payload)
+        return
+    runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
+                         runtime.take_events(), spec.owner, frames=payload)
+    error = (spec.name, error_text) if error_text else None
+    runtime.connection.send_on(socket, [route] + P.pack(P.REPLY, spec.task_id, None, error, []))
+
+
+class TaskEndpoint:
+    """A worker's ROUTER where the client that leased it pushes its tasks
+    (core/lease.py): PUSH runs a task, RELEASE ends the lease."""
+
+    def __init__(self, runtime, worker_id):
+        session_dir = runtime.node_info.get("session_dir")
+        path = P.worker_socket_path(session_dir, worker_id) if session_dir else None
+        if path is None or len(path) > MAX_IPC_PATH:
+            raise ValueError(f"no socket for pushed tasks: path {path!r} too long")
+        self.runtime = runtime
+        self.socket = _router(runtime, path)
+        self.warned = False
+        runtime.connection.add_socket(self.socket, self._on_readable)
+
+    def _on_readable(self, socket):
+        tasks = self.runtime.tasks
+        while socket.getsockopt(EVENTS) & POLLIN:
+            frames = socket.recv_multipart()
+            try:
+                msg_type, fields = P.unpack(frames[1])
+                if msg_type == P.PUSH and (fields[0].kind != P.TASK or fields[0].dep_ids):
+                    raise ProtocolError("only a plain task without ObjectRef arguments "
+                                        "is pushed to a leased worker")
+            except (IndexError, ProtocolError) as error:
+                if not self.warned:      # a bad message must not stop the worker
+                    self.warned = True
+                    logging.getLogger("zray.lease").warning(
+                        "dropped a malformed pushed task: %s", error)
+                continue
+            if msg_type == P.PUSH:
+                spec, functions, serializers = fields
+                if serializers:     # known before the task runs, whatever the node's SER
+                    install_shipped_registrations(serializers)
+                tasks.append(((spec, (), functions, None, frames[0], self), frames[2:]))
+            elif msg_type == P.RELEASE:
+                # After the DONEs of the tasks it ran (the same socket, in order).
+                self.runtime.connection.enqueue(P.LEASE_RETURN, fields[0])
+
+    def reply(self, spec, route, entries, payload, exiting, error_text):
+        send_results(self.runtime, self.socket, spec, route, entries, payload, exiting,
+                     error_text)
+
+
+def _router(runtime, path):
+    socket = runtime.connection.context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.LINGER, 500)      # the last replies still go out at exit
+    socket.setsockopt(zmq.SNDHWM, 0)
+    bound_receiving(socket)     # as the node's sockets: back-pressure, never drops
+    socket.bind("ipc://" + path)
+    return socket

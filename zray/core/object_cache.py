@@ -26,7 +26,7 @@ class ObjectCache:
         self.by_value = None        # plasma.by_value.ByValue: no shared memory with the node
         self.objects = {}           # object_id -> (header, frames)
         self.mapped = weakref.WeakValueDictionary()   # object_id -> mmap, while values use it
-        self.owned_pending = set()  # results of our tasks not yet pushed to us
+        self.waiters = []           # _Waiter of each get/wait in progress
         self.requested = set()      # ids we asked the node for
         self.local_only = set()     # direct-call results the node has never seen
         self.on_arrival = {}        # object_id -> [fn(object_id)], each once, as it arrives
@@ -38,10 +38,11 @@ class ObjectCache:
         with self.cond:
             for header in entries:
                 object_id, n = header[ID], header[N_FRAMES]
-                self.owned_pending.discard(object_id)
                 self.requested.discard(object_id)
                 if self.holds(object_id):
                     self.objects[object_id] = (header, frames[offset:offset + n])
+                    if self.waiters:
+                        self.tell_waiters(object_id)
                 offset += n
             self.cond.notify_all()
         if self.on_arrival:         # outside cond: the callbacks take other locks
@@ -62,13 +63,28 @@ class ObjectCache:
     def add(self, object_id, header, frames):
         with self.cond:
             self.objects[object_id] = (header, frames)
+            if self.waiters:
+                self.tell_waiters(object_id)
 
-    def expect(self, object_ids):
-        """Results of tasks we submitted: the node pushes them when they are
-        made on it (a get asks anyway: one made on another node stays there
-        until asked for)."""
-        with self.cond:
-            self.owned_pending.update(object_ids)
+    # -- waiting (under cond) --------------------------------------------------------
+    def watch(self, object_ids):
+        """A get/wait starts: a _Waiter of the ids not here yet, told of each
+        arrival, so a wait on n objects costs O(n) in all, not per check."""
+        waiter = _Waiter({i for i in object_ids if i not in self.objects})
+        if waiter.missing:
+            self.waiters.append(waiter)
+        return waiter
+
+    def unwatch(self, waiter):
+        if waiter in self.waiters:
+            self.waiters.remove(waiter)
+
+    def tell_waiters(self, object_id):
+        """Put in ``objects`` just now (callers hold cond and checked ``waiters``)."""
+        for waiter in self.waiters:
+            if object_id in waiter.missing:
+                waiter.missing.discard(object_id)
+                waiter.arrived.append(object_id)
 
     def forget(self, object_ids):
         """No local ref left; True if one of them was in shared memory."""
@@ -103,6 +119,14 @@ class ObjectCache:
         if is_error:
             raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value
         return value
+
+
+class _Waiter:
+    __slots__ = ("missing", "arrived")
+
+    def __init__(self, missing):
+        self.missing = missing      # ids not here yet
+        self.arrived = []           # ids that came since the waiter last looked
 
 
 # Below this an object travels inside messages; above, in a shared-memory file.

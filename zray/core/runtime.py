@@ -25,6 +25,7 @@ from ..transport import protocol as P
 from . import context, submit
 from .connection import Connection
 from .direct import DirectCalls
+from .lease import Leases
 from .object_cache import INLINE_MAX_BYTES, IS_ERROR, ObjectCache
 from .refcount import RefCounter
 
@@ -65,6 +66,7 @@ class Runtime:
         self.pending_errors = {}    # object_id -> print deadline, for unretrieved errors
         self.raised_errors = set()  # errors ray.get already raised: never print those
         self.tasks = deque()        # workers: (fields, frames), or None to exit
+        self.tick_hooks = []        # fn(now), with the I/O thread's tick
         connection.handlers.update({
             P.OBJECTS: self.objects.on_objects, P.EXECUTE: self._on_execute,
             P.EXIT: self._on_exit, P.LOG: self._on_log, P.TASK_ERROR: self._on_task_error,
@@ -73,6 +75,7 @@ class Runtime:
         connection.on_tick = self._on_tick
         connection.on_last_flush = self._flush_events_locked
         self.direct = DirectCalls(self)
+        self.leases = Leases(self)
         connection.start()
         if not by_value.shares_node_memory(connection, self.node_info):
             # Another machine: large objects travel over the connection.
@@ -123,6 +126,9 @@ class Runtime:
         install_shipped_registrations(fields[0])
 
     def _on_tick(self, now):
+        self.leases.tick(now)
+        for hook in self.tick_hooks:
+            hook(now)
         self.flush_events()
         self.objects.arena.spare.expire(self, now)
         self._print_unretrieved_errors(now)
@@ -138,8 +144,11 @@ class Runtime:
 
     def next_task(self):
         """Workers: the next (fields, frames) to run, or None to exit."""
-        self.wait_until(lambda: self.tasks)
-        return self.tasks.popleft()
+        while True:
+            self.wait_until(lambda: self.tasks)
+            with self.cond:     # (Worker.bounce_stuck may have taken it meanwhile)
+                if self.tasks:
+                    return self.tasks.popleft()
 
     # == objects ==============================================================
     def put(self, value):
@@ -166,9 +175,6 @@ class Runtime:
             frames = [data.meta] + [bytes(b) for b in data.buffers]
             return (object_id, P.INLINE, len(frames), None, data.contained, is_error), frames
         return object_store.write(self, object_id, data, is_error), []
-
-    def expect_results(self, object_ids):
-        self.objects.expect(object_ids)
 
     def get(self, object_ids, timeout=None):
         return self.get_values(object_ids, timeout, _in_task())
@@ -237,26 +243,26 @@ class Runtime:
         blocked = in_task
         if blocked:
             self.send_message(P.BLOCKED)
-        missing = [i for i in object_ids if i not in objects]
-        needed = num_returns - (len(object_ids) - len(missing))
+        with self.cond:
+            waiter = cache.watch(object_ids)     # told of each arrival from now on
+        needed = num_returns - (len(object_ids) - len(waiter.missing))
 
-        def enough():
-            # Drop arrivals from `missing` as we go: each check costs what is
-            # still missing, not the whole list.
-            nonlocal missing
-            arrived = [i for i in missing if i in objects]
-            if arrived:
-                missing = [i for i in missing if i not in objects]
+        def enough():       # (under cond)
+            if waiter.arrived:
+                arrived, waiter.arrived = waiter.arrived, []
                 # ray.get raises as soon as one failed.
-                if stop_on_error and any(objects[i][0][IS_ERROR] for i in arrived):
+                if stop_on_error and any(objects[i][0][IS_ERROR] for i in arrived
+                                         if i in objects):
                     return True
-            return len(object_ids) - len(missing) >= num_returns
+            return len(object_ids) - len(waiter.missing) >= num_returns
         try:
             if needed > 0:
                 self.wait_until(enough, deadline)
             with self.cond:
                 return {i for i in object_ids if i in objects}
         finally:
+            with self.cond:
+                cache.unwatch(waiter)
             if blocked:
                 self.send_message(P.UNBLOCKED)
 
@@ -381,6 +387,11 @@ class Runtime:
     def close(self):
         if self.connection.closing:
             return
+        self.leases.close()
+        try:
+            self.flush_events()     # before BYE (events of direct calls and leased tasks)
+        except Exception:
+            pass                    # the node is gone: nobody to tell
         self.connection.close()
         if self.kv is not None:
             self.kv.close()

@@ -6,7 +6,9 @@ they exist and receives their values); refs nested deeper travel as refs.
 A large argument passed by value is put in the object store once for the
 call and passed as a dependency, so it is not copied through the node.
 """
+import itertools
 import os
+import sys
 
 from ..object_ref import ObjectRef
 from ..sched.resources import demand_from_options
@@ -76,7 +78,20 @@ def num_returns_of(options, default=1):
 
 
 def new_task_id():
-    return os.urandom(16)
+    """16 bytes unique in the cluster: a random prefix per process, then a
+    count (os.urandom per task cost a system call, ~5% of a task's driver time)."""
+    return _ID_PREFIX + next(_ids).to_bytes(8, "little")
+
+
+def _new_id_prefix():
+    global _ID_PREFIX
+    _ID_PREFIX = os.urandom(8)
+
+
+_ID_PREFIX = b""
+_new_id_prefix()
+os.register_at_fork(after_in_child=_new_id_prefix)     # a forked driver counts apart
+_ids = itertools.count()
 
 
 def return_ids(task_id, count):
@@ -115,6 +130,10 @@ class FunctionBlob:
             self._blob, self._id = blob, function_id_of(blob)
         runtime.register_function(self._id, self.name, self._blob)
         return self._id
+
+    def record(self):
+        """(name, blob, sys_path), as a worker installs it (after ``ensure``)."""
+        return (self.name, self._blob, list(sys.path))
 
 
 def encode_arguments(runtime, args, kwargs, publish_deps=True):
@@ -181,8 +200,10 @@ def submit_task(runtime, code, args, kwargs, options):
                      max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
                      max_calls=options.get("max_calls") or 0, n_arg_frames=len(frames))
     refs = _refs(runtime, spec, n_returns)
-    runtime.expect_results(spec.return_ids)
-    runtime.send_message(P.SUBMIT, spec, frames=frames)
+    if runtime.leases.eligible(spec, deps or spec.contained_ids or keepalive):
+        runtime.leases.submit(spec, frames, code.record())   # to a leased worker (core/lease.py)
+    else:
+        runtime.send_message(P.SUBMIT, spec, frames=frames)
     del keepalive
     return refs
 
@@ -233,7 +254,6 @@ def create_actor(runtime, code, args, kwargs, options, handle_meta, make_handle)
                      contained + code.contained, demand, n_arg_frames=len(frames),
                      actor_id=actor_id, options=extra, returns=(actor_id,))
     ref = ObjectRef(actor_id, _runtime=runtime)
-    runtime.expect_results([actor_id])
     runtime.send_message(P.SUBMIT, spec, frames=frames)
     del keepalive
     return make_handle(actor_id, handle_meta, ref)
@@ -246,7 +266,6 @@ def submit_actor_method(runtime, actor_id, label, method, args, kwargs, n_return
     spec = make_spec(P.ACTOR_METHOD, new_task_id(), b"", label, n_returns, deps, contained, {},
                      n_arg_frames=len(frames), actor_id=actor_id, method=method)
     refs = _refs(runtime, spec, n_returns)
-    runtime.expect_results(spec.return_ids)
     # Straight to the actor's worker when it can go so (core/direct.py); it
     # keeps the arguments alive until the call is answered.
     runtime.send_actor_call(spec, frames)

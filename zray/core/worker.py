@@ -21,9 +21,11 @@ from ..transport import auth
 from ..transport import protocol as P
 from ..stackdump import install as install_stack_dump
 from . import context
-from .endpoint import ActorEndpoint
+from .endpoint import ActorEndpoint, TaskEndpoint
 from .runtime import Runtime
 from .submit import ArgRef
+
+BOUNCE_AFTER_S = 0.1     # a pushed task queued behind one running this long goes back
 
 
 class Worker:
@@ -34,6 +36,8 @@ class Worker:
         self.actor = None
         self.actor_executor = None   # thread pool or event loop for concurrent actors
         self.endpoint = None         # an actor's socket for direct calls (core/direct.py)
+        self.push_endpoint = None    # where a client that leased it pushes tasks (core/lease.py)
+        self.running_since = None    # time.monotonic() the main thread's task began
         self.stopping = False        # leaving (exit_actor, max_calls): run nothing more, wait for EXIT
         self.resource_ids = {}       # GPU -> [(id, share)], as the node assigned them
         self.resource_demand = {}    # what the running task or actor holds (fixed point)
@@ -51,7 +55,13 @@ class Worker:
             spec = fields[0]
             if spec.kind == P.ACTOR_METHOD and self.actor_executor is not None:
                 self.actor_executor.submit(fields, frames)
-            elif self.execute(fields, frames):
+                continue
+            self.running_since = time.monotonic()
+            try:
+                leaving = self.execute(fields, frames)
+            finally:
+                self.running_since = None
+            if leaving:
                 # Leaving (max_calls, exit_actor, __init__ raised): wait for the
                 # node's EXIT, its answer to our DONE, so the DONE is surely
                 # handled before the node sees the process go (else it would
@@ -70,6 +80,7 @@ class Worker:
         """Run one task; return True if this worker should exit afterwards."""
         spec, dep_headers, functions, resource_ids = fields[:4]
         route = fields[4] if len(fields) > 4 else None      # a direct call's caller
+        endpoint = fields[5] if len(fields) > 5 else self.endpoint   # ... where it came in
         self._install(functions)
         if spec.kind != P.ACTOR_METHOD:
             self._set_resources(resource_ids)
@@ -101,8 +112,39 @@ class Worker:
                 exiting = True
             else:
                 self._listen_for_direct_calls(spec.actor_id)
-        self._report_done(spec, start, entries, payload, exiting, error_text, route)
+        self._report_done(spec, start, entries, payload, exiting, error_text, route, endpoint)
         return exiting
+
+    def listen_for_pushes(self):
+        """The socket a client that leases this worker pushes its tasks to
+        (core/lease.py); the client leases only when such paths fit."""
+        try:
+            self.push_endpoint = TaskEndpoint(self.runtime, self.runtime.connection.identity)
+        except ValueError:
+            return
+        self.runtime.tick_hooks.append(self.bounce_stuck)
+
+    def bounce_stuck(self, now):
+        """I/O thread: the running task has taken long; pushed tasks queued
+        behind it go back to their client (BOUNCE), for another worker."""
+        started, tasks = self.running_since, self.runtime.tasks
+        if started is None or now - started < BOUNCE_AFTER_S or not tasks:
+            return
+        connection = self.runtime.connection
+        bounced = {}
+        with connection.sock_lock, connection.cond:   # handlers append under sock_lock
+            keep = []
+            for item in tasks:
+                fields = item[0] if item is not None else ()
+                if len(fields) > 5 and fields[5] is self.push_endpoint:
+                    bounced.setdefault(fields[4], []).append(fields[0].task_id)
+                else:
+                    keep.append(item)
+            if bounced:
+                tasks.clear()
+                tasks.extend(keep)
+        for route, task_ids in bounced.items():
+            connection.send_on(self.push_endpoint.socket, [route] + P.pack(P.BOUNCE, task_ids))
 
     def _listen_for_direct_calls(self, actor_id):
         try:
@@ -110,14 +152,15 @@ class Worker:
         except Exception as exc:     # callers then reach it through the node
             print(f"zray: actor without direct calls: {exc}", file=sys.stderr, flush=True)
 
-    def _report_done(self, spec, start, entries, payload, exiting, error_text, route=None):
+    def _report_done(self, spec, start, entries, payload, exiting, error_text, route=None,
+                     endpoint=None):
         """Record the task's span and send DONE (timeline events ride along);
         a direct call's results go back to its caller (core/direct.py)."""
         self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
                                    "tid": threading.get_ident() % 100000, "cat": "task",
                                    "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
         if route is not None:
-            self.endpoint.reply(spec, route, entries, payload, exiting, error_text)
+            endpoint.reply(spec, route, entries, payload, exiting, error_text)
             return
         self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
                                   self.runtime.take_events(), None, frames=payload)
@@ -127,6 +170,7 @@ class Worker:
         Returns True if the method ended the actor (exit_actor)."""
         spec, dep_headers = fields[:2]
         route = fields[4] if len(fields) > 4 else None
+        endpoint = fields[5] if len(fields) > 5 else self.endpoint
         start = time.time()
         error_text, exiting = None, False
         try:
@@ -143,7 +187,7 @@ class Worker:
                 entries, payload = self._store_exit(spec, exc)
             else:
                 entries, payload, error_text = self._store_error(spec, exc)
-        self._report_done(spec, start, entries, payload, exiting, error_text, route)
+        self._report_done(spec, start, entries, payload, exiting, error_text, route, endpoint)
         return exiting
 
     def _install(self, functions):
@@ -341,6 +385,7 @@ def main():
                       worker_secret=os.environ.pop(auth.WORKER_SECRET_ENV, None))
     context.set_current(runtime)
     worker = Worker(runtime)
+    worker.listen_for_pushes()
     context.set_worker(worker)
     try:
         worker.run()

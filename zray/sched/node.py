@@ -418,6 +418,8 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         P.EVENTS: _on_events, P.REQUEST: _on_request,
         P.FORWARD: _on_forward, P.PULL: _on_pull,
         P.WRITE: lambda self, i, f, p: self.uploads.on_write(i, f[0], f[1], p[0] if p else b""),
+        P.LEASE_REQUEST: lambda self, i, f, p: E.LeaseRequested(i, f[0], f[1]),
+        P.LEASE_RETURN: lambda self, i, f, p: E.LeaseReturned(i, f[0]),
     }
 
     # The handler of each declared op, found once here (a missing one fails at import).

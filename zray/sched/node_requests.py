@@ -38,6 +38,9 @@ class NodeRequests:
                 "max_workers": self.pool.max_workers,
                 "actors": self.actors.statistics(),
                 "tasks": dict(self.state.counts),     # submitted / ended through this node
+                # workers lent to clients, which push their tasks straight to them
+                "leases": {"held": len(self.state.leases.held),
+                           "queued": len(self.state.leases.queued)},
                 "store": self.objects.stats(),
                 "peers": self.peers.statistics() if self.peers is not None else None}
 

@@ -75,6 +75,16 @@ class Scheduler:
         task.blocked = False
         self.queues.setdefault((task.depth, task.shape), deque()).appendleft(task)
 
+    def move_to_back(self, task):
+        """A queued task goes behind every other of its queue (a lease request
+        of a client asked to give a lease back: sched/state/leases.py)."""
+        queue = self.queues.get((task.depth, task.shape))
+        if task.state is READY and queue is not None and task in queue:
+            queue.remove(task)
+            self._seq += 1
+            task.seq = self._seq
+            queue.append(task)
+
     def block(self, task):
         """The task waits in ray.get/wait: lend its CPU to other work."""
         if task.blocked or self.running.get(task.spec.task_id) is not task:

@@ -24,6 +24,7 @@ PROTOCOL_VERSION = 2
 
 INLINE, SHM = 0, 1                    # object kinds
 TASK, ACTOR_CREATE, ACTOR_METHOD = 0, 1, 2   # task kinds
+LEASE = 3     # a client's claim on one worker for its tasks (core/lease.py), queued like a task
 
 IDS = seq(BYTES)
 # An object's header. INLINE: its n_frames payload frames are [pickle, *buffers];
@@ -82,6 +83,9 @@ BYE = _message(b"BYE")                            # client leaves cleanly
 # object's bytes for the node to write into the block or file it reserved
 # (plasma/uploads.py); it reads objects back with PULL (answered by CHUNK).
 WRITE = _message(b"WRITE", object_id=BYTES, offset=INT)          # + [data]
+LEASE_REQUEST = _message(b"LEASE", lease_id=BYTES,      # lend me a worker for tasks
+                         resources=mapping(STR, INT))   # of this demand (core/lease.py)
+LEASE_RETURN = _message(b"RETURN", lease_id=BYTES)      # worker: my lessee gave me back
 
 # node daemon -> client
 WELCOME = _message(b"WELCOME", node_info=mapping(STR, DATA))
@@ -98,16 +102,28 @@ RESPONSE = _message(b"RESP", request_id=opt(INT), ok=BOOL, value=DATA)
 EXIT = _message(b"EXIT")                          # worker: finish and leave
 SERIALIZERS = _message(b"SER", registrations=seq(pair(BYTES, seq(STR))))  # (blob, sys_path)
 DROP_PINS = _message(b"DROPPINS", object_ids=IDS)  # let go of the pins you keep on these
+LEASED = _message(b"LEASED", lease_id=BYTES,     # worker None: refused, send the
+                  worker_id=opt(BYTES))          # tasks through the node instead
+RECALL = _message(b"RECALL", lease_id=BYTES,     # give it back once its tasks are done;
+                  lost=opt(STR))                 # lost: its worker died (why), resubmit
 
 # caller <-> actor worker, direct (see core/direct.py): a DEALER per actor in
 # the caller, a ROUTER in the actor's worker at actor_socket_path (ipc only)
 CALL = _message(b"CALL", spec=TaskSpec.check, deps=HEADERS)   # + argument frames, then
 #   the deps' frames (as EXECUTE; an object in shared memory: its header only)
 REPLY = _message(b"REPLY", task_id=BYTES, entries=opt(HEADERS),   # + frames; entries None:
-                 error=opt(pair(STR, STR)))  # the results went to the node (DONE with holder)
+                 error=opt(pair(STR, STR)),  # the results went to the node (DONE with holder)
+                 events=seq(DATA))           # the worker's timeline records, for the caller to send
 PING = _message(b"PING", nonce=INT)               # caller, on connecting: who are you?
 PONG = _message(b"PONG", worker_id=BYTES, nonce=INT)   # the actor's worker (named in
 #   resubmitted calls), answering the PING of that nonce (only the latest counts)
+# lessee -> leased worker, direct (core/lease.py), at worker_socket_path; results
+# come back as REPLY, as for actor calls
+PUSH = _message(b"PUSH", spec=TaskSpec.check,     # + argument frames: no ObjectRef in them
+                functions=mapping(BYTES, Function.check),   # the ones not sent to it yet,
+                serializers=seq(pair(BYTES, seq(STR))))     # as custom serializers (SER)
+RELEASE = _message(b"RELEASE", lease_id=BYTES)    # nothing more: tell the node (RETURN)
+BOUNCE = _message(b"BOUNCE", task_ids=IDS)        # worker: stuck behind a long task, not run
 
 # node daemon <-> node daemon (sched/peers.py, plasma/transfer.py). A peer says
 # HELLO with kind "peer" and is then a client like any other: it fetches objects
@@ -168,6 +184,11 @@ def actor_socket_path(session_dir, actor_id):
     """Where an actor's worker listens for direct calls: the same path after a
     restart, so callers' sockets reconnect by themselves."""
     return f"{session_dir}/a-{actor_id[-8:].hex()}.sock"   # its random part (8 bytes: its home)
+
+
+def worker_socket_path(session_dir, worker_id):
+    """Where a worker listens for the tasks of the client that leased it."""
+    return f"{session_dir}/w-{hashlib.sha1(worker_id).hexdigest()[:16]}.sock"
 
 
 def function_id_of(blob):

@@ -122,6 +122,17 @@ class TaskDone(NamedTuple):
     holder: Any = None        # an actor's direct caller: it holds the returns (core/direct.py)
 
 
+class LeaseRequested(NamedTuple):  # a client wants a worker for tasks of this demand
+    client: bytes
+    lease_id: bytes
+    demand: dict
+
+
+class LeaseReturned(NamedTuple):   # the leased worker says its lessee gave it back
+    worker_id: bytes
+    lease_id: bytes
+
+
 class WorkerExited(NamedTuple):
     worker_id: bytes
     pid: int

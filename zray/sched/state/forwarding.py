@@ -309,4 +309,4 @@ class Forwarding:
 
 def _movable(task):
     # Tasks and actor creations (calls follow their actor); one hop only.
-    return task.spec.kind != P.ACTOR_METHOD and ORIGIN not in task.spec.options
+    return task.spec.kind not in (P.ACTOR_METHOD, P.LEASE) and ORIGIN not in task.spec.options

@@ -20,6 +20,7 @@ from . import commands as C
 from . import events as E
 from .actors import ActorTable
 from .forwarding import Forwarding
+from .leases import LeaseTable
 from .locations import Locations
 from .objects import ObjectEvents
 from .owners import recycled_worker_reaped, stop_work_of
@@ -55,6 +56,7 @@ class NodeState(ObjectEvents):
         self.logs_dir = logs_dir
         self.actors = ActorTable(self)
         self.forwarding = Forwarding(self)
+        self.leases = LeaseTable(self)      # workers lent to clients for their tasks
         self.locations = Locations(self)    # objects on other nodes, lineage
         self.clients = {}              # identity -> Client
         self.functions = {}            # function_id -> (name, blob, sys_path)
@@ -105,6 +107,8 @@ class NodeState(ObjectEvents):
         self.emit(C.ClientGone(client.identity))
         if client.kind == "driver":     # its work stops before its refs go
             stop_work_of(self, client.identity, f"driver pid {client.pid}")
+        elif self.leases.held or self.leases.queued:
+            self.leases.owner_gone(client.identity)
         self.objects.release_reservations_of(client.identity)
         self.objects.release_pins_of(client.identity)
         held, client.held = client.held, set()
@@ -156,6 +160,9 @@ class NodeState(ObjectEvents):
         if submitter is not None and submitter.task is not None:
             depth = submitter.task.depth + 1
         task = Task(spec, frames, depth)
+        if spec.options.get("attempted") is not None and spec.kind == P.TASK:
+            if not self.leases.attempted(task):     # its leased worker died running it
+                return task
         if spec.kind == P.ACTOR_METHOD:
             self.actors.submit_method(task)
             return task
@@ -184,6 +191,13 @@ class NodeState(ObjectEvents):
 
     def _on_task_done(self, ev):
         worker = self.pool.workers.get(ev.worker_id)
+        if worker is not None and worker.task is not None and worker.task.spec.kind == P.LEASE:
+            # A task its lessee pushed: results held for it, the lease goes on.
+            holder = self.clients.get(ev.holder) if ev.holder is not None else None
+            self.store_objects(ev.headers, ev.frames, holder=holder)
+            if ev.error_text:
+                self._report_failure(None, ev.task_id, ev.error_text, worker.pid)
+            return
         holder = None
         if ev.holder is not None and worker is not None and worker.actor_id is not None:
             holder = self.clients.get(ev.holder)    # results of a direct call, kept for it
@@ -222,7 +236,7 @@ class NodeState(ObjectEvents):
         """A task or actor call is over (DONE or FAILED); the transition table
         makes sure it happens once."""
         task.to(state)
-        if task.spec.kind != P.ACTOR_CREATE:
+        if task.spec.kind not in (P.ACTOR_CREATE, P.LEASE):
             self.counts["ended"] += 1
 
     def _finish_task(self, task_id, worker, exiting=False):
@@ -291,6 +305,13 @@ class NodeState(ObjectEvents):
         client = self.clients.get(worker.worker_id)
         if client is not None:
             self._drop_client(client)
+        leased = worker.task is not None and worker.task.spec.kind == P.LEASE
+        if leased and worker.worker_id not in self.recycled:
+            self.needs_dispatch = True
+            self.leases.worker_died(worker, (
+                f"the worker process (pid {pid}) running it died with {describe_exit(ev.code)}; "
+                f"its output is in {log_file_path(self.logs_dir, pid)}"))
+            return
         if worker.actor_id is not None:
             self.actors.worker_died(worker, ev.code, pid)
         self.needs_dispatch = True
@@ -324,6 +345,8 @@ class NodeState(ObjectEvents):
         self.wall = ev.wall
         for worker in self.pool.idle_to_stop(ev.now):
             self.stop_worker(worker)
+        if self.leases.orphans:
+            self.leases.kill_orphans(ev.wall)
         if self.locations.where or self.locations.lineage or self.locations.wanted:
             self.locations.sweep()
         self.objects.release_idle_pages()
@@ -349,13 +372,20 @@ class NodeState(ObjectEvents):
             for _ in range(pool.how_many_to_start(want)):
                 self.emit(C.StartWorker(pool.new_worker().worker_id))
         if self.forwarding.peers:
+            if self.leases.queued:
+                self.leases.refuse_queued()     # their tasks may go to another node
             self.forwarding.spill()     # what cannot run here soon goes to another node
+        if self.leases.held and self.scheduler.queues:
+            self.leases.recall_for_waiting()
         if want and not pool.can_start():
             self._warn_pool_exhausted()
         if self.scheduler.infeasible:
             self._warn_infeasible()
 
     def _execute(self, task, worker):
+        if task.spec.kind == P.LEASE:
+            self.leases.granted(task, worker)
+            return
         worker.state = ACTOR if task.spec.kind == P.ACTOR_CREATE else BUSY
         worker.task = task
         self.send_task(worker, task)
@@ -417,6 +447,8 @@ class NodeState(ObjectEvents):
             return False
         if worker.actor_id is not None:
             return True
+        if worker.task is not None and worker.task.spec.kind == P.LEASE:
+            return True                 # its lessee's tasks, pushed to it directly
         return worker.task is not None and worker.task.spec.task_id == task_id
 
     def driver_pids(self):
@@ -430,6 +462,10 @@ class NodeState(ObjectEvents):
         E.WorkerBlocked: _on_blocked, E.WorkerUnblocked: _on_unblocked,
         E.WorkerExited: _on_worker_exited, E.Tick: _on_tick,
         E.WorkersWanted: _on_workers_wanted,
+        E.LeaseRequested: lambda self, ev: (
+            ev.client in self.clients
+            and self.leases.request(self.clients[ev.client], ev.lease_id, ev.demand)),
+        E.LeaseReturned: lambda self, ev: self.leases.returned(ev.worker_id, ev.lease_id),
         E.KillActorRequested: lambda self, ev: self.actors.kill(ev.actor_id, ev.no_restart),
         E.ActorNameReserved: lambda self, ev: self.actors.reserve_name(ev.name, ev.actor_id),
         E.PeerSeen: lambda self, ev: self.forwarding.seen(ev.node_id, ev.info),

@@ -34,6 +34,9 @@ def stop_work_of(state, identity, who):
             state.actors.owner_gone(actor, reason)
     for task in list(state.scheduler.running.values()):
         worker = task.worker
+        if task.spec.kind == P.LEASE and task.spec.owner in owners:
+            state.leases.orphaned(task)    # killed unless given back at once
+            continue
         if (task.spec.owner in owners and worker is not None and task.spec.kind == P.TASK
                 and worker.worker_id not in state.recycled):
             state.recycled.add(worker.worker_id)
@@ -47,6 +50,8 @@ def stop_work_of(state, identity, who):
 
 def drop(state, task, error_meta):
     """End a task nobody waits for: error in its returns, arguments let go."""
+    if task.spec.kind == P.LEASE:
+        state.leases.forget(task)
     if task.state is S.RUNNING:
         task.to(S.FAILED)
     elif task.spec.kind == P.ACTOR_METHOD:
@@ -56,7 +61,8 @@ def drop(state, task, error_meta):
     headers = [(oid, P.INLINE, 1, None, (), True) for oid in task.spec.return_ids]
     state.store_objects(headers, [error_meta] * len(headers))
     state.release_arguments(task)
-    state.counts["ended"] += 1
+    if task.spec.kind != P.LEASE:
+        state.counts["ended"] += 1
 
 
 def recycled_worker_reaped(state, worker):

@@ -1,0 +1,184 @@
+"""Worker leases (core/lease.py, sched/state/leases.py): plain tasks go
+straight to workers the driver leased from its node, with the results,
+errors, retries and sharing they have through the node. Real processes; the
+node's task counts show which way tasks went."""
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import zray as ray
+from zray.core import lease as lease_module
+from zray.exceptions import GetTimeoutError, RayTaskError, WorkerCrashedError
+
+from cluster_util import wait_for
+from conftest import run_script
+
+
+@ray.remote
+def add(x):
+    return x + 1
+
+
+@ray.remote
+def wait_for_file(path, value):
+    """Quick unless ``path`` is given; then runs until that file exists."""
+    while path and not os.path.exists(path):
+        time.sleep(0.01)
+    return value
+
+
+def runtime():
+    return ray.api._runtime()
+
+
+def node_tasks():
+    return runtime().request("status")["tasks"]["submitted"]
+
+
+def test_tasks_skip_the_node(ray_shared):
+    assert ray.get(add.remote(0)) == 1
+    before = node_tasks()
+    assert ray.get([add.remote(i) for i in range(300)]) == list(range(1, 301))
+    assert [ray.get(add.remote(i)) for i in range(20)] == list(range(1, 21))
+    assert node_tasks() == before, "plain tasks went through the node"
+    # Tasks that need the node still go through it.
+    assert ray.get(add.remote(ray.put(1))) == 2
+    assert node_tasks() == before + 1
+
+
+def test_results_errors_and_refs_as_through_the_node(ray_shared):
+    @ray.remote
+    def big():
+        return np.ones(400_000)          # past the inline limit: kept by the node for us
+
+    @ray.remote
+    def holding():
+        return [ray.put("inner")]
+
+    @ray.remote
+    def fail():
+        raise KeyError("leased boom")
+
+    @ray.remote(num_returns=2)
+    def pair():
+        return 1, 2
+
+    assert ray.get(big.remote()).sum() == 400_000
+    assert ray.get(ray.get(holding.remote())[0]) == "inner"
+    with pytest.raises(RayTaskError, match="leased boom"):
+        ray.get(fail.remote())
+    assert ray.get(pair.remote()) == [1, 2]
+    # A leased task's result passed on, after it came and while on its way.
+    first = add.remote(1)
+    assert ray.get(add.remote(first)) == 3
+    assert ray.get(add.remote(wait_for_file.remote(None, 41))) == 42
+    assert ray.get(ray.get(ray.put([add.remote(5)]))[0]) == 6
+
+
+def test_a_long_task_does_not_hold_up_the_tasks_queued_behind_it(ray_shared, tmp_path,
+                                                                 monkeypatch):
+    release = str(tmp_path / "release")
+    # Every function counts as quick here, so tasks queue behind running ones
+    # (on a busy machine a no-op's round trip may take longer than "quick").
+    monkeypatch.setattr(lease_module, "QUICK_TASK_S", 60.0)
+    monkeypatch.setattr(lease_module, "PIPELINE_AGE_S", 60.0)
+    for i in range(3):
+        ray.get(wait_for_file.remote(None, i))
+    try:
+        stuck = wait_for_file.remote(release, "long")
+        brief = wait_for_file.remote(None, "brief")
+        behind = [wait_for_file.remote(None, i) for i in range(4)]
+        # Two CPUs: the second worker runs them, wherever they were queued first.
+        assert ray.get([brief] + behind, timeout=60) == ["brief", 0, 1, 2, 3]
+        with pytest.raises(GetTimeoutError):
+            ray.get(stuck, timeout=0.2)
+    finally:
+        open(release, "w").close()
+    assert ray.get(stuck) == "long"
+
+
+def test_a_leased_worker_that_dies_is_retried_then_fails(ray_shared, tmp_path):
+    marker = str(tmp_path / "died-once")
+
+    @ray.remote(max_retries=1)
+    def die_once(path):
+        if not os.path.exists(path):
+            open(path, "w").close()
+            os._exit(1)
+        return "second try"
+
+    @ray.remote(max_retries=0)
+    def die():
+        os._exit(3)
+
+    ray.get(add.remote(0))
+    assert ray.get(die_once.remote(marker), timeout=60) == "second try"
+    with pytest.raises(WorkerCrashedError, match="exit code 3"):
+        ray.get(die.remote(), timeout=60)
+    assert ray.get(add.remote(1)) == 2         # leases go on with a new worker
+
+
+def test_the_cpu_comes_back_when_the_driver_stops_using_it(ray_shared):
+    ray.get([add.remote(i) for i in range(10)])
+    wait_for(lambda: ray.available_resources().get("CPU") == 2, 20,
+             "the leased CPUs to come back after the linger")
+
+
+def test_another_driver_gets_a_worker_while_this_one_keeps_them_busy(ray_shared):
+    stop = threading.Event()
+
+    def churn():
+        while not stop.is_set():
+            ray.get([add.remote(i) for i in range(20)])
+
+    thread = threading.Thread(target=churn, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: len(runtime().leases.leases) == 2, 30,
+                 "this driver to hold both CPUs' workers")
+        token = ray.api._session.daemons.token
+        script = f"""
+import zray as ray
+ray.init(address={ray_shared['address']!r}, redis_password={token!r})
+
+@ray.remote
+def other(x):
+    return x * 10
+
+print("other driver:", ray.get(other.remote(4), timeout=60))
+"""
+        result = run_script(script, timeout=90)
+        assert result.returncode == 0, result.stderr
+        assert "other driver: 40" in result.stdout
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+
+
+def test_leases_off_by_environment(tmp_path):
+    script = """
+import zray as ray
+ray.init(num_cpus=1)
+
+@ray.remote
+def f(x):
+    return x + 1
+
+assert ray.get([f.remote(i) for i in range(50)]) == list(range(1, 51))
+status = ray.api._runtime().request("status")
+print("through the node:", status["tasks"]["submitted"])
+ray.shutdown()
+"""
+    env = {"ZRAY_TEMP_DIR": str(tmp_path), "ZRAY_TASK_LEASES": "0"}
+    result = run_script(script, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "through the node: 50" in result.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
