@@ -122,6 +122,37 @@ def test_a_leased_worker_that_dies_is_retried_then_fails(ray_shared, tmp_path):
     assert ray.get(add.remote(1)) == 2         # leases go on with a new worker
 
 
+def test_a_killed_actors_socket_does_not_hold_up_pushed_tasks(ray_shared):
+    @ray.remote(num_cpus=2)
+    class Greedy:
+        def __init__(self):
+            self.value = ray.get(add.remote(0))    # a lease from inside __init__
+
+        def value_(self):
+            return self.value
+
+    greedy = Greedy.remote()
+    assert ray.get(greedy.value_.remote()) == 1       # its direct socket is up
+    ray.kill(greedy)        # what this process sends it now can never leave
+    wait_for(lambda: ray.available_resources().get("CPU") == 2, 30,
+             "the killed actor's CPUs to come back")
+
+    @ray.remote
+    class Counter:
+        def increment(self):
+            return 1
+
+    counter = Counter.remote()
+    assert ray.get(counter.increment.remote(), timeout=60) == 1
+
+    @ray.remote
+    def call(counter):
+        return ray.get(counter.increment.remote())
+
+    assert ray.get(call.remote(counter), timeout=60) == 1
+    assert ray.get([add.remote(i) for i in range(5)], timeout=60) == [1, 2, 3, 4, 5]
+
+
 def test_the_cpu_comes_back_when_the_driver_stops_using_it(ray_shared):
     ray.get([add.remote(i) for i in range(10)])
     wait_for(lambda: ray.available_resources().get("CPU") == 2, 20,

@@ -379,19 +379,30 @@ class Connection:
         while outbox:
             send_frames(self.socket, outbox.popleft())
         side = self.side_outbox
-        while side:
-            socket, frames, still_wanted = side.popleft()
+        if not side:
+            return
+        kept, stuck = [], set()
+        for _ in range(len(side)):      # (others may append meanwhile: next flush)
+            entry = side.popleft()
+            socket, frames, still_wanted = entry
+            if socket in stuck:
+                kept.append(entry)      # behind its socket's first: order per socket
+                continue
             if still_wanted is not None and not still_wanted():
                 continue
             try:
                 socket.send_multipart(frames, zmq.NOBLOCK)
             except zmq.Again:
                 # Not connected (yet, or any more): never block the socket
-                # owner. Tried again on the next pump; the monitor decides.
-                side.appendleft((socket, frames, still_wanted))
-                break
+                # owner, nor the other sockets' messages (a call to a dead
+                # actor must not hold up a task pushed to a live worker).
+                # Tried again on the next pump; the monitor decides.
+                stuck.add(socket)
+                kept.append(entry)
             except zmq.ZMQError:
                 pass        # closed meanwhile
+        if kept:
+            side.extendleft(reversed(kept))
 
     def _receive_all(self, ready=()):
         """Read the node's socket, and the direct sockets in ``ready`` (a poll's result)."""

@@ -129,14 +129,16 @@ class DirectCalls:
         self.pending = {}           # return id of a call in flight direct -> Channel
         self.publish_on_arrival = set()   # of those, ids passed on meanwhile
 
-    def not_at_node(self):
-        """Return ids of calls the node has not heard of: in flight direct,
-        waiting, or held back (a get must not ask the node for those)."""
+    def not_at_node(self, object_ids):
+        """Those of ``object_ids`` the node has not heard of: results of calls
+        (or leased tasks) in flight direct, waiting, or held back (a get must
+        not ask the node for those). Costs len(object_ids), not what is pending."""
         if not self.pending and not any(c.held_back or c.waiting
                                         for c in self.channels.values()):
             return ()
         with self.lock:
-            unsent = set(self.pending)
+            pending = self.pending
+            unsent = {i for i in object_ids if i in pending}
             for channel in self.channels.values():
                 for spec, _frames, _keep in itertools.chain(channel.held_back, channel.waiting):
                     unsent.update(spec.return_ids)
@@ -193,7 +195,7 @@ class DirectCalls:
             cache.call_on_arrival(object_id, lambda _id, ch=channel: self._advance(ch))
             if object_id not in cache.requested:
                 if unsent is None:
-                    unsent = self.not_at_node()
+                    unsent = self.not_at_node(spec.dep_ids)
                 if object_id not in unsent:
                     ask.append(object_id)
         if ask:

@@ -198,7 +198,7 @@ class Runtime:
             while True:
                 with self.cond:
                     ready = {i for i in object_ids if i in objects}
-                unsent = self.direct.not_at_node()    # only here once they are
+                unsent = self.direct.not_at_node(object_ids)    # only here once they are
                 ask = [i for i in object_ids if i not in ready and i not in unsent]
                 if ask and len(ready) < num_returns:
                     ready.update(self.request("objects_exist", ask))
@@ -227,7 +227,7 @@ class Runtime:
             if len(ready) >= num_returns or (
                     stop_on_error and any(objects[i][0][IS_ERROR] for i in ready)):
                 return ready
-        unsent = self.direct.not_at_node()   # (its lock is never taken inside cond)
+        unsent = self.direct.not_at_node(object_ids)   # (its lock is never taken inside cond)
         with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
             with self.cond:
                 # `objects`, not `ready`: a direct call's result may have come
