@@ -122,3 +122,36 @@ def test_shutdown_unmaps_a_chunk_kept_for_a_live_ref():
     with open("/proc/self/maps") as maps:
         assert chunk not in maps.read()      # the ref outlived zray; the mapping did not
     del ref
+
+
+# == the node's table: which pinned blocks may be spilled =======================
+def test_table_spills_idle_pins_only_and_keeps_the_block_until_unpinned(tmp_path):
+    from test_object_store import _arena_object, _disk
+    from zray.plasma.store import ON_DISK, ObjectTable
+    table = ObjectTable(capacity_bytes=8 * MiB, spill_dir=str(tmp_path / "spill"),
+                        disk=_disk(tmp_path))
+    a, b, c = b"a" * 20, b"b" * 20, b"c" * 20
+    where_a = _arena_object(table, tmp_path, a, 4 * MiB, 1)
+    assert table.pin(a, b"c1") == where_a
+    # In use: never a victim; the next object goes to disk instead.
+    table.expect(b).refcount = 1
+    assert table.reserve(b, 6 * MiB, owner=b"c2") == ON_DISK
+    assert table.get(a).location == where_a and not table.spilling
+    table.release_reservation(b)
+    # Idle (no value of c1 views it), then in use again: still no victim.
+    table.pin_use(b"c1", [], [a])
+    assert table.stats()["idle_pinned_objects"] == 1
+    table.pin_use(b"c1", [a], [])
+    assert table.reserve(b, 6 * MiB, owner=b"c2") == ON_DISK
+    table.release_reservation(b)
+    # Idle: spilled; c1 is asked for its pin, and the block stays taken
+    # until it unpins (it may have viewed the block again meanwhile).
+    table.pin_use(b"c1", [], [a])
+    table.expect(c).refcount = 1
+    table.reserve(c, 6 * MiB, owner=b"c2")
+    table.finish_spills(wait=True)
+    assert table.get(a).spilled and table.pins_to_drop == {b"c1": [a]}
+    assert table.stats()["arena_used_bytes"] >= 4 * MiB
+    table.unpin(a, b"c1")
+    assert table.stats()["arena_used_bytes"] == 0 and table.stats()["pinned_objects"] == 0
+    table.unlink_all()
