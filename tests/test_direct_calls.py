@@ -329,3 +329,21 @@ def test_idle_sockets_close_to_make_room(ray_shared, monkeypatch):
         boxes[0]._actor_id].socket
     wait_direct(boxes[0])           # back again, in place of another
     assert [ray.get(box.add.remote(1)) for box in boxes] == [1, 1, 1]
+
+
+def test_calls_after_killing_other_actors(ray_shared):
+    """A message that cannot leave on one direct socket (its actor gone)
+    never holds up the others."""
+    box = Box.remote()
+    victim = Box.remote()
+    for actor in (box, victim):
+        wait_direct(actor)
+    calls = ray.api._runtime().direct
+    channel = calls.channels[victim._actor_id]
+    epoch = channel.epoch
+    ray.kill(victim)
+    wait_for(lambda: channel.epoch > epoch, 20, "the caller to see the actor's socket close")
+    ray.kill(victim)                # again: its socket has no one at the other end now
+    assert [ray.get(box.add.remote(i), timeout=30) for i in range(3)] == [1, 2, 3]
+    with pytest.raises(RayActorError):
+        ray.get(victim.add.remote(1), timeout=30)

@@ -95,7 +95,7 @@ class Connection:
 
         self.handlers = {P.RESPONSE: self._on_response}   # msg_type -> fn(fields, frames)
         self.side_sockets = {}      # socket -> fn(socket): direct sockets read by the holder
-        self.side_outbox = deque()  # (socket, frames) to send on a direct socket
+        self.side_outbox = deque()  # (socket, frames, still_wanted, wait): see send_on
         self.on_tick = None         # fn(now), every TICK_S from the I/O thread
         self.on_last_flush = None   # fn(), under sock_lock as the I/O thread stops
         self.outbox = deque()
@@ -179,12 +179,13 @@ class Connection:
         """Queue without trying to send: for code that already holds sock_lock."""
         self.outbox.append(P.pack(msg_type, *fields) + list(frames))
 
-    def send_on(self, socket, frames, still_wanted=None):
+    def send_on(self, socket, frames, still_wanted=None, wait=True):
         """Send on a direct socket (see ``add_socket``), from any thread. A
         message that cannot leave yet (no completed connection) waits, unless
-        ``still_wanted()`` says it is no longer wanted by then."""
+        ``still_wanted()`` says it is no longer wanted by then, or ``wait`` is
+        False (then it is dropped). Messages on other sockets go past it."""
         with _Critical(self):
-            self.side_outbox.append((socket, frames, still_wanted))
+            self.side_outbox.append((socket, frames, still_wanted, wait))
             self._pump_or_wake()
 
     def add_socket(self, socket, on_readable, locked=False):
@@ -384,7 +385,7 @@ class Connection:
         kept, stuck = [], set()
         for _ in range(len(side)):      # (others may append meanwhile: next flush)
             entry = side.popleft()
-            socket, frames, still_wanted = entry
+            socket, frames, still_wanted, wait = entry
             if socket in stuck:
                 kept.append(entry)      # behind its socket's first: order per socket
                 continue
@@ -396,9 +397,11 @@ class Connection:
                 # Not connected (yet, or any more): never block the socket
                 # owner, nor the other sockets' messages (a call to a dead
                 # actor must not hold up a task pushed to a live worker).
-                # Tried again on the next pump; the monitor decides.
-                stuck.add(socket)
-                kept.append(entry)
+                # Tried again on the next pump (the monitor decides), unless
+                # it was to leave at once or not at all (``wait`` False).
+                if wait:
+                    stuck.add(socket)
+                    kept.append(entry)
             except zmq.ZMQError:
                 pass        # closed meanwhile
         if kept:

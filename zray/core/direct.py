@@ -351,16 +351,19 @@ class DirectCalls:
                 channel.pings += 1          # a PONG on its way now does not count
 
     def resume(self, actor_id):
+        """After the kill: a worker still connected (not killed after all)
+        answers; a PING that cannot leave at once is dropped (the socket
+        reconnects to a restarted actor, and PINGs it then)."""
         channel = self.channels.get(actor_id)
         if channel is not None and channel.socket is not None:
-            self._ping(channel)
+            self._ping(channel, wait=False)
 
-    def _ping(self, channel):
+    def _ping(self, channel, wait=True):
         with self.lock:
             channel.pings += 1
             epoch = channel.epoch
             self.connection.send_on(channel.socket, P.pack(P.PING, channel.pings),
-                                    lambda: channel.epoch == epoch)
+                                    lambda: channel.epoch == epoch, wait)
 
     # -- passing refs on ----------------------------------------------------
     def publish(self, object_ids):
