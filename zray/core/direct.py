@@ -485,6 +485,9 @@ class DirectCalls:
                 # not seen yet from one it has already restarted the actor after.
                 self._ping(channel)
             elif event == zmq.EVENT_DISCONNECTED:
+                # Replies the worker sent before it went are answers: read
+                # them first (a poll may name the monitor before the socket).
+                self._on_readable(channel.socket)
                 self._fail_over(channel)
 
     def _fail_over(self, channel):
