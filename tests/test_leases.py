@@ -153,6 +153,33 @@ def test_a_killed_actors_socket_does_not_hold_up_pushed_tasks(ray_shared):
     assert ray.get([add.remote(i) for i in range(5)], timeout=60) == [1, 2, 3, 4, 5]
 
 
+def test_malformed_pushes_leave_the_leased_worker_serving(ray_shared):
+    import zmq
+
+    from zray.transport import protocol as P
+
+    assert ray.get(add.remote(0)) == 1
+    (lease,) = list(runtime().leases.leases.values())[:1] or [None]
+    assert lease is not None, "no lease held after a task"
+    path = P.worker_socket_path(runtime().node_info["session_dir"], lease.worker_id)
+    pids = [w["pid"] for w in runtime().request("introspect")["workers"] if w.get("pid")]
+    context = zmq.Context()
+    socket = context.socket(zmq.DEALER)
+    try:
+        socket.connect("ipc://" + path)
+        actor_call = P.TaskSpec(b"t" * 16, P.ACTOR_METHOD, b"", "m", (b"r" * 20,), (), (), {},
+                                0, 0, 1, b"a" * 20, "m", {}, None)
+        for frames in ([b"junk"], [b"\x93\xc4\x04PUSH"], P.pack(P.RELEASE, 3),
+                       P.pack(P.PUSH, actor_call, {}, []) + [b"x"]):
+            socket.send_multipart(frames)
+        assert ray.get([add.remote(i) for i in range(20)], timeout=60) == list(range(1, 21))
+    finally:
+        socket.close(0)
+        context.term()
+    for pid in pids:
+        os.kill(pid, 0)         # every worker, the leased one too, still there
+
+
 def test_the_cpu_comes_back_when_the_driver_stops_using_it(ray_shared):
     ray.get([add.remote(i) for i in range(10)])
     wait_for(lambda: ray.available_resources().get("CPU") == 2, 20,
