@@ -39,22 +39,14 @@ class ActorEndpoint:
         self.borrowing = set()      # calls whose arguments held refs (see reply)
         runtime.connection.add_socket(socket, self._on_readable)
 
+    def _check(self, msg_type, fields, n_frames):
+        if msg_type == P.CALL:
+            self._check_call(*fields, n_frames)
+
     def _on_readable(self, socket):
         tasks = self.runtime.tasks
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
-            try:
-                msg_type, fields = P.unpack(frames[1])
-                if msg_type == P.CALL:
-                    self._check_call(*fields, len(frames) - 2)
-            except (IndexError, ProtocolError) as error:
-                # Only this user's processes reach this socket, but a bad
-                # message must not stop the actor: drop it, say so once.
-                if not self.warned:
-                    self.warned = True
-                    logging.getLogger("zray.direct").warning(
-                        "dropped a malformed direct call: %s", error)
-                continue
+        for frames, msg_type, fields in _messages(self, socket, "zray.direct",
+                                                  "a malformed direct call"):
             if msg_type == P.CALL:
                 spec, deps = fields
                 if spec.contained_ids or any(header[4] for header in deps):
@@ -129,21 +121,16 @@ class TaskEndpoint:
         self.warned = False
         runtime.connection.add_socket(self.socket, self._on_readable)
 
+    @staticmethod
+    def _check(msg_type, fields, _n_frames):
+        if msg_type == P.PUSH and (fields[0].kind != P.TASK or fields[0].dep_ids):
+            raise ProtocolError("only a plain task without ObjectRef arguments "
+                                "is pushed to a leased worker")
+
     def _on_readable(self, socket):
         tasks = self.runtime.tasks
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
-            try:
-                msg_type, fields = P.unpack(frames[1])
-                if msg_type == P.PUSH and (fields[0].kind != P.TASK or fields[0].dep_ids):
-                    raise ProtocolError("only a plain task without ObjectRef arguments "
-                                        "is pushed to a leased worker")
-            except (IndexError, ProtocolError) as error:
-                if not self.warned:      # a bad message must not stop the worker
-                    self.warned = True
-                    logging.getLogger("zray.lease").warning(
-                        "dropped a malformed pushed task: %s", error)
-                continue
+        for frames, msg_type, fields in _messages(self, socket, "zray.lease",
+                                                  "a malformed pushed task"):
             if msg_type == P.PUSH:
                 spec, functions, serializers = fields
                 if serializers:     # known before the task runs, whatever the node's SER
@@ -156,6 +143,23 @@ class TaskEndpoint:
     def reply(self, spec, route, entries, payload, exiting, error_text):
         send_results(self.runtime, self.socket, spec, route, entries, payload, exiting,
                      error_text)
+
+
+def _messages(endpoint, socket, logger, what):
+    """(frames, type, fields) of each message waiting at an endpoint, checked
+    by its ``_check``. Only this user's processes reach these sockets, but a
+    bad message must not stop the worker: it is dropped, said once."""
+    while socket.getsockopt(EVENTS) & POLLIN:
+        frames = socket.recv_multipart()
+        try:
+            msg_type, fields = P.unpack(frames[1])
+            endpoint._check(msg_type, fields, len(frames) - 2)
+        except (IndexError, ProtocolError) as error:
+            if not endpoint.warned:
+                endpoint.warned = True
+                logging.getLogger(logger).warning("dropped %s: %s", what, error)
+            continue
+        yield frames, msg_type, fields
 
 
 def _router(runtime, path):
