@@ -71,8 +71,7 @@ def square(i):
 
 
 refs = [square.remote(i) for i in range(count)]
-open(os.path.join(workdir, "ready"), "w").close()
-got, interrupts = 0, 0
+got, interrupts, ready = 0, 0, False
 
 
 def get_each():
@@ -87,6 +86,9 @@ def get_each():
 
 while True:          # a Ctrl-C may also land in the except clause itself
     try:
+        if not ready:    # the test's Ctrl-Cs start once this exists: inside the try
+            open(os.path.join(workdir, "ready"), "w").close()
+            ready = True
         get_each()
         break
     except KeyboardInterrupt:
