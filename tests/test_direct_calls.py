@@ -315,9 +315,9 @@ def test_actor_killed_while_a_call_waits_for_its_argument(ray_shared):
 
 
 def test_idle_sockets_close_to_make_room(ray_shared, monkeypatch):
-    from zray.core import direct
-    monkeypatch.setattr(direct, "MAX_CHANNELS", 2)
-    monkeypatch.setattr(direct, "IDLE_CLOSE_S", 0.2)
+    from zray.core import direct_sockets
+    monkeypatch.setattr(direct_sockets, "MAX_CHANNELS", 2)
+    monkeypatch.setattr(direct_sockets, "IDLE_CLOSE_S", 0.2)
     calls = ray.api._runtime().direct
     for channel in list(calls.channels.values()):   # earlier tests' sockets: idle by now
         channel.last_used = 0.0

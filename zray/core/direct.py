@@ -39,76 +39,25 @@
   the socket reconnects by itself.
 - The caller holds a ref to the actor while calls are in flight, so the
   actor cannot be told to exit (last handle gone) before they are answered.
-- Only between a caller and an actor both on the caller's node and made
-  from it (ipc, in the node's session directory); any other actor is
-  reached through the nodes. At most MAX_CHANNELS sockets per process: past
-  that, the least recently used one idle for IDLE_CLOSE_S closes (its actor's
-  next call opens it again); with none idle, calls go through the node.
+- Sockets: ipc to an actor made from the caller's node; authenticated tcp
+  to one made on another node, or from a process whose node is on another
+  machine (direct_sockets.py, the worker's side remote_endpoint.py). Over
+  tcp a call goes direct only if its arguments are inline values here and
+  hold no ref (else through the node, in order as above); results that
+  cannot come back inline stay on the actor's node, held for the caller's
+  node, which pulls them (HELD, direct_replies.py). A resubmitted call goes
+  through the caller's node to the actor's home, which judges it.
 """
 import itertools
 import threading
 import time
-from collections import deque
 
-import zmq
-from zmq.utils.monitor import recv_monitor_message
-
+from ..transport import auth
 from ..transport import protocol as P
-from .connection import EVENTS, POLLIN
+from .direct_replies import DirectReplies
+from .direct_sockets import DirectSockets
 
-MAX_CHANNELS = 64           # direct sockets per process; past it, idle ones close (LRU)
-IDLE_CLOSE_S = 1.0          # a socket unused this long may close to make room
-MAX_IPC_PATH = 100          # a unix socket path longer than ~107 bytes cannot be bound
-
-
-class Channel:
-    """This process's socket to one actor, and its calls in flight on it."""
-    __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "waiting",
-                 "node_calls", "node_only", "silent_sent", "silent_answered", "actor_ref",
-                 "held_back", "epoch", "worker_id", "pings", "last_used", "retry_at",
-                 "closed")
-
-    def __init__(self, actor_id, socket=None, monitor=None):
-        self.actor_id = actor_id
-        self.socket = socket
-        self.monitor = monitor
-        self.connected = False
-        self.inflight = {}          # task_id -> (spec, frames, keep), in send order
-        # Calls to send direct once the arguments of the first are here (its
-        # dependencies: the caller waits for them, as the node would).
-        self.waiting = deque()      # (spec, frames, keep)
-        self.node_calls = 0         # calls sent through the node, not answered yet
-        self.node_only = socket is None   # no direct path to this actor
-        # Calls without returns sent through the node (nothing says when they
-        # ran): later ones go through the node too until one sent after them
-        # is answered, since the node sends each caller's calls in order.
-        self.silent_sent = 0
-        self.silent_answered = 0
-        self.actor_ref = None       # held while calls are in flight
-        # Calls for the node made while direct ones are in flight or waiting:
-        # sent once those are answered, so they cannot overtake them.
-        self.held_back = []         # (spec, frames, keep)
-        self.epoch = 0              # +1 at each fail-over: older sends are dropped
-        self.worker_id = None       # the actor's worker at the other end (its PONG)
-        self.pings = 0              # PINGs sent: only the PONG to the latest counts
-        self.last_used = 0.0        # when a call last went on it (the LRU closes first)
-        self.retry_at = None        # no socket for want of room: try again from then
-        self.closed = False         # replaced (its socket closed to make room): look again
-
-    def usable(self):
-        return (self.connected and not self.node_calls and not self.node_only
-                and self.silent_answered == self.silent_sent)
-
-    def idle(self):
-        return not (self.inflight or self.waiting)
-
-    def quiet(self):
-        """Nothing outstanding: a fresh channel could take its place."""
-        return (not (self.inflight or self.waiting or self.held_back or self.node_calls)
-                and self.silent_answered == self.silent_sent)
-
-
-class DirectCalls:
+class DirectCalls(DirectSockets, DirectReplies):
     """The caller's side (every process may call actors)."""
 
     def __init__(self, runtime):
@@ -128,6 +77,10 @@ class DirectCalls:
         self.by_task = {}           # task id of a call in flight direct -> Channel
         self.pending = {}           # return id of a call in flight direct -> Channel
         self.publish_on_arrival = set()   # of those, ids passed on meanwhile
+        # Actors on other nodes over tcp: a process in a cluster (its node
+        # listens on tcp), or whose node is on another machine.
+        self.over_tcp = auth.is_tcp(runtime.node_address)
+        self.looks_remote = self.over_tcp or auth.is_tcp(runtime.node_info.get("tcp_address"))
 
     def not_at_node(self, object_ids):
         """Those of ``object_ids`` the node has not heard of: results of calls
@@ -165,6 +118,8 @@ class DirectCalls:
     def _send_on(self, channel, spec, frames, keep, eligible):
         """Direct (now, or once its arguments are here), held back behind
         direct ones, or through the node. Under lock."""
+        if channel.remote and eligible:
+            eligible = self._inline_here(spec)
         if eligible and channel.usable() and not channel.held_back:
             if channel.waiting or not self._arguments_here(spec):
                 channel.waiting.append((spec, frames, keep))
@@ -176,6 +131,18 @@ class DirectCalls:
             channel.held_back.append((spec, frames, keep))
             return
         self._through_node(channel, spec, frames, self.connection.send_message)
+
+    def _inline_here(self, spec):
+        """Can the call go to another machine: arguments here, inline values
+        holding no ref (an object in shared memory is on this machine)."""
+        if spec.contained_ids:
+            return False
+        objects = self.cache.objects
+        for object_id in spec.dep_ids:
+            entry = objects.get(object_id)
+            if entry is None or entry[0][1] != P.INLINE or entry[0][4]:
+                return False
+        return True
 
     def _arguments_here(self, spec):
         objects = self.cache.objects
@@ -235,7 +202,9 @@ class DirectCalls:
         for object_id in spec.return_ids:
             self.pending[object_id] = channel
         epoch = channel.epoch
-        self.connection.send_on(channel.socket, P.pack(P.CALL, spec, deps) + frames + dep_frames,
+        head = (P.pack(P.REMOTE_CALL, spec, deps, self.node_id.hex()) if channel.remote
+                else P.pack(P.CALL, spec, deps))
+        self.connection.send_on(channel.socket, head + frames + dep_frames,
                                 lambda: channel.epoch == epoch)
 
     def _through_node(self, channel, spec, frames, send):
@@ -260,84 +229,6 @@ class DirectCalls:
             channel.node_calls -= 1
             channel.silent_answered = max(channel.silent_answered, silent_before)
         self.runtime.refs.drop(object_id)
-
-    def _channel(self, actor_id):
-        """The channel to this actor, opened on first use. One left without a
-        socket for want of room tries again now and then, when quiet."""
-        channel = self.channels.get(actor_id)
-        if channel is not None and (channel.retry_at is None
-                                    or time.monotonic() < channel.retry_at):
-            return channel
-        return self._open(actor_id, channel)
-
-    def _open(self, actor_id, old):
-        path = P.actor_socket_path(self.session_dir, actor_id) if self.session_dir else None
-        # Only actors made from this node (their ids begin with its id): its
-        # actor table then holds the record that judges calls resubmitted
-        # after a death. One on another node has no socket here anyway.
-        home_here = bool(self.node_id) and actor_id[:len(self.node_id)] == self.node_id
-        reachable = path is not None and home_here and len(path) <= MAX_IPC_PATH
-        possible = reachable
-        victims = ()
-        with self.lock:
-            existing = self.channels.get(actor_id)
-            if existing is not old:      # another thread opened it first
-                return existing
-            if old is not None and not old.quiet():
-                old.retry_at = time.monotonic() + IDLE_CLOSE_S
-                return old
-            if possible:
-                possible, victims = self._room()
-            if not possible:
-                channel = Channel(actor_id)
-                if reachable:
-                    channel.retry_at = time.monotonic() + IDLE_CLOSE_S
-            else:
-                socket = self.connection.context.socket(zmq.DEALER)
-                socket.setsockopt(zmq.LINGER, 0)
-                socket.setsockopt(zmq.SNDHWM, 0)
-                socket.setsockopt(zmq.RCVHWM, 0)
-                # Only to a connected actor: a call queued for a dead one must
-                # never reach its restarted successor (it is resubmitted instead).
-                socket.setsockopt(zmq.IMMEDIATE, 1)
-                socket.setsockopt(zmq.RECONNECT_IVL, 50)
-                socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-                socket.setsockopt(zmq.IDENTITY, self.identity)
-                monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
-                socket.connect("ipc://" + path)
-                channel = Channel(actor_id, socket, monitor)
-                self.by_monitor[monitor] = channel
-                self.sockets += 1
-            self.channels[actor_id] = channel
-            if old is not None:
-                old.closed = True
-        for victim in victims:
-            self.connection.remove_socket(victim.monitor)
-            self.connection.remove_socket(victim.socket)
-        if channel.socket is not None:
-            self.connection.add_socket(channel.socket, self._on_readable)
-            self.connection.add_socket(channel.monitor, self._on_monitor)
-        return channel
-
-    def _room(self):
-        """(room for one more socket, the channels closed to make it): the
-        least recently used of those quiet for IDLE_CLOSE_S. Under lock."""
-        excess = self.sockets + 1 - MAX_CHANNELS
-        if excess <= 0:
-            return True, ()
-        cutoff = time.monotonic() - IDLE_CLOSE_S
-        idle = [c for c in self.channels.values()
-                if c.socket is not None and c.last_used < cutoff and c.quiet()]
-        if len(idle) < excess:
-            return False, ()
-        victims = sorted(idle, key=lambda c: c.last_used)[:excess]
-        for victim in victims:
-            victim.closed = True
-            victim.epoch += 1           # its PING, if still queued, is not sent
-            del self.channels[victim.actor_id]
-            self.by_monitor.pop(victim.monitor, None)
-        self.sockets -= len(victims)
-        return True, victims
 
     # -- ray.kill from this process ---------------------------------------
     def suspend(self, actor_id):
@@ -385,134 +276,3 @@ class DirectCalls:
                     self.publish_on_arrival.add(object_id)
                     self.runtime.refs.add(object_id, False)
                     self.connection.send_message(P.ADD_REF, [object_id])
-
-    # -- replies, connection events (under sock_lock) --------------------------
-    def _on_readable(self, socket):
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
-            msg_type, fields = P.unpack(frames[0])
-            if msg_type == P.REPLY:
-                self._on_reply(*fields, frames[1:])
-            elif msg_type == P.PONG:
-                self._on_pong(socket, *fields)
-
-    def _on_pong(self, socket, worker_id, nonce):
-        """Connected, and to this worker: calls may go direct now (unless a
-        later PING is unanswered: this may be a worker killed since)."""
-        with self.lock:
-            for channel in self.channels.values():
-                if channel.socket is socket and nonce == channel.pings:
-                    channel.worker_id = worker_id
-                    channel.connected = True
-
-    def _on_reply(self, task_id, entries, error, events, payload):
-        enqueue = self.connection.enqueue
-        cache = self.cache
-        if events:
-            self.runtime.events.extend(events)     # sent on with ours (timeline)
-        with self.lock:
-            channel = self.by_task.pop(task_id, None)
-            call = channel.inflight.pop(task_id, None) if channel is not None else None
-            if call is None:
-                return                       # resubmitted through the node already
-            spec, _frames, keep = call
-            for object_id in spec.return_ids:
-                self.pending.pop(object_id, None)
-            if entries is not None:
-                offset = 0
-                with cache.cond:
-                    for header in entries:
-                        object_id, n = header[0], header[2]
-                        part = payload[offset:offset + n]
-                        offset += n
-                        if object_id in self.publish_on_arrival:
-                            self.publish_on_arrival.discard(object_id)
-                            enqueue(P.PUT, [header], frames=part)
-                            self.runtime.refs.drop(object_id)
-                        elif self.runtime.refs.holds(object_id):
-                            cache.local_only.add(object_id)
-                        if self.runtime.refs.holds(object_id):
-                            cache.objects[object_id] = (header, part)
-                            if cache.waiters:
-                                cache.tell_waiters(object_id)
-                    cache.cond.notify_all()
-                if cache.on_arrival:
-                    cache.arrived(spec.return_ids)   # calls waiting for these as arguments
-            else:
-                self._from_node(spec, error, keep)
-            if channel.idle():
-                self._release_held_back(channel)
-                channel.actor_ref = None
-
-    def _release_held_back(self, channel):
-        held, channel.held_back = channel.held_back, []
-        for spec, frames, _keep in held:
-            self._through_node(channel, spec, frames, self.connection.enqueue)
-        # Refs in `held` drop after the SUBMITs are queued, so the node sees them first.
-
-    def _from_node(self, spec, error, keep):
-        """The results went to the node with us as holder: ask for them, and
-        keep a ref until they are here (our release must follow its DONE).
-        The arguments too: the actor may have borrowed refs they hold, and the
-        node hears of that before the DONE, on the same socket."""
-        refs = self.runtime.refs
-        for object_id in spec.return_ids:
-            if object_id in self.publish_on_arrival:
-                self.publish_on_arrival.discard(object_id)   # publish's ref serves
-            else:
-                refs.add(object_id, False)
-            self.cache.call_on_arrival(object_id, refs.drop)
-        if spec.return_ids:
-            self.cache.call_on_arrival(spec.return_ids[0], lambda _id, keep=keep: None)
-            self.connection.enqueue(P.ADD_REF, list(spec.return_ids))
-            self.connection.enqueue(P.SUBSCRIBE, list(spec.return_ids))
-        if error is not None:
-            name, text = error
-            self.runtime._on_task_error((name, text, spec.return_ids), ())
-
-    def _on_monitor(self, monitor):
-        channel = self.by_monitor.get(monitor)
-        while True:
-            try:
-                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
-            except zmq.Again:
-                break
-            if channel is None:
-                continue
-            if event == zmq.EVENT_CONNECTED:
-                # Usable once the worker says who it is: a call resubmitted
-                # after its death names it, so the node can tell a death it has
-                # not seen yet from one it has already restarted the actor after.
-                self._ping(channel)
-            elif event == zmq.EVENT_DISCONNECTED:
-                # Replies the worker sent before it went are answers: read
-                # them first (a poll may name the monitor before the socket).
-                self._on_readable(channel.socket)
-                self._fail_over(channel)
-
-    def _fail_over(self, channel):
-        """The actor's worker went: its calls in flight go through the node,
-        in order, marked as possibly run (its retry rules decide); the ones
-        waiting for their arguments follow, as new calls."""
-        with self.lock:
-            channel.connected = False
-            channel.epoch += 1      # a call not sent yet must not reach a restarted actor
-            attempted_on = channel.worker_id
-            channel.worker_id = None
-            calls = list(channel.inflight.values())
-            channel.inflight.clear()
-            for spec, frames, _keep in calls:
-                self.by_task.pop(spec.task_id, None)
-                for object_id in spec.return_ids:
-                    self.pending.pop(object_id, None)
-                    if object_id in self.publish_on_arrival:
-                        # The node's SUBMIT holds it for us now: our extra ref goes after.
-                        self.publish_on_arrival.discard(object_id)
-                        self.runtime.refs.drop(object_id)
-                retry = spec._replace(options={**spec.options, "attempted": attempted_on})
-                self._through_node(channel, retry, frames, self.connection.enqueue)
-            waiting, channel.waiting = list(channel.waiting), deque()
-            for spec, frames, _keep in waiting:
-                self._through_node(channel, spec, frames, self.connection.enqueue)
-            self._release_held_back(channel)
-            channel.actor_ref = None

@@ -21,7 +21,7 @@ from ..transport import protocol as P
 from ..transport.sockets import bound_receiving
 from ..transport.wire_types import ProtocolError
 from .connection import EVENTS, POLLIN
-from .direct import MAX_IPC_PATH
+from .direct_channel import MAX_IPC_PATH
 from .object_cache import INLINE_MAX_BYTES
 
 

@@ -44,7 +44,7 @@ import zmq
 
 from ..serialization import registrations as custom_serializers
 from ..transport import protocol as P
-from .direct import MAX_IPC_PATH
+from .direct_channel import MAX_IPC_PATH
 
 LINGER_S = 1.0
 MAX_REQUESTS = 4

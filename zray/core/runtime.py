@@ -50,6 +50,7 @@ class Runtime:
         self.log_to_driver = log_to_driver
         self.password = password
         self.kv = None              # a KvClient, made on first use
+        self.closers = []           # called before the connection closes (a gatekeeper)
         self.objects = ObjectCache(connection.cond, self.refs.holds, self.spill_dir,
                                    object_store.ArenaViews(self.refs.unpins, self.refs.pin_uses),
                                    connection.request)
@@ -392,6 +393,8 @@ class Runtime:
             self.flush_events()     # before BYE (events of direct calls and leased tasks)
         except Exception:
             pass                    # the node is gone: nobody to tell
+        for close in self.closers:
+            close()
         self.connection.close()
         if self.kv is not None:
             self.kv.close()

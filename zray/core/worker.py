@@ -22,6 +22,7 @@ from ..transport import protocol as P
 from ..stackdump import install as install_stack_dump
 from . import context
 from .endpoint import ActorEndpoint, TaskEndpoint
+from .remote_endpoint import RemoteActorEndpoint
 from .runtime import Runtime
 from .submit import ArgRef
 
@@ -36,6 +37,7 @@ class Worker:
         self.actor = None
         self.actor_executor = None   # thread pool or event loop for concurrent actors
         self.endpoint = None         # an actor's socket for direct calls (core/direct.py)
+        self.remote_endpoint = None  # ... and for callers on other nodes (tcp)
         self.push_endpoint = None    # where a client that leased it pushes tasks (core/lease.py)
         self.running_since = None    # time.monotonic() the main thread's task began
         self.stopping = False        # leaving (exit_actor, max_calls): run nothing more, wait for EXIT
@@ -151,6 +153,13 @@ class Worker:
             self.endpoint = ActorEndpoint(self.runtime, actor_id)
         except Exception as exc:     # callers then reach it through the node
             print(f"zray: actor without direct calls: {exc}", file=sys.stderr, flush=True)
+        if auth.is_tcp(self.runtime.node_info.get("tcp_address")) and \
+                actor_id[:8].hex() == self.runtime.node_info.get("node_id"):
+            try:        # callers on other nodes (a cluster)
+                self.remote_endpoint = RemoteActorEndpoint(self.runtime, actor_id)
+            except Exception as exc:
+                print(f"zray: actor without direct calls from other nodes: {exc}",
+                      file=sys.stderr, flush=True)
 
     def _report_done(self, spec, start, entries, payload, exiting, error_text, route=None,
                      endpoint=None):

@@ -6,6 +6,24 @@ first, and ignores it if malformed.
 """
 
 ACTOR_NAME_PREFIX = "actor_name:"    # name -> (actor_id, handle_meta), by the actor's home
+ACTOR_DIRECT_PREFIX = "actor_direct:"  # actor id hex -> its worker's tcp socket (by the worker)
+
+
+def valid_actor_direct_record(record):
+    """A worker's tcp address, its node's id and its worker id (hex)."""
+    if not isinstance(record, dict):
+        return False
+    address, node_id, worker_id = (record.get(k) for k in ("address", "node_id", "worker_id"))
+    if not (isinstance(address, str) and address.startswith("tcp://")
+            and isinstance(node_id, str) and len(node_id) == 16 and isinstance(worker_id, str)):
+        return False
+    try:
+        bytes.fromhex(worker_id)
+        bytes.fromhex(node_id)
+    except ValueError:
+        return False
+    host, _, port = address[len("tcp://"):].rpartition(":")
+    return bool(host) and port.isdigit() and 0 < int(port) < 65536
 
 
 def valid_actor_name_record(record):

@@ -410,6 +410,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         P.PUT: _on_put,
         P.SUBSCRIBE: lambda self, i, f, p: E.Subscribed(i, f[0]),
         P.ADD_REF: lambda self, i, f, p: E.RefsAdded(i, f[0]),
+        P.HELD_AT: lambda self, i, f, p: E.HeldElsewhere(i, f[0], f[1]),
         P.REMOVE_REF: lambda self, i, f, p: E.RefsRemoved(i, f[0]),
         P.FUNCTION: _on_function,
         P.BLOCKED: lambda self, i, f, p: E.WorkerBlocked(i),
@@ -554,6 +555,7 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
                 "plasma_dir": self.config["plasma_dir"], "spill_dir": self.objects.spill_dir,
                 "kv_address": self.config.get("kv_address"),
                 "kv_pub_address": self.config.get("kv_pub_address"),
+                "tcp_address": self.tcp_address,    # an actor's worker listens on this host too
                 "resources": R.describe(self.resources.totals),
                 "hostname": os.uname().nodename}
 

@@ -86,6 +86,8 @@ WRITE = _message(b"WRITE", object_id=BYTES, offset=INT)          # + [data]
 LEASE_REQUEST = _message(b"LEASE", lease_id=BYTES,      # lend me a worker for tasks
                          resources=mapping(STR, INT))   # of this demand (core/lease.py)
 LEASE_RETURN = _message(b"RETURN", lease_id=BYTES)      # worker: my lessee gave me back
+HELD_AT = _message(b"HELDAT", node_id=STR,       # hold these for me: they are held for
+                   entries=HEADERS)              # this node on node_id (a direct call's)
 
 # node daemon -> client
 WELCOME = _message(b"WELCOME", node_info=mapping(STR, DATA))
@@ -114,6 +116,15 @@ CALL = _message(b"CALL", spec=TaskSpec.check, deps=HEADERS)   # + argument frame
 REPLY = _message(b"REPLY", task_id=BYTES, entries=opt(HEADERS),   # + frames; entries None:
                  error=opt(pair(STR, STR)),  # the results went to the node (DONE with holder)
                  events=seq(DATA))           # the worker's timeline records, for the caller to send
+# Across machines (core/remote_calls.py): at the worker's CURVE tcp socket, a
+# CALL from a caller on another node carries inline values only and names
+# that node; results that cannot come back in REPLY stay on the worker's
+# node, held for the caller's node (DONE with holder p<node id>): HELD says
+# where, and the caller tells its own node (HELD_AT), which pulls them.
+REMOTE_CALL = _message(b"RCALL", spec=TaskSpec.check, deps=HEADERS,  # + frames, as CALL
+                       from_node=STR)     # the caller's node: it holds what cannot go inline
+HELD = _message(b"HELD", task_id=BYTES, node_id=STR, entries=HEADERS,
+                error=opt(pair(STR, STR)))
 PING = _message(b"PING", nonce=INT)               # caller, on connecting: who are you?
 PONG = _message(b"PONG", worker_id=BYTES, nonce=INT)   # the actor's worker (named in
 #   resubmitted calls), answering the PING of that nonce (only the latest counts)

@@ -117,7 +117,8 @@ class ActorTable:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
-        if "attempted" in task.spec.options:
+        if "attempted" in task.spec.options and not actor.proxy:
+            # (Through a proxy it goes on to the actor's home, which judges it.)
             self._submit_attempted(actor, task, task.spec.options["attempted"])
             return
         caller = caller_of(task.spec)

@@ -55,6 +55,12 @@ class Subscribed(NamedTuple):
     object_ids: list
 
 
+class HeldElsewhere(NamedTuple):   # a direct call's results, held for us on node_id
+    client: bytes             # the caller: hold them for it
+    node_id: str
+    headers: list
+
+
 class RefsAdded(NamedTuple):
     client: bytes
     object_ids: list

@@ -200,7 +200,7 @@ class NodeState(ObjectEvents):
             return
         holder = None
         if ev.holder is not None and worker is not None and worker.actor_id is not None:
-            holder = self.clients.get(ev.holder)    # results of a direct call, kept for it
+            holder = self._direct_caller(ev.holder)    # results of a direct call, kept for it
         self.store_objects(ev.headers, ev.frames, holder=holder)
         pid = worker.pid if worker is not None else None
         if worker is not None and worker.actor_id is not None:
@@ -225,6 +225,16 @@ class NodeState(ObjectEvents):
                 worker.state = BUSY        # leaving; reaped when it exits
             else:
                 worker.state = IDLE
+
+    def _direct_caller(self, identity):
+        """The client a direct call's results are held for: the caller, or
+        ``p<node id>``, the peer whose client called from another node
+        (core/remote_endpoint.py; a peer's identity is that and a nonce)."""
+        client = self.clients.get(identity)
+        if client is None and len(identity) == 17 and identity[:1] == b"p":
+            client = next((c for i, c in self.clients.items()
+                           if c.kind == "peer" and i.startswith(identity)), None)
+        return client
 
     def push_object(self, identity, object_id):
         """OBJECTS to a client, now, of an object already here."""

@@ -108,6 +108,27 @@ class ObjectEvents:
             for object_id in ev.object_ids:
                 self._hold(client, object_id)
 
+    def _on_held_elsewhere(self, ev):
+        """A direct call from our client to an actor on a peer left results
+        there, held for us: hold them for the client, and note where they are
+        (pulled when wanted, released there when freed here), as the large
+        result of a task we forwarded."""
+        client = self.clients.get(ev.client)
+        gone = ev.node_id not in self.forwarding.peers
+        for header in ev.headers:
+            object_id = header[0]
+            if client is None:
+                if not gone:
+                    self.emit(C.ReleaseRemote(ev.node_id, [object_id]))
+                continue
+            self.objects.expect(object_id)
+            self._hold(client, object_id)
+            if gone:
+                self._on_lost(E.ObjectLost(object_id, f"it was made on node {ev.node_id}, "
+                                                      f"which left the cluster"))
+            else:
+                self.locations.located(ev.node_id, header)
+
     def _on_remove_ref(self, ev):
         client = self.clients.get(ev.client)
         if client is None:
@@ -168,6 +189,7 @@ class ObjectEvents:
         E.ObjectsPut: _on_put, E.ObjectsSealed: _on_sealed, E.ObjectsExpected: _on_expected,
         E.ObjectLost: _on_lost, E.Subscribed: _on_subscribe,
         E.RefsAdded: _on_add_ref, E.RefsRemoved: _on_remove_ref,
+        E.HeldElsewhere: _on_held_elsewhere,
         E.ReserveRequested: _on_reserve, E.ReservationReleased: _on_unreserve,
         E.SpillsFinished: _on_spills_finished,
         E.PinRequested: _on_pin, E.Unpinned: _on_unpinned, E.PinsUsed: _on_pins_used,

@@ -1,0 +1,139 @@
+"""Opening the caller's sockets to actors (part of DirectCalls, core/direct.py).
+
+- ipc, in the node's session directory, to an actor made from this node.
+- tcp, to an actor made on another node (or from a process whose node is
+  on another machine): the address its worker published in the kv
+  (core/remote_endpoint.py), a CURVE client of the cluster token. A record
+  not there yet, or a socket that never connects (a stale address: its
+  worker died), is looked up again after a while, when no call is out.
+- At most MAX_CHANNELS sockets per process: past that, the least recently
+  used one idle for IDLE_CLOSE_S closes (its actor's next call opens it
+  again); with none idle, calls go through the node.
+"""
+import time
+
+import zmq
+
+from ..kv.records import ACTOR_DIRECT_PREFIX, valid_actor_direct_record
+from ..transport import auth
+from ..transport import protocol as P
+from .direct_channel import IDLE_CLOSE_S, MAX_CHANNELS, MAX_IPC_PATH, Channel
+
+REMOTE_CONNECT_S = 2.0      # a tcp socket not connected by then is looked up again
+
+
+class DirectSockets:
+    """Mixed into DirectCalls: needs ``channels``, ``lock``, ``sockets``,
+    ``by_monitor``, ``connection``, ``runtime``, ``node_id``, ``session_dir``,
+    ``over_tcp``, ``looks_remote``, ``_on_readable`` and ``_on_monitor``."""
+
+    def _channel(self, actor_id):
+        """The channel to this actor, opened on first use. One left without a
+        socket for want of room tries again now and then, when quiet."""
+        channel = self.channels.get(actor_id)
+        if channel is not None and (channel.retry_at is None
+                                    or time.monotonic() < channel.retry_at):
+            return channel
+        return self._open(actor_id, channel)
+
+    def _open(self, actor_id, old):
+        target, remote = self._target(actor_id)
+        victims = ()
+        with self.lock:
+            existing = self.channels.get(actor_id)
+            if existing is not old:      # another thread opened it first
+                return existing
+            if old is not None and not old.quiet():
+                old.retry_at = time.monotonic() + IDLE_CLOSE_S
+                return old
+            if old is not None and old.socket is not None:
+                victims = [self._forget_socket(old)]    # a remote one, to look up again
+            possible = target is not None
+            if possible:
+                possible, more = self._room()
+                victims = [*victims, *more]
+            if not possible:
+                channel = Channel(actor_id)
+                if target is not None or self.looks_remote:
+                    channel.retry_at = time.monotonic() + IDLE_CLOSE_S
+            else:
+                socket = self.connection.context.socket(zmq.DEALER)
+                socket.setsockopt(zmq.LINGER, 0)
+                socket.setsockopt(zmq.SNDHWM, 0)
+                socket.setsockopt(zmq.RCVHWM, 0)
+                # Only to a connected actor: a call queued for a dead one must
+                # never reach its restarted successor (it is resubmitted instead).
+                socket.setsockopt(zmq.IMMEDIATE, 1)
+                socket.setsockopt(zmq.RECONNECT_IVL, 50)
+                socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+                socket.setsockopt(zmq.IDENTITY, self.identity)
+                # Over tcp usable once CURVE's handshake is done, not at connect.
+                up = zmq.EVENT_HANDSHAKE_SUCCEEDED if remote else zmq.EVENT_CONNECTED
+                monitor = socket.get_monitor_socket(up | zmq.EVENT_DISCONNECTED)
+                auth.connect(socket, target, self.runtime.password)
+                channel = Channel(actor_id, socket, monitor)
+                channel.remote = remote
+                if remote:      # a stale address (worker gone): looked up again later
+                    channel.retry_at = time.monotonic() + REMOTE_CONNECT_S
+                self.by_monitor[monitor] = channel
+                self.sockets += 1
+            self.channels[actor_id] = channel
+            if old is not None:
+                old.closed = True
+        for victim in victims:
+            self.connection.remove_socket(victim.monitor)
+            self.connection.remove_socket(victim.socket)
+        if channel.socket is not None:
+            self.connection.add_socket(channel.socket, self._on_readable)
+            self.connection.add_socket(channel.monitor, self._on_monitor)
+        return channel
+
+    def _target(self, actor_id):
+        """(address, over tcp) of the actor's worker's socket, or (None, _).
+        ipc for an actor made from this node (its actor table then holds the
+        record that judges calls resubmitted after a death); tcp, from the
+        kv, for one made on another node, or from a process whose node is on
+        another machine."""
+        home_here = bool(self.node_id) and actor_id[:len(self.node_id)] == self.node_id
+        if home_here and not self.over_tcp:
+            path = P.actor_socket_path(self.session_dir, actor_id) if self.session_dir else None
+            if path is not None and len(path) <= MAX_IPC_PATH:
+                return "ipc://" + path, False
+            return None, False
+        if not self.looks_remote:
+            return None, True
+        try:
+            kv = self.runtime.kv_client()
+            record = kv.get(ACTOR_DIRECT_PREFIX + actor_id.hex()) if kv is not None else None
+        except Exception:       # noqa: BLE001 - no kv now: through the node, look again later
+            record = None
+        if not valid_actor_direct_record(record):
+            return None, True
+        return record["address"], True
+
+    def _forget_socket(self, channel):
+        """Under lock: ``channel``'s socket is to close (returned, to remove)."""
+        channel.epoch += 1
+        self.by_monitor.pop(channel.monitor, None)
+        self.sockets -= 1
+        return channel
+
+    def _room(self):
+        """(room for one more socket, the channels closed to make it): the
+        least recently used of those quiet for IDLE_CLOSE_S. Under lock."""
+        excess = self.sockets + 1 - MAX_CHANNELS
+        if excess <= 0:
+            return True, ()
+        cutoff = time.monotonic() - IDLE_CLOSE_S
+        idle = [c for c in self.channels.values()
+                if c.socket is not None and c.last_used < cutoff and c.quiet()]
+        if len(idle) < excess:
+            return False, ()
+        victims = sorted(idle, key=lambda c: c.last_used)[:excess]
+        for victim in victims:
+            victim.closed = True
+            victim.epoch += 1           # its PING, if still queued, is not sent
+            del self.channels[victim.actor_id]
+            self.by_monitor.pop(victim.monitor, None)
+        self.sockets -= len(victims)
+        return True, victims
