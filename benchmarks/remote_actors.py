@@ -1,6 +1,6 @@
 """Actors on other nodes: call rates by route, and re-creation after a node's death.
 
-    python -m benchmarks.remote_actors [--calls 1000] [--repeat 3] [--json FILE]
+    python -m benchmarks.remote_actors [--calls 1000] [--repeat 3] [--json FILE] [--no-kill]
 
 Starts a head (A, {"node_a"}), a node B ({"node_b", "movable"}) and a node
 C ({"node_c", "movable"}) with `zray start` under a fresh temp dir (each
@@ -11,6 +11,9 @@ Rows:
   actor on A (caller -> node -> worker), the baseline.
 - ``calls, actor on B``: the same to an actor placed on B (driver -> A ->
   B -> A -> driver: the home forwards them).
+- ``calls, actor made on B``: the same to an actor created from a task on
+  B (homed there): the driver calls its worker straight over tcp
+  (core/remote_endpoint.py; before that: driver -> A -> B -> worker).
 - ``calls from a task on C, actor on B``: a task on C calls the actor homed
   on A that lives on B (C -> A -> B and back).
 - ``re-created after kill -9``: an actor with max_restarts=1 on B or C
@@ -58,7 +61,7 @@ def _rates(ray, handle, calls, repeat):
     return sync, pipelined
 
 
-def run(calls, repeat):
+def run(calls, repeat, kill=True):
     import zray as ray
     from zray.cluster import list_nodes
     from zray.exceptions import RayActorError
@@ -77,7 +80,7 @@ def run(calls, repeat):
         for name, node_root in roots.items():
             os.makedirs(node_root)
             _zray("start", "--address", address, "--num-cpus", 1, "--redis-password", token,
-                  "--resources", json.dumps({f"node_{name}": 1, "movable": 1}),
+                  "--resources", json.dumps({f"node_{name}": 4, "movable": 1}),
                   "--temp-dir", node_root, env=env)
         deadline = time.monotonic() + 30
         while len(list_nodes(address, token)[2]) < 3:
@@ -109,8 +112,18 @@ def run(calls, repeat):
         sync_b, pipelined_b = _rates(ray, on_b, calls, repeat)
         rows.append(("calls, actor on B (driver on A)", f"{sync_b:.0f}/s sync",
                      f"{pipelined_b:.0f}/s pipelined ({pipelined_b / pipelined:.2f}x of on A)"))
+        @ray.remote(num_cpus=0, resources={"node_b": 1})
+        def make_on_b():
+            return Pinger.options(num_cpus=0, resources={"node_b": 1}).remote()
+
+        made_on_b = ray.get(make_on_b.remote())
+        sync_h, pipelined_h = _rates(ray, made_on_b, calls, repeat)
+        rows.append(("calls, actor made on B (driver on A)", f"{sync_h:.0f}/s sync",
+                     f"{pipelined_h:.0f}/s pipelined ({pipelined_h / pipelined:.2f}x of on A)"))
         from_c = max(ray.get(calls_from_c.remote(on_b, calls)) for _ in range(repeat))
         rows.append(("calls from a task on C, actor on B", "", f"{from_c:.0f}/s pipelined"))
+        if not kill:
+            return rows
 
         recoveries = []
         for _ in range(repeat):
@@ -130,7 +143,7 @@ def run(calls, repeat):
             # Start the victim again for the next round.
             _zray("stop", "--temp-dir", roots[victim], env=env)
             _zray("start", "--address", address, "--num-cpus", 1, "--redis-password", token,
-                  "--resources", json.dumps({f"node_{victim}": 1, "movable": 1}),
+                  "--resources", json.dumps({f"node_{victim}": 4, "movable": 1}),
                   "--temp-dir", roots[victim], env=env)
             deadline = time.monotonic() + 30
             while len(list_nodes(address, token)[2]) < 3:
@@ -156,8 +169,9 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json")
+    parser.add_argument("--no-kill", action="store_true", help="the call rows only")
     args = parser.parse_args(argv)
-    rows = run(args.calls, args.repeat)
+    rows = run(args.calls, args.repeat, kill=not args.no_kill)
     width = max(len(row[0]) for row in rows)
     for name, figure, detail in rows:
         print(f"{name:<{width}}  {figure:>16}  {detail}")

@@ -11,6 +11,8 @@ the driver's node counts no submitted task for them.
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -22,7 +24,7 @@ import zray as ray
 from zray.exceptions import RayActorError, RayTaskError
 from zray.transport import auth
 
-from cluster_util import Cluster, here, records, wait_for
+from cluster_util import Cluster, here, records, tcp_driver_env, wait_for
 
 STORE = str(100 * 1024 * 1024)
 
@@ -219,6 +221,54 @@ def test_actor_node_killed_during_calls_fails_them_naming_the_node(driver, clust
             ray.get(box.add.remote(1), timeout=60)
     finally:
         cluster.stop(tmp_path)
+
+
+REMOTE_DRIVER = """
+import os, sys
+import numpy as np
+import zray as ray
+from cluster_util import connect_over_tcp, wait_for
+
+connect_over_tcp()
+ray.init(address=sys.argv[1], redis_password=os.environ["ZRAY_TEST_TOKEN"])
+runtime = ray.api._runtime()
+
+
+@ray.remote(num_cpus=0)
+class Echo:
+    def echo(self, x):
+        return x
+
+    def big(self):
+        return np.arange(300_000)
+
+
+echo = Echo.remote()        # made on the driver's node (the head), reached over tcp
+
+
+def usable():
+    ray.get(echo.echo.remote(0))
+    channel = runtime.direct.channels.get(echo._actor_id)
+    return channel is not None and channel.remote and channel.usable()
+
+
+wait_for(usable, 30, "the tcp socket to the actor")
+before = runtime.request("status")["tasks"]["submitted"]
+assert ray.get([echo.echo.remote(i) for i in range(100)]) == list(range(100))
+assert runtime.request("status")["tasks"]["submitted"] == before, "went through the node"
+assert ray.get(echo.big.remote())[-1] == 299_999       # held for this driver on its node
+print("remote direct ok")
+"""
+
+
+def test_a_driver_over_tcp_calls_an_actor_of_its_node_over_tcp(cluster, tmp_path):
+    script = tmp_path / "driver.py"
+    script.write_text(REMOTE_DRIVER)
+    driver = subprocess.run([sys.executable, str(script), cluster.address],
+                            env=tcp_driver_env({"ZRAY_TEST_TOKEN": cluster.token}),
+                            timeout=300, capture_output=True, text=True)
+    assert driver.returncode == 0, driver.stdout[-2000:] + driver.stderr[-4000:]
+    assert "remote direct ok" in driver.stdout
 
 
 def _junk_at(address, frames_list):

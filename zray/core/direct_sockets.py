@@ -20,6 +20,7 @@ from ..transport import protocol as P
 from .direct_channel import IDLE_CLOSE_S, MAX_CHANNELS, MAX_IPC_PATH, Channel
 
 REMOTE_CONNECT_S = 2.0      # a tcp socket not connected by then is looked up again
+LOOKUP_TIMEOUT_S = 1.0      # the kv's answer to where an actor listens
 
 
 class DirectSockets:
@@ -104,7 +105,9 @@ class DirectSockets:
             return None, True
         try:
             kv = self.runtime.kv_client()
-            record = kv.get(ACTOR_DIRECT_PREFIX + actor_id.hex()) if kv is not None else None
+            # Short: this is a caller's send (a miss is retried after a while).
+            record = (kv.call("get", ACTOR_DIRECT_PREFIX + actor_id.hex(), None,
+                              timeout_s=LOOKUP_TIMEOUT_S) if kv is not None else None)
         except Exception:       # noqa: BLE001 - no kv now: through the node, look again later
             record = None
         if not valid_actor_direct_record(record):

@@ -65,9 +65,9 @@ class RemoteActorEndpoint:
             auth.serve_securely(socket, runtime.password)    # bounded per peer, as ipc
             socket.bind(f"tcp://{host}:0")
             self.address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            runtime.kv_client().put(ACTOR_DIRECT_PREFIX + actor_id.hex(), {
+            runtime.kv_client().call("put", ACTOR_DIRECT_PREFIX + actor_id.hex(), {
                 "address": self.address, "node_id": node_id,
-                "worker_id": runtime.connection.identity.hex()})
+                "worker_id": runtime.connection.identity.hex()}, timeout_s=2.0)
         except Exception:
             socket.close(0)
             self.gatekeeper.stop()
