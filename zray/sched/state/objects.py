@@ -79,7 +79,12 @@ class ObjectEvents:
             return
         for object_id in ev.object_ids:
             entry = self.objects.get(object_id)
-            if entry is None or (entry.state != OBJECT_READY and self._freed_here(object_id)):
+            if entry is None and client.kind == "peer" and not self.objects.was_freed(object_id):
+                # The result of a direct call from that peer's client, held for
+                # the peer: the caller heard of it (HELD) before the worker's
+                # DONE reached us (core/remote_endpoint.py). It is coming.
+                entry = self.objects.expect(object_id)
+            elif entry is None or (entry.state != OBJECT_READY and self._freed_here(object_id)):
                 entry = self._lost(object_id)
             if entry.state == OBJECT_READY:
                 self.emit(C.PushObject(client.identity, entry))

@@ -1,0 +1,74 @@
+"""NodeState: the results of a direct call from another node's client
+(core/remote_endpoint.py) are held for that node, and that node holds and
+pulls them for its client (HELD_AT). No sockets: events in, commands out."""
+from state_util import Node, inline, new_id, of, pushed, shm_header
+from test_node_state import call, make_actor
+from zray.sched.state import commands as C, events as E
+
+PEER_B = "b2" * 8
+B_IDENTITY = b"p" + PEER_B.encode() + b"\x01\x02\x03\x04"    # its link here: id + nonce
+
+
+def peer_info():
+    return {"tcp_address": "tcp://peer:1", "resources": {"CPU": 1}, "available": {"CPU": 1},
+            "queued": 0}
+
+
+def actor_node_with_peer():
+    node = Node(node_id="a1" * 8)
+    node.driver()
+    node.do(E.PeerSeen(PEER_B, peer_info()))
+    node.do(E.ClientJoined(B_IDENTITY, "peer", 0))
+    actor_id, worker_id = make_actor(node)
+    return node, actor_id, worker_id
+
+
+def test_results_held_for_the_callers_node_are_pushed_to_it_and_freed_when_it_lets_go():
+    node, actor_id, worker_id = actor_node_with_peer()
+    direct = call(actor_id)
+    result = direct.return_ids[0]
+    node.do(E.TaskDone(worker_id, direct.task_id, [inline(result)], [b"x"], False, None,
+                       b"p" + PEER_B.encode()))
+    assert node.state.objects.get(result).refcount == 1       # held for node B
+    out = node.do(E.Subscribed(B_IDENTITY, [result]))
+    assert pushed(out, B_IDENTITY) == {result: False}
+    node.do(E.RefsRemoved(B_IDENTITY, [result]))
+    assert node.state.objects.get(result) is None
+
+
+def test_node_b_asking_before_the_workers_done_arrives_waits_for_it():
+    """The caller heard HELD (and its node asked) before the worker's DONE
+    reached this node: the result is coming, not lost."""
+    node, actor_id, worker_id = actor_node_with_peer()
+    direct = call(actor_id)
+    result = direct.return_ids[0]
+    out = node.do(E.Subscribed(B_IDENTITY, [result]))
+    assert not of(C.PushObject, out)
+    out = node.do(E.TaskDone(worker_id, direct.task_id, [inline(result)], [b"x"], False, None,
+                             b"p" + PEER_B.encode()))
+    assert pushed(out, B_IDENTITY) == {result: False}      # the value, not an ObjectLostError
+
+
+def test_the_callers_node_holds_results_left_on_a_peer_and_pulls_them_when_asked():
+    node = Node(node_id="c3" * 8)
+    node.driver()
+    node.do(E.PeerSeen(PEER_B, peer_info()))
+    result = new_id()
+    node.do(E.HeldElsewhere(b"driver", PEER_B, [shm_header(result, 300_000)]))
+    assert node.state.objects.get(result).refcount == 1       # held for the driver
+    out = node.do(E.Subscribed(b"driver", [result]))
+    (want,) = of(C.WantObjects, out)
+    assert want.node_id == PEER_B and want.object_ids == [result]
+    # The driver lets go: so does this node, and its hold on the peer with it.
+    out = node.do(E.RefsRemoved(b"driver", [result]))
+    assert node.state.objects.get(result) is None
+    assert any(c.node_id == PEER_B and result in c.object_ids for c in of(C.ReleaseRemote, out))
+
+
+def test_results_on_a_node_that_left_are_lost_with_it():
+    node = Node(node_id="c3" * 8)
+    node.driver()
+    result = new_id()
+    node.do(E.HeldElsewhere(b"driver", PEER_B, [shm_header(result, 300_000)]))
+    (push,) = of(C.PushObject, node.do(E.Subscribed(b"driver", [result])))
+    assert push.entry.is_error
