@@ -42,7 +42,7 @@ class DirectReplies:
                     channel.connected = True
                     channel.retry_at = None     # a tcp socket's address was right
 
-    def _on_reply(self, task_id, entries, error, events, payload):
+    def _on_reply(self, task_id, entries, error, events, payload, held_at=None):
         enqueue = self.connection.enqueue
         cache = self.cache
         if events:
@@ -76,29 +76,17 @@ class DirectReplies:
                 if cache.on_arrival:
                     cache.arrived(spec.return_ids)   # calls waiting for these as arguments
             else:
-                self._from_node(spec, error, keep)
+                self._from_node(spec, error, keep, held_at)
             if channel.idle():
                 self._release_held_back(channel)
                 channel.actor_ref = None
 
     def _on_held(self, task_id, node_id, entries, error):
         """A call over tcp whose results stay on the actor's node, held for
-        ours (core/remote_endpoint.py): our node is told where, and pulls them."""
-        with self.lock:
-            channel = self.by_task.pop(task_id, None)
-            call = channel.inflight.pop(task_id, None) if channel is not None else None
-            if call is None:
-                return                       # resubmitted through the node already
-            spec, _frames, keep = call
-            for object_id in spec.return_ids:
-                self.pending.pop(object_id, None)
-            if node_id == self.node_id.hex():   # a client of that node itself (over tcp)
-                self._from_node(spec, error, keep)
-            else:
-                self._from_node(spec, error, keep, held_at=(node_id, entries))
-            if channel.idle():
-                self._release_held_back(channel)
-                channel.actor_ref = None
+        ours (core/remote_endpoint.py): our node is told where, and pulls
+        them; for a client of that node itself (over tcp), held for us there."""
+        held_at = None if node_id == self.node_id.hex() else (node_id, entries)
+        self._on_reply(task_id, None, error, (), (), held_at)
 
     def _release_held_back(self, channel):
         held, channel.held_back = channel.held_back, []

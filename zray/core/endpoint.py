@@ -95,9 +95,7 @@ def send_results(runtime, socket, spec, route, entries, payload, exiting, error_
     """Results straight to the caller (REPLY) if they can live there alone;
     else to the node in DONE, held for the caller, and a REPLY saying so.
     The worker's timeline records ride along either way."""
-    simple = direct_ok and not exiting and error_text is None and all(
-        header[1] == P.INLINE and not header[4] and not header[5] for header in entries)
-    if simple and sum(len(f) for f in payload) < INLINE_MAX_BYTES:
+    if direct_ok and fits_in_reply(entries, payload, exiting, error_text):
         runtime.connection.send_on(socket, [route] + P.pack(
             P.REPLY, spec.task_id, entries, None, runtime.take_events()) + payload)
         return
@@ -105,6 +103,13 @@ def send_results(runtime, socket, spec, route, entries, payload, exiting, error_
                          runtime.take_events(), spec.owner, frames=payload)
     error = (spec.name, error_text) if error_text else None
     runtime.connection.send_on(socket, [route] + P.pack(P.REPLY, spec.task_id, None, error, []))
+
+
+def fits_in_reply(entries, payload, exiting, error_text):
+    """Results that can live in the caller alone: small values, no ref, no error."""
+    return not exiting and error_text is None and all(
+        header[1] == P.INLINE and not header[4] and not header[5] for header in entries
+    ) and sum(len(f) for f in payload) < INLINE_MAX_BYTES
 
 
 class TaskEndpoint:

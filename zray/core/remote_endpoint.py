@@ -32,8 +32,7 @@ from ..kv.records import ACTOR_DIRECT_PREFIX
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.wire_types import ProtocolError
-from .endpoint import _messages
-from .object_cache import INLINE_MAX_BYTES
+from .endpoint import _messages, fits_in_reply
 
 log = logging.getLogger("zray.direct")
 
@@ -114,9 +113,7 @@ class RemoteActorEndpoint:
         node, held for the caller's node, and HELD saying where."""
         runtime = self.runtime
         from_node = self.callers.pop(spec.task_id, None)
-        simple = not exiting and error_text is None and all(
-            header[1] == P.INLINE and not header[4] and not header[5] for header in entries)
-        if simple and sum(len(f) for f in payload) < INLINE_MAX_BYTES:
+        if fits_in_reply(entries, payload, exiting, error_text):
             runtime.connection.send_on(self.socket, [route] + P.pack(
                 P.REPLY, spec.task_id, entries, None, runtime.take_events()) + payload)
             return
