@@ -150,6 +150,20 @@ def test_calls_from_another_node_go_straight_to_the_actor_in_order(driver):
     assert seen[-3:] == [5, 5, 7] and len(seen) == 203
 
 
+def test_a_stream_of_calls_from_creation_on_keeps_its_order(driver):
+    """Calls sent from the start go through the nodes until the worker's
+    address is known and it answers, then direct: never out of order."""
+    box = make_on("node_a")
+    refs = []
+    for batch in range(40):
+        refs += [box.add.remote(batch * 50 + i) for i in range(50)]
+        if batch % 10 == 9:
+            ray.get(refs[-1], timeout=60)
+    assert ray.get(refs, timeout=60) == list(range(1, 2001))
+    assert ray.get(box.calls_seen.remote(), timeout=60) == list(range(2000))
+    assert ray.get(box.tcp_calls.remote(), timeout=60) > 0
+
+
 def test_big_results_errors_and_refs_come_back_through_the_nodes(driver):
     box = make_on("node_a")
     wait_direct(box)

@@ -11,7 +11,7 @@ class Channel:
     __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "waiting",
                  "node_calls", "node_only", "silent_sent", "silent_answered", "actor_ref",
                  "held_back", "epoch", "worker_id", "pings", "last_used", "retry_at",
-                 "closed", "remote")
+                 "closed", "remote", "lookups")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
@@ -39,7 +39,8 @@ class Channel:
         self.last_used = 0.0        # when a call last went on it (the LRU closes first)
         self.retry_at = None        # no socket for want of room: try again from then
         self.closed = False         # replaced (its socket closed to make room): look again
-        self.remote = False         # over tcp, to a worker on another node (remote_calls.py)
+        self.remote = False         # over tcp, to a worker on another node (remote_endpoint.py)
+        self.lookups = 0            # kv lookups of its address since it last answered
 
     def usable(self):
         return (self.connected and not self.node_calls and not self.node_only

@@ -41,6 +41,7 @@ class DirectReplies:
                     channel.worker_id = worker_id
                     channel.connected = True
                     channel.retry_at = None     # a tcp socket's address was right
+                    channel.lookups = 0
 
     def _on_reply(self, task_id, entries, error, events, payload, held_at=None):
         enqueue = self.connection.enqueue

@@ -21,6 +21,7 @@ from .direct_channel import IDLE_CLOSE_S, MAX_CHANNELS, MAX_IPC_PATH, Channel
 
 REMOTE_CONNECT_S = 2.0      # a tcp socket not connected by then is looked up again
 LOOKUP_TIMEOUT_S = 1.0      # the kv's answer to where an actor listens
+LOOKUP_AGAIN_S = 0.025      # no address yet: look again after this, doubling (to 1 s)
 
 
 class DirectSockets:
@@ -39,55 +40,81 @@ class DirectSockets:
 
     def _open(self, actor_id, old):
         target, remote = self._target(actor_id)
-        victims = ()
+        closing = []            # (socket, monitor) pairs to remove, outside the lock
         with self.lock:
             existing = self.channels.get(actor_id)
             if existing is not old:      # another thread opened it first
                 return existing
-            if old is not None and not old.quiet():
+            # A tcp channel gets its new socket in place once no call is out
+            # on the old one: its count of calls through the node stays, so
+            # they are answered before calls go direct again (order).
+            in_place = (remote and old is not None and (old.socket is None or old.remote)
+                        and not (old.inflight or old.waiting))
+            if old is not None and not in_place and not old.quiet():
                 old.retry_at = time.monotonic() + IDLE_CLOSE_S
                 return old
             if old is not None and old.socket is not None:
-                victims = [self._forget_socket(old)]    # a remote one, to look up again
-            possible = target is not None
-            if possible:
-                possible, more = self._room()
-                victims = [*victims, *more]
-            if not possible:
-                channel = Channel(actor_id)
-                if target is not None or self.looks_remote:
-                    channel.retry_at = time.monotonic() + IDLE_CLOSE_S
-            else:
-                socket = self.connection.context.socket(zmq.DEALER)
-                socket.setsockopt(zmq.LINGER, 0)
-                socket.setsockopt(zmq.SNDHWM, 0)
-                socket.setsockopt(zmq.RCVHWM, 0)
-                # Only to a connected actor: a call queued for a dead one must
-                # never reach its restarted successor (it is resubmitted instead).
-                socket.setsockopt(zmq.IMMEDIATE, 1)
-                socket.setsockopt(zmq.RECONNECT_IVL, 50)
-                socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-                socket.setsockopt(zmq.IDENTITY, self.identity)
-                # Over tcp usable once CURVE's handshake is done, not at connect.
-                up = zmq.EVENT_HANDSHAKE_SUCCEEDED if remote else zmq.EVENT_CONNECTED
-                monitor = socket.get_monitor_socket(up | zmq.EVENT_DISCONNECTED)
-                auth.connect(socket, target, self.runtime.password)
-                channel = Channel(actor_id, socket, monitor)
-                channel.remote = remote
-                if remote:      # a stale address (worker gone): looked up again later
-                    channel.retry_at = time.monotonic() + REMOTE_CONNECT_S
-                self.by_monitor[monitor] = channel
-                self.sockets += 1
-            self.channels[actor_id] = channel
-            if old is not None:
-                old.closed = True
-        for victim in victims:
-            self.connection.remove_socket(victim.monitor)
-            self.connection.remove_socket(victim.socket)
-        if channel.socket is not None:
+                closing.append(self._unhook(old))
+            room = False
+            if target is not None:
+                room, victims = self._room()
+                closing += [(victim.socket, victim.monitor) for victim in victims]
+            channel = old if in_place else Channel(actor_id)
+            if room:
+                self._hook(channel, target, remote)
+            elif target is not None or self.looks_remote:
+                # No room, or (tcp) no address yet: the actor may be starting.
+                channel.lookups += 1
+                delay = min(IDLE_CLOSE_S, LOOKUP_AGAIN_S * 2 ** channel.lookups) if remote \
+                    else IDLE_CLOSE_S
+                channel.retry_at = time.monotonic() + delay
+            if channel is not old:
+                self.channels[actor_id] = channel
+                if old is not None:
+                    old.closed = True
+        for socket, monitor in closing:
+            self.connection.remove_socket(monitor)
+            self.connection.remove_socket(socket)
+        if room:
             self.connection.add_socket(channel.socket, self._on_readable)
             self.connection.add_socket(channel.monitor, self._on_monitor)
         return channel
+
+    def _hook(self, channel, target, remote):
+        """Under lock: a socket to ``target`` for ``channel``."""
+        socket = self.connection.context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+        # Only to a connected actor: a call queued for a dead one must
+        # never reach its restarted successor (it is resubmitted instead).
+        socket.setsockopt(zmq.IMMEDIATE, 1)
+        socket.setsockopt(zmq.RECONNECT_IVL, 50)
+        socket.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        socket.setsockopt(zmq.IDENTITY, self.identity)
+        # Over tcp usable once CURVE's handshake is done, not at connect.
+        up = zmq.EVENT_HANDSHAKE_SUCCEEDED if remote else zmq.EVENT_CONNECTED
+        monitor = socket.get_monitor_socket(up | zmq.EVENT_DISCONNECTED)
+        auth.connect(socket, target, self.runtime.password)
+        channel.socket, channel.monitor = socket, monitor
+        channel.node_only = False
+        channel.remote = remote
+        # A stale address (its worker gone) is looked up again if it never connects.
+        channel.retry_at = time.monotonic() + REMOTE_CONNECT_S if remote else None
+        self.by_monitor[monitor] = channel
+        self.sockets += 1
+
+    def _unhook(self, channel):
+        """Under lock: ``channel`` lets go of its socket; (socket, monitor) to remove."""
+        pair = channel.socket, channel.monitor
+        channel.epoch += 1      # what is still queued for the old socket is not sent
+        self.by_monitor.pop(channel.monitor, None)
+        self.sockets -= 1
+        channel.socket = channel.monitor = None
+        channel.connected = False
+        channel.worker_id = None
+        channel.node_only = True
+        return pair
 
     def _target(self, actor_id):
         """(address, over tcp) of the actor's worker's socket, or (None, _).
@@ -113,13 +140,6 @@ class DirectSockets:
         if not valid_actor_direct_record(record):
             return None, True
         return record["address"], True
-
-    def _forget_socket(self, channel):
-        """Under lock: ``channel``'s socket is to close (returned, to remove)."""
-        channel.epoch += 1
-        self.by_monitor.pop(channel.monitor, None)
-        self.sockets -= 1
-        return channel
 
     def _room(self):
         """(room for one more socket, the channels closed to make it): the

@@ -1,5 +1,5 @@
 """An actor's worker's socket for callers on other machines (the caller's
-side: core/remote_calls.py).
+side: core/direct.py, direct_sockets.py, direct_replies.py).
 
 ::
 

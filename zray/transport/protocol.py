@@ -116,7 +116,7 @@ CALL = _message(b"CALL", spec=TaskSpec.check, deps=HEADERS)   # + argument frame
 REPLY = _message(b"REPLY", task_id=BYTES, entries=opt(HEADERS),   # + frames; entries None:
                  error=opt(pair(STR, STR)),  # the results went to the node (DONE with holder)
                  events=seq(DATA))           # the worker's timeline records, for the caller to send
-# Across machines (core/remote_calls.py): at the worker's CURVE tcp socket, a
+# Across machines (core/remote_endpoint.py): at the worker's CURVE tcp socket, a
 # CALL from a caller on another node carries inline values only and names
 # that node; results that cannot come back in REPLY stay on the worker's
 # node, held for the caller's node (DONE with holder p<node id>): HELD says
