@@ -158,6 +158,10 @@ def test_malformed_pushes_leave_the_leased_worker_serving(ray_shared):
 
     from zray.transport import protocol as P
 
+    # Actors of earlier tests exit once their last handle's release is sent
+    # (batched): not while the pids below are taken.
+    wait_for(lambda: not any(w.get("actor") for w in runtime().request("introspect")["workers"]),
+             30, "the actors of earlier tests to exit")
     assert ray.get(add.remote(0)) == 1
     (lease,) = list(runtime().leases.leases.values())[:1] or [None]
     assert lease is not None, "no lease held after a task"

@@ -40,10 +40,20 @@ def _rebuild(compact):
         for name, kind, has_default in compact])
 
 
+@functools.lru_cache(maxsize=1024)
+def _plain_arity(compact):
+    """How many arguments a signature of plain positional parameters without
+    defaults takes (then a call of that many positionals fits); else -1."""
+    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if all(kind in plain and not has_default for _name, kind, has_default in compact):
+        return len(compact)
+    return -1
+
+
 def check_call(compact, what, args, kwargs):
     """Raise TypeError naming ``what`` if args/kwargs do not fit ``compact``."""
-    if compact is _NO_CHECK:
-        return
+    if compact is _NO_CHECK or (not kwargs and len(args) == _plain_arity(compact)):
+        return      # (the common call, without building a bound signature)
     signature = _rebuild(compact)
     try:
         signature.bind(*args, **kwargs)

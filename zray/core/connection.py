@@ -102,11 +102,16 @@ class Connection:
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         self.wake_pending = False
-        self.cond = threading.Condition()   # shared with the tables fed by handlers
+        # Shared with the tables fed by handlers. ``lock`` is cond's own lock,
+        # for plain sections (a Condition's ``with`` costs two Python calls).
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
+        self.cond_waiters = 0       # threads in cond.wait (only wait_until waits on it)
         self.replies = {}
         self.request_ids = itertools.count(1)
         self.sock_lock = threading.Lock()
-        self.api_lock = threading.Condition()
+        self.api_mutex = threading.Lock()   # api_lock's own lock (a cheaper ``with``)
+        self.api_lock = threading.Condition(self.api_mutex)
         self.api_active = 0
         self.last_api_end = 0.0
         self.io_polling = False     # the I/O thread sits in a long poll holding sock_lock
@@ -166,11 +171,19 @@ class Connection:
         flushes the queues when its poll returns."""
         if self.sock_lock.acquire(blocking=False):
             try:
-                self._pump_now(0)
+                self._flush_now()
             finally:
                 self.sock_lock.release()
         else:
             self._wake()
+
+    def _flush_now(self):
+        """Send what is queued (needs sock_lock). Nothing is read: what came
+        waits for the next poll, which sees it."""
+        refs = self.refs
+        if refs.due():
+            refs.flush(self.enqueue)
+        self._flush_outbox()
 
     def send_message(self, msg_type, *fields, frames=()):
         self.send(P.pack(msg_type, *fields) + list(frames))
@@ -187,6 +200,11 @@ class Connection:
         with _Critical(self):
             self.side_outbox.append((socket, frames, still_wanted, wait))
             self._pump_or_wake()
+
+    def queue_on(self, socket, frames):
+        """``send_on`` for code that holds sock_lock (a handler): queued, sent
+        as the holder's pump ends (trying to pump would only wake it)."""
+        self.side_outbox.append((socket, frames, None, True))
 
     def add_socket(self, socket, on_readable, locked=False):
         """Poll ``socket`` with the node's; ``on_readable(socket)`` reads it
@@ -246,12 +264,15 @@ class Connection:
             self._pump_now(timeout_ms)
 
     def _pump_now(self, timeout_ms):
-        self.refs.flush(self.enqueue)
-        self._flush_outbox()
+        refs = self.refs
+        if refs.due():
+            refs.flush(self.enqueue)
+        if self.outbox or self.side_outbox:
+            self._flush_outbox()
         # Direct sockets are read only when a poll says so (zmq_poll reports
         # what is already queued, so nothing waits past the next poll): a
         # process with calls to many actors must not test every socket per pump.
-        ready = self.poller.poll(timeout_ms) if timeout_ms else ()
+        ready = self.poller.poll(timeout_ms) if timeout_ms else None
         if self.wake_pending:
             self.wake_pending = False
             try:
@@ -259,18 +280,21 @@ class Connection:
             except BlockingIOError:
                 pass
         self._receive_all(ready)
-        self.refs.flush(self.enqueue)
-        self._flush_outbox()
+        if refs.due():
+            refs.flush(self.enqueue)
+        if self.outbox or self.side_outbox:
+            self._flush_outbox()
 
     def wait_until(self, predicate, deadline=None):
         """Block until predicate() (checked under cond) holds; False on deadline."""
-        with self.api_lock:
+        with self.api_mutex:
             self.api_active += 1
         if self.io_polling:
             self._wake()        # the I/O thread is in a long poll: make it let go
         try:
+            lock = self.lock
             while True:
-                with self.cond:
+                with lock:
                     if predicate():
                         return True
                     if self.closing:
@@ -291,16 +315,21 @@ class Connection:
                         finally:
                             self.sock_lock.release()
                 if pumped:
-                    with self.cond:
-                        self.cond.notify_all()
+                    if self.cond_waiters:
+                        with lock:
+                            self.cond.notify_all()
                 else:
                     if self.io_polling:
                         self._wake()
-                    with self.cond:
+                    with lock:
                         if not predicate():
-                            self.cond.wait(0.002)
+                            self.cond_waiters += 1
+                            try:
+                                self.cond.wait(0.002)
+                            finally:
+                                self.cond_waiters -= 1
         finally:
-            with self.api_lock:
+            with self.api_mutex:
                 # No notify: the parked I/O thread resumes by itself after the
                 # grace period, and waking it on every call costs more than it saves.
                 self.api_active -= 1
@@ -334,8 +363,9 @@ class Connection:
                             self._pump(IO_TICK_MS)
                         finally:
                             self.io_polling = False
-                    with self.cond:
-                        self.cond.notify_all()
+                    if self.cond_waiters:
+                        with self.cond:
+                            self.cond.notify_all()
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
@@ -407,17 +437,22 @@ class Connection:
         if kept:
             side.extendleft(reversed(kept))
 
-    def _receive_all(self, ready=()):
-        """Read the node's socket, and the direct sockets in ``ready`` (a poll's result)."""
+    def _receive_all(self, ready=None):
+        """Read the node's socket, and the direct sockets in ``ready`` (a
+        poll's result; None: no poll was made, only the node's is read)."""
         socket = self.socket
         handlers = self.handlers
-        # Asking EVENTS is cheaper than the zmq.Again exception of an empty recv.
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
-            msg_type, fields = P.unpack(frames[0])
-            handler = handlers.get(msg_type)
-            if handler is not None:
-                handler(fields, frames[1:])
+        if ready is None or any(item[0] is socket for item in ready):
+            # (A poll asked every socket's EVENTS just now: not twice.) Asking
+            # EVENTS is cheaper than the zmq.Again exception of an empty recv.
+            while socket.getsockopt(EVENTS) & POLLIN:
+                frames = socket.recv_multipart()
+                msg_type, fields = P.unpack(frames[0])
+                handler = handlers.get(msg_type)
+                if handler is not None:
+                    handler(fields, frames[1:])
+        if not ready:
+            return
         side_sockets = self.side_sockets
         for side, _event in ready:
             on_readable = side_sockets.get(side)

@@ -58,7 +58,7 @@ class DirectReplies:
                 self.pending.pop(object_id, None)
             if entries is not None:
                 offset = 0
-                with cache.cond:
+                with cache.lock:
                     for header in entries:
                         object_id, n = header[0], header[2]
                         part = payload[offset:offset + n]

@@ -44,6 +44,7 @@ import zmq
 
 from ..serialization import registrations as custom_serializers
 from ..transport import protocol as P
+from .connection import EVENTS, POLLIN
 from .direct_channel import MAX_IPC_PATH
 
 LINGER_S = 1.0
@@ -142,11 +143,12 @@ class Leases:
             for object_id in spec.return_ids:
                 pending[object_id] = demand      # not at the node (DirectCalls.not_at_node)
             demand.queue.append((spec, frames))
-            self._pump(demand, self.connection.send_message)
+            self._pump(demand, locked=False)
 
     # -- placing queued tasks ----------------------------------------------------
-    def _pump(self, demand, send):
-        """Push queued tasks to leases with room; ask for more leases if some wait."""
+    def _pump(self, demand, locked):
+        """Push queued tasks to leases with room; ask for more leases if some
+        wait. ``locked``: a handler's, under sock_lock (messages are queued)."""
         queue = demand.queue
         now = time.monotonic()
         while queue:
@@ -154,8 +156,9 @@ class Leases:
             if lease is None:
                 break
             spec, frames = queue.popleft()
-            self._push(lease, spec, frames)
+            self._push(lease, spec, frames, locked)
         if queue:
+            send = self.connection.enqueue if locked else self.connection.send_message
             wanted = min(MAX_REQUESTS, len(queue)) - demand.requests
             for _ in range(wanted):
                 lease_id = os.urandom(16)
@@ -179,7 +182,7 @@ class Leases:
                     best = lease
         return best
 
-    def _push(self, lease, spec, frames):
+    def _push(self, lease, spec, frames, locked=False):
         pending = self.direct.pending
         for object_id in spec.return_ids:
             pending[object_id] = lease
@@ -200,8 +203,11 @@ class Leases:
             # Custom serializers made here reach it before the task (not only by the node).
             registrations = [(blob, list(sys.path)) for blob in custom_serializers[known[1]:]]
             known[1] = len(custom_serializers)
-        self.connection.send_on(lease.socket,
-                                P.pack(P.PUSH, spec, functions, registrations) + frames)
+        message = P.pack(P.PUSH, spec, functions, registrations) + frames
+        if locked:
+            self.connection.queue_on(lease.socket, message)
+        else:
+            self.connection.send_on(lease.socket, message)
 
     # -- the node answers (handlers, under sock_lock) --------------------------------
     def _on_leased(self, fields, _frames):
@@ -229,7 +235,7 @@ class Leases:
             demand.leases.append(lease)
             lease.idle_since = time.monotonic()
             if demand.queue:
-                self._pump(demand, enqueue)
+                self._pump(demand, locked=True)
 
     def _connect(self, worker_id):
         socket = self.connection.context.socket(zmq.DEALER)
@@ -260,7 +266,7 @@ class Leases:
                 if not lease.inflight:
                     self._release(lease)
             if lease.demand.queue:
-                self._pump(lease.demand, self.connection.enqueue)
+                self._pump(lease.demand, locked=True)
 
     def _lost(self, lease):
         """Its worker died: what it ran goes to the node, the running one marked."""
@@ -292,7 +298,7 @@ class Leases:
 
     # -- results (under sock_lock) ---------------------------------------------------
     def _on_readable(self, socket):
-        while socket.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while socket.getsockopt(EVENTS) & POLLIN:
             frames = socket.recv_multipart()
             msg_type, fields = P.unpack(frames[0])
             if msg_type == P.BOUNCE:
@@ -316,7 +322,7 @@ class Leases:
                     if lease.recalled:
                         self._release(lease)
                 if lease.demand.queue:
-                    self._pump(lease.demand, self.connection.enqueue)
+                    self._pump(lease.demand, locked=True)
 
     def _on_bounce(self, socket, task_ids):
         """The worker's task ran long: the ones queued behind it come back."""
@@ -340,7 +346,7 @@ class Leases:
                     self.direct.pending[object_id] = demand
                 back.append((spec, frames))
             demand.queue.extendleft(reversed(back))
-            self._pump(demand, self.connection.enqueue)
+            self._pump(demand, locked=True)
 
     # -- giving back -----------------------------------------------------------------
     def _release(self, lease):

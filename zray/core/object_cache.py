@@ -17,8 +17,9 @@ ID, KIND, N_FRAMES, LOCATION, CONTAINED, IS_ERROR = range(6)
 
 
 class ObjectCache:
-    def __init__(self, cond, holds, spill_dir, arena=None, request=None):
+    def __init__(self, cond, holds, spill_dir, arena=None, request=None, lock=None):
         self.cond = cond            # the connection's: notified as objects arrive
+        self.lock = cond if lock is None else lock   # cond's lock (a cheaper ``with``)
         self.holds = holds          # fn(object_id) -> True while a local ref lives
         self.spill_dir = spill_dir
         self.arena = arena          # plasma.client.ArenaViews: the node's arena mapped here
@@ -61,7 +62,7 @@ class ObjectCache:
                 callback(object_id)
 
     def add(self, object_id, header, frames):
-        with self.cond:
+        with self.lock:
             self.objects[object_id] = (header, frames)
             if self.waiters:
                 self.tell_waiters(object_id)
@@ -90,7 +91,7 @@ class ObjectCache:
         """No local ref left; True if one of them was in shared memory."""
         in_shared_memory = False
         kept = self.arena.kept if self.arena is not None else {}
-        with self.cond:
+        with self.lock:
             for object_id in object_ids:
                 entry = self.objects.pop(object_id, None)
                 self.local_only.discard(object_id)

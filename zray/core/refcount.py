@@ -47,6 +47,12 @@ class RefCounter:
     def drop(self, object_id):
         self.drops.append(object_id)     # atomic; safe from __del__ in any thread
 
+    def due(self):
+        """Anything for ``flush`` to do (read without the lock: a change made
+        by this thread is seen; one made by another now goes with the next)."""
+        return bool(self.drops or self.borrowed or self.unpins or self.pin_uses or (
+            self.pending_release and time.monotonic() >= self.release_due))
+
     def flush(self, enqueue):
         """Count down dropped refs; ``enqueue`` ADD_REF / REMOVE_REF as due."""
         with self.lock:

@@ -53,8 +53,9 @@ class Runtime:
         self.closers = []           # called before the connection closes (a gatekeeper)
         self.objects = ObjectCache(connection.cond, self.refs.holds, self.spill_dir,
                                    object_store.ArenaViews(self.refs.unpins, self.refs.pin_uses),
-                                   connection.request)
+                                   connection.request, lock=connection.lock)
         self.cond = connection.cond
+        self.lock = connection.lock     # cond's lock, for sections that do not wait
         # The hot paths, bound once: ObjectRef.__init__/__del__ and every send.
         self.add_local_ref = self.refs.add
         self.drop_local_ref = self.refs.drop
@@ -145,11 +146,13 @@ class Runtime:
 
     def next_task(self):
         """Workers: the next (fields, frames) to run, or None to exit."""
+        tasks = self.tasks
         while True:
-            self.wait_until(lambda: self.tasks)
-            with self.cond:     # (Worker.bounce_stuck may have taken it meanwhile)
-                if self.tasks:
-                    return self.tasks.popleft()
+            if not tasks:   # (several pushed at once: run the next without a pump)
+                self.wait_until(lambda: tasks)
+            with self.lock:     # (Worker.bounce_stuck may have taken it meanwhile)
+                if tasks:
+                    return tasks.popleft()
 
     # == objects ==============================================================
     def put(self, value):
@@ -197,7 +200,7 @@ class Runtime:
             self.send_message(P.BLOCKED)
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     ready = {i for i in object_ids if i in objects}
                 unsent = self.direct.not_at_node(object_ids)    # only here once they are
                 ask = [i for i in object_ids if i not in ready and i not in unsent]
@@ -223,14 +226,14 @@ class Runtime:
         object_ids = list(dict.fromkeys(object_ids))
         cache = self.objects
         objects = cache.objects
-        with self.cond:
+        with self.lock:
             ready = {i for i in object_ids if i in objects}
             if len(ready) >= num_returns or (
                     stop_on_error and any(objects[i][0][IS_ERROR] for i in ready)):
                 return ready
         unsent = self.direct.not_at_node(object_ids)   # (its lock is never taken inside cond)
         with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
-            with self.cond:
+            with self.lock:
                 # `objects`, not `ready`: a direct call's result may have come
                 # meanwhile, and the node never heard of it (see core/direct.py);
                 # one in flight direct or held back is not the node's to answer.
@@ -244,7 +247,7 @@ class Runtime:
         blocked = in_task
         if blocked:
             self.send_message(P.BLOCKED)
-        with self.cond:
+        with self.lock:
             waiter = cache.watch(object_ids)     # told of each arrival from now on
         needed = num_returns - (len(object_ids) - len(waiter.missing))
 
@@ -259,10 +262,10 @@ class Runtime:
         try:
             if needed > 0:
                 self.wait_until(enough, deadline)
-            with self.cond:
+            with self.lock:
                 return {i for i in object_ids if i in objects}
         finally:
-            with self.cond:
+            with self.lock:
                 cache.unwatch(waiter)
             if blocked:
                 self.send_message(P.UNBLOCKED)
@@ -270,7 +273,7 @@ class Runtime:
     def get_values(self, object_ids, timeout_s=None, in_task=False):
         objects = self.objects.objects
         decode = self.objects.decode
-        with self.cond:
+        with self.lock:
             entries = [objects.get(i) for i in object_ids]
         if None not in entries and not any(entry[0][IS_ERROR] for entry in entries):
             # All here, none an error (the usual repeated get): nothing to wait for.
@@ -284,7 +287,7 @@ class Runtime:
                                   f"{len(object_ids)} objects not ready (first: {missing[0]})")
         values = []
         for object_id in object_ids:
-            with self.cond:
+            with self.lock:
                 header, frames = objects[object_id]
                 self.pending_errors.pop(object_id, None)
                 if header[IS_ERROR]:
@@ -299,7 +302,7 @@ class Runtime:
         for object_id in object_ids:
             if object_id not in ready:
                 continue
-            with self.cond:
+            with self.lock:
                 entry = self.objects.objects.get(object_id)
             if entry is not None and entry[0][IS_ERROR]:
                 self.get_values([object_id])

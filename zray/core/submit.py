@@ -187,13 +187,32 @@ def _refs(runtime, spec, n_returns):
     return refs if n_returns else None
 
 
+_demands = {}       # (num_cpus, num_gpus) -> demand, checked once
+
+
+def _task_demand(num_cpus, num_gpus, resources):
+    """``demand_from_options``, remembered for the usual options (no custom resources)."""
+    if resources is not None:
+        return demand_from_options(num_cpus, num_gpus, resources)
+    key = (type(num_cpus), num_cpus, type(num_gpus), num_gpus)
+    try:
+        demand = _demands.get(key)
+    except TypeError:       # unhashable: demand_from_options says what is wrong
+        return demand_from_options(num_cpus, num_gpus, None)
+    if demand is None:
+        demand = demand_from_options(num_cpus, num_gpus, None)
+        if len(_demands) < 256:
+            _demands[key] = demand
+    return dict(demand)
+
+
 def submit_task(runtime, code, args, kwargs, options):
     """Send a task of ``code`` (a FunctionBlob); its ObjectRef(s)."""
     n_returns = num_returns_of(options)
     function_id = code.ensure(runtime)
     frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
-    demand = demand_from_options(options.get("num_cpus"), options.get("num_gpus"),
-                                 options.get("resources"))
+    demand = _task_demand(options.get("num_cpus"), options.get("num_gpus"),
+                          options.get("resources"))
     max_retries = options.get("max_retries")
     spec = make_spec(P.TASK, new_task_id(), function_id, code.name, n_returns, deps,
                      contained + code.contained, demand,

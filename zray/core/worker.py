@@ -165,7 +165,7 @@ class Worker:
                      endpoint=None):
         """Record the task's span and send DONE (timeline events ride along);
         a direct call's results go back to its caller (core/direct.py)."""
-        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": os.getpid(),
+        self.runtime.record_event({"name": spec.name, "ph": "X", "pid": self.runtime.pid,
                                    "tid": threading.get_ident() % 100000, "cat": "task",
                                    "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
         if route is not None:
