@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 import traceback
-from concurrent import futures
 from concurrent.futures import ThreadPoolExecutor
 
 from ..exceptions import RayActorError, RayTaskError
@@ -339,7 +338,7 @@ class AsyncActorExecutor:
         self.worker = worker
         self.loop = asyncio.new_event_loop()
         self.limit = asyncio.Semaphore(concurrency)
-        self.pending = set()         # concurrent futures of calls not finished
+        self.pending = set()         # asyncio tasks of calls not finished (the loop's)
         self.thread = threading.Thread(target=self._run, daemon=True, name="zray-actor-loop")
         self.thread.start()
 
@@ -348,9 +347,14 @@ class AsyncActorExecutor:
         self.loop.run_forever()
 
     def submit(self, fields, frames):
-        future = asyncio.run_coroutine_threadsafe(self._execute(fields, frames), self.loop)
-        self.pending.add(future)
-        future.add_done_callback(self.pending.discard)
+        # A task made on the loop itself: run_coroutine_threadsafe would add
+        # a concurrent Future and its chaining to every call.
+        self.loop.call_soon_threadsafe(self._start, fields, frames)
+
+    def _start(self, fields, frames):
+        task = self.loop.create_task(self._execute(fields, frames))
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
 
     async def _execute(self, fields, frames):
         async with self.limit:
@@ -359,13 +363,20 @@ class AsyncActorExecutor:
             if await self.worker.execute_async(fields, frames):
                 self.worker.stop_soon()
 
-    def shutdown(self, drain=True):
+    async def _settle(self, drain):
+        """On the loop, after every submitted call has started (FIFO)."""
         pending = list(self.pending)
-        if drain:
-            futures.wait(pending)
-        else:
-            for future in pending:
-                future.cancel()
+        if not drain:
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def shutdown(self, drain=True):
+        settled = asyncio.run_coroutine_threadsafe(self._settle(drain), self.loop)
+        try:
+            settled.result(timeout=None if drain else 2.0)
+        except Exception:       # noqa: BLE001 - leaving anyway
+            pass
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=2.0)
 
