@@ -41,7 +41,7 @@ from zmq.utils.monitor import recv_monitor_message
 from ..exceptions import RaySystemError
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, send_frames
+from ..transport.sockets import NOBLOCK, OwnerWatch, send_frames
 
 log = logging.getLogger("zray.runtime")
 
@@ -422,7 +422,7 @@ class Connection:
             if still_wanted is not None and not still_wanted():
                 continue
             try:
-                socket.send_multipart(frames, zmq.NOBLOCK)
+                send_frames(socket, frames, NOBLOCK)
             except zmq.Again:
                 # Not connected (yet, or any more): never block the socket
                 # owner, nor the other sockets' messages (a call to a dead

@@ -36,14 +36,19 @@ def bound_receiving(socket):
     socket.setsockopt(zmq.RCVHWM, MAX_QUEUED)
 
 
-def send_frames(socket, frames):
+_SNDMORE = int(zmq.SNDMORE)     # plain ints: an enum's ``|`` is a Python call
+NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(socket, frames, flags=0):
     """Send a multipart message, zero-copy only for big frames: for small ones
-    pyzmq's copy is cheaper than tracking a borrowed buffer."""
+    pyzmq's copy is cheaper than tracking a borrowed buffer. With NOBLOCK,
+    zmq.Again means nothing left (only a message's first frame can block)."""
     last = len(frames) - 1
+    more = flags | _SNDMORE
     for index, frame in enumerate(frames):
-        size = len(frame) if isinstance(frame, bytes) else memoryview(frame).nbytes
-        socket.send(frame, zmq.SNDMORE if index < last else 0,
-                    copy=size < ZERO_COPY_MIN_BYTES)
+        size = len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+        socket.send(frame, more if index < last else flags, copy=size < ZERO_COPY_MIN_BYTES)
 
 
 class RateLimitedLog:
