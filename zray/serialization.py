@@ -203,8 +203,37 @@ def _rebuild_time_array(buffer, dtype, shape, order):
 _ndarray = None       # numpy.ndarray once numpy is loaded (no import of our own)
 
 
+_SCALARS = frozenset({bytes, str, int, float, bool, type(None)})
+_SHALLOW_MAX = 16
+
+
+def _plain(value, depth=2):
+    """Scalars, and small lists, tuples and str-keyed dicts of them (two
+    levels: a task's ``(args, kwargs)``), with no custom serializer: nothing
+    the plain pickler would do differently (no ObjectRef, array or callback)."""
+    cls = type(value)
+    if cls in _SCALARS:
+        return cls not in _custom
+    if cls not in _CONTAINERS or not depth or cls in _custom or len(value) > _SHALLOW_MAX:
+        return False
+    if cls is dict:
+        for key, item in value.items():
+            if type(key) is not str or not _plain(item, depth - 1):
+                return False
+        return True
+    for item in value:
+        if not _plain(item, depth - 1):
+            return False
+    return True
+
+
+_CONTAINERS = frozenset({list, tuple, dict})
+
+
 def serialize(value):
     """Pickle ``value``; raise SerializationError naming what failed."""
+    if _plain(value):       # (the common tiny value: no custom pickler to set up)
+        return Serialized(pickle.dumps(value, protocol=5), [], [])
     global _ndarray
     if _ndarray is None and "numpy" in sys.modules:
         _ndarray = sys.modules["numpy"].ndarray

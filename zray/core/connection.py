@@ -41,7 +41,8 @@ from zmq.utils.monitor import recv_monitor_message
 from ..exceptions import RaySystemError
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import NOBLOCK, OwnerWatch, send_frames
+from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, OwnerWatch, polled_messages,
+                                 send_frames)
 
 log = logging.getLogger("zray.runtime")
 
@@ -53,8 +54,6 @@ TICK_S = 0.5
 NODE_LOST_GRACE_S = 2.0
 HEARTBEAT_IVL_MS = 1000
 HEARTBEAT_TIMEOUT_MS = 3000
-# Plain ints: `int & zmq.POLLIN` would build an enum member on every test.
-EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 class Connection:
@@ -442,22 +441,27 @@ class Connection:
         poll's result; None: no poll was made, only the node's is read)."""
         socket = self.socket
         handlers = self.handlers
-        if ready is None or any(item[0] is socket for item in ready):
-            # (A poll asked every socket's EVENTS just now: not twice.) Asking
-            # EVENTS is cheaper than the zmq.Again exception of an empty recv.
+        if ready is None:
             while socket.getsockopt(EVENTS) & POLLIN:
-                frames = socket.recv_multipart()
-                msg_type, fields = P.unpack(frames[0])
-                handler = handlers.get(msg_type)
-                if handler is not None:
-                    handler(fields, frames[1:])
-        if not ready:
+                self._dispatch(handlers, socket.recv_multipart())
             return
+        for item in ready:
+            if item[0] is socket:   # (a poll asked every socket's EVENTS just now)
+                for frames in polled_messages(socket):
+                    self._dispatch(handlers, frames)
+                break
         side_sockets = self.side_sockets
         for side, _event in ready:
             on_readable = side_sockets.get(side)
             if on_readable is not None:
                 on_readable(side)
+
+    @staticmethod
+    def _dispatch(handlers, frames):
+        msg_type, fields = P.unpack(frames[0])
+        handler = handlers.get(msg_type)
+        if handler is not None:
+            handler(fields, frames[1:])
 
     # == requests =============================================================
     def _on_response(self, fields, frames):

@@ -14,7 +14,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..transport import protocol as P
-from .connection import EVENTS, POLLIN
+from ..transport.sockets import polled_messages
 from .direct_channel import IDLE_CLOSE_S
 
 
@@ -22,8 +22,7 @@ class DirectReplies:
     """Mixed into DirectCalls."""
 
     def _on_readable(self, socket):
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
+        for frames in polled_messages(socket):
             msg_type, fields = P.unpack(frames[0])
             if msg_type == P.REPLY:
                 self._on_reply(*fields, frames[1:])

@@ -18,9 +18,8 @@ import zmq
 from ..plasma import shm
 from ..serialization import install_shipped_registrations
 from ..transport import protocol as P
-from ..transport.sockets import bound_receiving
+from ..transport.sockets import bound_receiving, polled_messages
 from ..transport.wire_types import ProtocolError
-from .connection import EVENTS, POLLIN
 from .direct_channel import MAX_IPC_PATH
 from .object_cache import INLINE_MAX_BYTES
 
@@ -154,8 +153,7 @@ def _messages(endpoint, socket, logger, what):
     """(frames, type, fields) of each message waiting at an endpoint, checked
     by its ``_check``. Only this user's processes reach these sockets, but a
     bad message must not stop the worker: it is dropped, said once."""
-    while socket.getsockopt(EVENTS) & POLLIN:
-        frames = socket.recv_multipart()
+    for frames in polled_messages(socket):
         try:
             msg_type, fields = P.unpack(frames[1])
             endpoint._check(msg_type, fields, len(frames) - 2)

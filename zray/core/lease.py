@@ -44,7 +44,7 @@ import zmq
 
 from ..serialization import registrations as custom_serializers
 from ..transport import protocol as P
-from .connection import EVENTS, POLLIN
+from ..transport.sockets import polled_messages
 from .direct_channel import MAX_IPC_PATH
 
 LINGER_S = 1.0
@@ -298,8 +298,7 @@ class Leases:
 
     # -- results (under sock_lock) ---------------------------------------------------
     def _on_readable(self, socket):
-        while socket.getsockopt(EVENTS) & POLLIN:
-            frames = socket.recv_multipart()
+        for frames in polled_messages(socket):
             msg_type, fields = P.unpack(frames[0])
             if msg_type == P.BOUNCE:
                 self._on_bounce(socket, fields[0])
