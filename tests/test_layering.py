@@ -5,7 +5,8 @@
     api ──► actor, remote_function, local_mode ──► object_ref  (public API, tools)
     core/: worker ──► runtime ──► submit, direct, connection ──► refcount, object_cache ──► context
                                   sched/ edge: node, peers, worker_processes,
-                                  node_requests, store_requests; plasma/transfer
+                                  node_messages, node_commands, node_requests,
+                                  store_requests; plasma/transfer
     sched/state/ (NodeState) ──► scheduler, resources, task, worker_pool, plasma/store
     kv/ ──► transport/, exceptions, serialization
 """
@@ -23,7 +24,8 @@ PURE = ["sched/state/*.py", "sched/task.py", "sched/scheduler.py", "sched/resour
         "sched/worker_pool.py", "plasma/store.py"]
 IO_MODULES = {"zmq", "subprocess", "socket", "threading", "select", "asyncio", "time",
               "psutil", "multiprocessing"}
-EDGE = {"zray.sched.node", "zray.sched.peers", "zray.sched.worker_processes",
+EDGE = {"zray.sched.node", "zray.sched.node_messages", "zray.sched.node_commands",
+        "zray.sched.peers", "zray.sched.worker_processes",
         "zray.sched.node_requests", "zray.sched.store_requests", "zray.plasma.transfer",
         "zray.transport.sockets", "zray.kv", "zray.kv.client", "zray.kv.server"}
 PUBLIC = {"zray", "zray.api", "zray.actor", "zray.remote_function", "zray.local_mode",

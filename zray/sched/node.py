@@ -10,8 +10,8 @@
                                                    start/kill workers, FORWARD, ...
 
 - The loop receives a message (or a worker's exit, or a timer), decodes it
-  into an event (``state/events.py``), calls ``NodeState.handle`` and carries
-  out the commands it returns (``state/commands.py``) with sockets, processes
+  into an event (``node_messages.py``), calls ``NodeState.handle`` and carries
+  out the commands it returns (``node_commands.py``) with sockets, processes
   and files. Every decision lives in the state; see ``sched/state/``.
 - Clients (drivers and workers) say HELLO; drivers own the tasks they submit
   and get their results pushed to them as soon as they exist.
@@ -24,26 +24,23 @@
 """
 import logging
 import os
-import pickle
 import time
 
 import psutil
 import zmq
 
 from ..plasma.disk import SpillDisk
-from ..kv.records import ACTOR_NAME_PREFIX
-from ..plasma.store import IN_MEMORY
 from ..plasma.uploads import Uploads
-from .store_requests import ObjectStoreRequests
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import (OwnerWatch, RateLimitedLog, authorize, bound_receiving,
-                                 send_frames)
-from . import admission
+from ..transport.sockets import OwnerWatch, RateLimitedLog, bound_receiving
 from . import resources as R
+from .node_commands import NodeCommands
+from .node_messages import NodeMessages
 from .node_requests import NodeRequests
 from .remote_clients import RemoteConnections
 from .state import NodeState, commands as C, events as E
+from .store_requests import ObjectStoreRequests
 from .worker_processes import WorkerProcesses
 
 log = logging.getLogger("zray.node")
@@ -57,7 +54,7 @@ REAP_INTERVAL_S = 0.02
 REMOTE_SILENCE_S = float(os.environ.get("ZRAY_NODE_TTL_S", 10.0))
 
 
-class NodeDaemon(NodeRequests, ObjectStoreRequests):
+class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
     def __init__(self, config):
         self.config = config
         self.node_id = os.urandom(8).hex()
@@ -262,291 +259,6 @@ class NodeDaemon(NodeRequests, ObjectStoreRequests):
         if self.kv_supervisor is not None and self.running:
             self.kv_supervisor.tick(now)
         self._flush_pushes()
-
-    # == messages in: decode into events =====================================
-    def _receive(self, frames, remote=False):
-        identity = frames[0]
-        clients = self.state.clients
-        if (identity in self.remote_clients) != remote and identity in clients:
-            return      # an identity taken on the other socket: not this client's
-        msg_type, fields = P.unpack(frames[1])
-        if identity not in clients:
-            if msg_type == P.HELLO:
-                if remote:
-                    self.remote_clients.add(identity)
-                try:
-                    self._on_hello(identity, *fields)
-                finally:
-                    if identity not in clients:
-                        self.remote_clients.discard(identity)
-            return
-        if remote and self.peers is not None and self.peers.holding(identity):
-            self.peers.hold(identity, msg_type, fields, frames[2:])    # keeps their order
-            return
-        decode = self._decoders.get(msg_type)
-        if decode is None:
-            self.complaints.warn("unknown", "unknown message %r from %r", msg_type, identity)
-            return
-        event = decode(self, identity, fields, frames[2:])
-        if event is not None:       # self.handle, inlined: this is every message's path
-            do = self._do
-            for command in self.state.handle(event):
-                do[type(command)](self, command)
-
-    def replay(self, identity, msg_type, fields, payload):
-        """A message held back (``Peers.hold``), handled now."""
-        if identity in self.state.clients:
-            decode = self._decoders.get(msg_type)
-            event = decode(self, identity, fields, payload) if decode is not None else None
-            if event is not None:
-                self.handle(event)
-
-    def _on_hello(self, identity, kind, pid, password, version, sys_path, worker_secret):
-        if not isinstance(password, str) or not authorize(self.password, password):
-            self.send(identity, P.REFUSED, "wrong cluster password: connect with the "
-                      "redis_password/--redis-password the cluster was started with")
-            return
-        if version != P.PROTOCOL_VERSION:
-            self.send(identity, P.REFUSED, f"protocol version {version} does not match the "
-                      f"node's {P.PROTOCOL_VERSION}: use the same zray version everywhere")
-            return
-        refusal = admission.hello_refusal(self.processes.by_id.get(identity),
-                                          identity in self.remote_clients, kind, worker_secret)
-        if refusal is not None:
-            self.complaints.warn("hello", "refused a client: %s", refusal)
-            self.send(identity, P.REFUSED, refusal)
-            return
-        self.send(identity, P.WELCOME, self._node_info())
-        self.handle(E.ClientJoined(identity, kind, pid))
-
-    def _on_events(self, _identity, fields, _payload):
-        self.events.extend(fields[0])
-
-    def _on_done(self, identity, fields, payload):
-        task_id, entries, exiting, error_text, events = fields[:5]
-        holder = fields[5] if len(fields) > 5 else None    # an actor's direct caller
-        # Only the worker running a task finishes it (actors: their queue checks).
-        if not self.state.may_finish(identity, task_id):
-            self.complaints.warn("done", "ignored a DONE from a client not running that task")
-            return None
-        if self._refused_objects(identity, entries, payload, "DONE"):
-            return None
-        self.events.extend(events)
-        return E.TaskDone(identity, task_id, entries, payload, exiting, error_text, holder)
-
-    def _on_put(self, identity, fields, payload):
-        (entries,) = fields
-        if self._refused_objects(identity, entries, payload, "PUT"):
-            return None
-        return E.ObjectsPut(identity, entries, payload)
-
-    def _refused_objects(self, identity, entries, payload, what):
-        refusal = admission.object_entries_refusal(
-            entries, len(payload), self.session_name,
-            (self.config["plasma_dir"], self.objects.spill_dir),
-            lambda object_id: self.objects.reserved_location(object_id, identity))
-        if refusal is not None:
-            self.complaints.warn(what, "ignored a %s: %s", what, refusal)
-        return refusal is not None
-
-    def _on_function(self, identity, fields, _payload):
-        function_id, name, blob, sys_path = fields
-        refusal = admission.function_refusal(function_id, blob)
-        if refusal is not None:
-            self.complaints.warn("function", "ignored a function: %s", refusal)
-            return None
-        return E.FunctionRegistered(function_id, (name, blob, sys_path))
-
-    def _on_request(self, identity, fields, _payload):
-        request_id, op, arguments = fields
-        try:
-            arguments = P.check_op(P.NODE_OPS, op, arguments)
-            result = (True, self._requests[op](self, self.state.clients[identity], *arguments))
-        except Exception as exc:
-            result = (False, exc)
-        if request_id:
-            self._respond(identity, request_id, *result)
-
-    def _respond(self, identity, request_id, ok, value):
-        """RESPONSE: an answer is plain data; an error goes as its text plus,
-        in a payload frame, the pickled exception for the caller to raise."""
-        if ok:
-            try:
-                return self.send(identity, P.RESPONSE, request_id, True, value)
-            except Exception as exc:        # not plain data: a bug of that request
-                ok, value = False, exc
-        frames = []
-        try:
-            frames = [pickle.dumps(value, protocol=5)]
-        except Exception:
-            pass
-        self.send(identity, P.RESPONSE, request_id, False, f"{type(value).__name__}: {value}",
-                  frames=frames)
-
-    def _on_forward(self, identity, fields, payload):
-        spec, function, n_task_frames, inline = fields
-        if function is not None and admission.function_refusal(spec.function_id,
-                                                               function[1]) is not None:
-            raise ValueError(f"node {identity[1:17]!r} forwarded a function whose id is not "
-                             f"its hash")
-        origin = self.peers.origin_of(identity) if self.peers is not None else None
-        if origin is None and self.peers is not None and self.peers.hold(
-                identity, P.FORWARD, fields, payload):
-            return None        # until we hear of its node: we pull its arguments from there
-        return E.TaskForwardedIn(identity, origin, spec, function, payload[:n_task_frames],
-                                 inline, payload[n_task_frames:])
-
-    def _on_pull(self, identity, fields, _payload):
-        if self.peers is not None:
-            self.peers.transfer.on_pull(identity, fields)
-        else:       # never a silent drop: the puller would wait forever
-            self.send(identity, P.CHUNK, fields[0], fields[1], fields[2], False,
-                      "this node serves no pulls (it was started without a tcp address)",
-                      frames=[b""])
-
-    _decoders = {
-        P.SUBMIT: lambda self, i, f, p: E.TaskSubmitted(i, f[0], p),
-        P.DONE: _on_done,
-        P.PUT: _on_put,
-        P.SUBSCRIBE: lambda self, i, f, p: E.Subscribed(i, f[0]),
-        P.ADD_REF: lambda self, i, f, p: E.RefsAdded(i, f[0]),
-        P.HELD_AT: lambda self, i, f, p: E.HeldElsewhere(i, f[0], f[1]),
-        P.REMOVE_REF: lambda self, i, f, p: E.RefsRemoved(i, f[0]),
-        P.FUNCTION: _on_function,
-        P.BLOCKED: lambda self, i, f, p: E.WorkerBlocked(i),
-        P.UNBLOCKED: lambda self, i, f, p: E.WorkerUnblocked(i),
-        P.BYE: lambda self, i, f, p: E.ClientLeft(i),
-        P.EVENTS: _on_events, P.REQUEST: _on_request,
-        P.FORWARD: _on_forward, P.PULL: _on_pull,
-        P.WRITE: lambda self, i, f, p: self.uploads.on_write(i, f[0], f[1], p[0] if p else b""),
-        P.LEASE_REQUEST: lambda self, i, f, p: E.LeaseRequested(i, f[0], f[1]),
-        P.LEASE_RETURN: lambda self, i, f, p: E.LeaseReturned(i, f[0]),
-    }
-
-    # The handler of each declared op, found once here (a missing one fails at import).
-    _requests = {op: getattr(NodeRequests, f"request_{op}", None)
-                 or getattr(ObjectStoreRequests, f"request_{op}") for op in P.NODE_OPS}
-
-    # == commands out ========================================================
-    def send(self, identity, msg_type, *fields, frames=(), zero_copy=False):
-        """Every message to a client goes through here, so queued pushes to it
-        leave first and it sees messages in the order they were decided.
-        ``zero_copy``: big frames are lent to zmq, not copied (chunks of files)."""
-        if identity in self.pushes:
-            self._flush_pushes_to(identity)     # keep the order the client sees
-        message = [identity] + P.pack(msg_type, *fields) + list(frames)
-        if zero_copy:
-            send_frames(self.socket_for(identity), message)
-        else:
-            self.socket_for(identity).send_multipart(message)
-
-    def socket_for(self, identity):
-        """The ROUTER a client came in on: its replies go back there."""
-        return self.tcp_router if identity in self.remote_clients else self.router
-
-    def _execute(self, cmd):
-        task = cmd.task
-        headers, frames = [], list(task.frames)
-        for entry in cmd.deps:
-            headers.append(entry.header())
-            frames.extend(entry.frames)
-        self.send(cmd.worker_id, P.EXECUTE, task.spec, headers, cmd.functions,
-                  task.resource_ids, frames=frames)
-
-    def _push_object(self, cmd):
-        """Queue an object for a client; objects leave in one OBJECTS message per
-        client per pass of the loop, not one message each."""
-        queued = self.pushes.get(cmd.identity)
-        if queued is None:
-            queued = self.pushes[cmd.identity] = ([], [])
-        entry = cmd.entry
-        queued[0].append(entry.header())
-        queued[1].extend(entry.frames)
-
-    def _flush_pushes_to(self, identity):
-        headers, frames = self.pushes.pop(identity)
-        self.socket_for(identity).send_multipart(
-            [identity] + P.pack(P.OBJECTS, headers) + frames)
-
-    def _flush_pushes(self):
-        for identity in list(self.pushes):
-            self._flush_pushes_to(identity)
-
-    def _record_error(self, cmd):
-        if self.kv is None:
-            return
-        key = f"err:{time.time():.6f}:{cmd.task_id.hex()}"
-        self.kv.tell("put", key, {"type": "task", "message": cmd.text, "pid": cmd.pid,
-                                  "name": cmd.name, "node_id": self.node_id, "time": time.time()})
-
-    def _warn_drivers(self, cmd):
-        log.warning(cmd.message)
-        for client in self.state.clients.values():
-            if client.kind == "driver":
-                self.send(client.identity, P.TASK_ERROR, "", cmd.message, None)
-
-    def _publish_actor_name(self, cmd):
-        if self.kv is None:
-            return
-        key = f"{ACTOR_NAME_PREFIX}{cmd.name}"
-        if cmd.record is None:
-            self.kv.tell("delete", key)
-        else:
-            self.kv.tell("put", key, cmd.record)
-
-    def _forget_remote(self, identity):
-        self.remote_clients.discard(identity)
-        if self.remote_connections is not None:
-            self.remote_connections.forget(identity)
-
-    def _start_worker(self, cmd):
-        self.processes.start(cmd.worker_id)
-
-    def _stop_worker(self, cmd):
-        try:
-            self.send(cmd.worker_id, P.EXIT)
-        except zmq.ZMQError:
-            pass
-
-    _do = {
-        C.Execute: _execute,
-        C.PushObject: _push_object,
-        C.TellClient: lambda self, c: self.send(c.identity, c.msg_type, *c.fields),
-        C.ReportError: lambda self, c: self.send(c.identity, P.TASK_ERROR, c.name, c.text,
-                                                 c.return_ids),
-        C.RecordError: _record_error,
-        C.WarnDrivers: _warn_drivers,
-        C.StartWorker: _start_worker,
-        C.StopWorker: _stop_worker,
-        C.KillWorker: lambda self, c: self.processes.kill(c.worker_id),
-        C.Reserved: lambda self, c: None,          # read by whoever asked
-        C.Pinned: lambda self, c: None,
-        C.ClientGone: lambda self, c: self._forget_remote(c.identity),
-        C.ShareSerializers: lambda self, c: self.peers.share_serializers(c.node_id,
-                                                                         c.registrations),
-        C.Forward: lambda self, c: self.peers.forward(c),
-        C.WantObjects: lambda self, c: self.peers.want(c.node_id, c.object_ids, c.held),
-        C.ReleaseRemote: lambda self, c: self.peers.release_remote(c.node_id, c.object_ids),
-        C.TellPeer: lambda self, c: self.peers.tell(c.node_id, c.msg_type, c.fields),
-        C.PublishActorName: _publish_actor_name,
-        C.DropPeerTransfers: lambda self, c: self.peers.drop_transfers(c.node_id,
-                                                                       c.expected_again),
-    }
-
-    def reserve(self, owner, object_id, size, arena=False, spare=False):
-        """Admit a large object: IN_MEMORY, ON_DISK or (``arena``) an arena
-        location (raises ObjectStoreFullError); ``spare``: a block or None."""
-        for command in self.handle(E.ReserveRequested(owner, object_id, size, arena, spare)):
-            if isinstance(command, C.Reserved):
-                return command.where
-        return IN_MEMORY
-
-    def pin(self, owner, object_id):
-        """Where ``owner`` reads the object now (arena blocks stay until unpinned)."""
-        for command in self.handle(E.PinRequested(owner, object_id)):
-            if isinstance(command, C.Pinned):
-                return command.location
-        return None
 
     # == the rest of the edge ================================================
     def _node_info(self):
