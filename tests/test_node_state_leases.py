@@ -171,3 +171,25 @@ def test_with_peers_a_lease_that_cannot_be_placed_at_once_is_refused():
     out = node.do(E.LeaseRequested(b"driver", lease_id, CPU))
     assert told(out, P.LEASED) == [(lease_id, None)]        # no worker yet: refused
     assert not node.state.leases.queued
+
+
+def test_work_reported_past_the_node_is_counted_and_dropped_with_its_reporter():
+    node = Node(cpus=1)
+    node.driver()
+    lease_id, worker_id = leased(node)
+    work = node.state.direct_work
+    node.do(E.WorkReported(worker_id, [(b"t1", "f")], 2, 5, 0, 0))
+    node.do(E.WorkReported(b"driver", [], 0, 0, 0, 3))
+    assert work.statistics() == {"running": 1, "queued": 2, "waiting_for_lease": 3,
+                                 "finished_tasks": 5, "finished_calls": 0}
+    node.do(E.WorkReported(worker_id, [], 0, 8, 1, 0))    # counts are totals so far
+    node.do(E.WorkReported(worker_id, [], 0, 4, 0, 0))    # one that shrinks adds nothing
+    node.do(E.WorkReported(b"stranger", [(b"t2", "g")], 9, 99, 99, 9))   # not a client
+    assert work.statistics() == {"running": 0, "queued": 0, "waiting_for_lease": 3,
+                                 "finished_tasks": 8, "finished_calls": 1}
+    node.do(E.WorkerExited(worker_id, 123, -9))
+    node.do(E.ClientLeft(b"driver"))
+    # What ran and waited there is gone; what finished stays counted.
+    assert work.statistics() == {"running": 0, "queued": 0, "waiting_for_lease": 0,
+                                 "finished_tasks": 8, "finished_calls": 1}
+    assert lease_id not in node.state.leases.held

@@ -379,6 +379,12 @@ def _format_status(address, rows):
         lines.append(f"  resources  {resources or 'none'}  (free/total)")
         lines.append(f"  work       {status['running']} running, {status['queued']} queued, "
                      f"{len(status['infeasible'])} infeasible; {status['workers']} workers")
+        direct = status.get("direct")
+        if direct:      # counted in the work above; the node hears of it from its clients
+            lines.append(f"  direct     {direct['running']} running, {direct['queued']} queued "
+                         f"on workers, {direct['waiting_for_lease']} waiting for a leased "
+                         f"worker; {direct['finished_tasks']} leased tasks and "
+                         f"{direct['finished_calls']} actor calls finished")
         node_store = status["store"]
         lines.append(f"  store      {_size(node_store.get('shm_bytes', 0))} in memory, "
                      f"{_size(node_store.get('spilled_bytes', 0))} spilled, "

@@ -51,6 +51,7 @@ class ActorEndpoint:
                 if spec.contained_ids or any(header[4] for header in deps):
                     self.borrowing.add(spec.task_id)
                 tasks.append(((spec, deps, {}, None, frames[0]), frames[2:]))
+                self.runtime.work.came_in()
             elif msg_type == P.PING:
                 self.runtime.connection.send_on(
                     socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity,
@@ -140,6 +141,7 @@ class TaskEndpoint:
                 if serializers:     # known before the task runs, whatever the node's SER
                     install_shipped_registrations(serializers)
                 tasks.append(((spec, (), functions, None, frames[0], self), frames[2:]))
+                self.runtime.work.came_in()
             elif msg_type == P.RELEASE:
                 # After the DONEs of the tasks it ran (the same socket, in order).
                 self.runtime.connection.enqueue(P.LEASE_RETURN, fields[0])

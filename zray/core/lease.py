@@ -113,6 +113,10 @@ class Leases:
         connection.handlers[P.LEASED] = self._on_leased
         connection.handlers[P.RECALL] = self._on_recall
 
+    def waiting(self):
+        """Tasks queued here for a leased worker (core/work_report.py)."""
+        return sum(len(demand.queue) for demand in list(self.demands.values()))
+
     def eligible(self, spec, has_refs):
         return (self.enabled and not has_refs and spec.return_ids and not spec.max_calls
                 and "GPU" not in spec.resources)

@@ -28,6 +28,7 @@ from .direct import DirectCalls
 from .lease import Leases
 from .object_cache import INLINE_MAX_BYTES, IS_ERROR, ObjectCache
 from .refcount import RefCounter
+from .work_report import WorkReport
 
 ERROR_PRINT_DELAY_S = 0.5
 
@@ -78,6 +79,7 @@ class Runtime:
         connection.on_last_flush = self._flush_events_locked
         self.direct = DirectCalls(self)
         self.leases = Leases(self)
+        self.work = WorkReport(self)     # direct work, told to the node (zray status)
         connection.start()
         if not by_value.shares_node_memory(connection, self.node_info):
             # Another machine: large objects travel over the connection.
@@ -132,6 +134,7 @@ class Runtime:
         for hook in self.tick_hooks:
             hook(now)
         self.flush_events()
+        self.work.tick()
         self.objects.arena.spare.expire(self, now)
         self._print_unretrieved_errors(now)
 

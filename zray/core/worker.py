@@ -89,6 +89,8 @@ class Worker:
             self.resource_demand = spec.resources if held else {}
         start = time.time()
         self.current_task.spec = spec
+        if route is not None:
+            self.runtime.work.began(spec)
         error_text, exiting = None, False
         try:
             args, kwargs = self._arguments(spec, dep_headers, frames)
@@ -144,6 +146,7 @@ class Worker:
             if bounced:
                 tasks.clear()
                 tasks.extend(keep)
+                self.runtime.work.bounced += sum(len(ids) for ids in bounced.values())
         for route, task_ids in bounced.items():
             connection.send_on(self.push_endpoint.socket, [route] + P.pack(P.BOUNCE, task_ids))
 
@@ -168,6 +171,7 @@ class Worker:
                                    "tid": threading.get_ident() % 100000, "cat": "task",
                                    "ts": start * 1e6, "dur": (time.time() - start) * 1e6})
         if route is not None:
+            self.runtime.work.ended(spec)
             endpoint.reply(spec, route, entries, payload, exiting, error_text)
             return
         self.runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
@@ -180,6 +184,8 @@ class Worker:
         route = fields[4] if len(fields) > 4 else None
         endpoint = fields[5] if len(fields) > 5 else self.endpoint
         start = time.time()
+        if route is not None:
+            self.runtime.work.began(spec)
         error_text, exiting = None, False
         try:
             args, kwargs = self._arguments(spec, dep_headers, frames)

@@ -67,10 +67,17 @@ def tasks(snapshot):
     now, worker_nodes = snapshot["time"], snapshot["worker_nodes"]
     counts = {"queued": 0, "running": 0, "blocked": 0, "infeasible": 0,
               "done": snapshot["tasks_done"],
-              "failed": sum(1 for e in snapshot["errors"] if e.get("type") == "task")}
+              "failed": sum(1 for e in snapshot["errors"] if e.get("type") == "task"),
+              # Of those, work that skipped the node (leased workers, direct actor calls).
+              "direct_running": 0, "direct_queued": 0, "direct_finished": 0}
     running = []
     for node_id, view, status in _live_views(snapshot):
         counts["queued"] += status.get("queued", 0)
+        direct = status.get("direct") or {}
+        counts["direct_running"] += direct.get("running", 0)
+        counts["direct_queued"] += direct.get("queued", 0) + direct.get("waiting_for_lease", 0)
+        counts["direct_finished"] += (direct.get("finished_tasks", 0)
+                                      + direct.get("finished_calls", 0))
         counts["infeasible"] += len(status.get("infeasible", ()))
         for task in view["running"]:
             counts["blocked" if task["blocked"] else "running"] += 1
@@ -157,7 +164,10 @@ def workers(snapshot):
     rows = []
     for node_id, view, _status in _live_views(snapshot):
         rows += [{"pid": w["pid"], "node_id": node_id, "state": w["state"],
-                  "actor": w["actor"], "running": w["running"]} for w in view["workers"]]
+                  "actor": w["actor"], "running": w["running"], "leased": w.get("leased", False),
+                  "queued": w.get("queued", 0),
+                  "finished": w.get("finished_tasks", 0) + w.get("finished_calls", 0)}
+                 for w in view["workers"]]
     # A worker still starting has no pid yet: it sorts last on its node.
     rows.sort(key=lambda w: (w["node_id"], w["pid"] is None, w["pid"] or 0))
     return {"time": snapshot["time"], "workers": rows}

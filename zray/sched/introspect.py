@@ -16,7 +16,8 @@ LOG_TAIL_MAX_BYTES = 256 * 1024
 def node_view(node, top_objects=10):
     """One picklable dict: workers, actors, running tasks, biggest objects."""
     actors = node.actors.by_id
-    workers = []
+    direct_work = node.state.direct_work
+    workers, direct_running = [], []
     for worker in node.pool.workers.values():
         actor = actors.get(worker.actor_id) if worker.actor_id is not None else None
         running = []
@@ -24,28 +25,46 @@ def node_view(node, top_objects=10):
             running = [task.spec.name for task in actor.inflight.values()]
         elif worker.task is not None and worker.task.spec.kind == P.TASK:
             running = [worker.task.spec.name]
+        # Direct calls and pushed tasks, as the worker last said (the node sees none).
+        report = direct_work.of(worker.worker_id)
+        if report is not None:
+            running += [name for _task_id, name in report.running]
+            direct_running += [{"task_id": task_id.hex(), "name": name, "pid": worker.pid,
+                                "blocked": worker.blocked, "direct": True}
+                               for task_id, name in report.running]
+        leased = worker.task is not None and worker.task.spec.kind == P.LEASE
         workers.append({"pid": worker.pid, "state": worker.state, "blocked": worker.blocked,
                         "actor": actor.class_name if actor is not None else None,
-                        "running": running})
+                        "running": running, "leased": leased,
+                        "queued": report.queued if report is not None else 0,
+                        "finished_tasks": report.finished_tasks if report is not None else 0,
+                        "finished_calls": report.finished_calls if report is not None else 0})
     return {"node_id": node.node_id, "time": time.time(), "workers": workers,
             # An actor placed on another node is listed there, by its host.
-            "actors": [_actor_row(actor) for actor in actors.values() if actor.node is None],
+            "actors": [_actor_row(actor, direct_work.of(actor.worker.worker_id)
+                                  if actor.worker is not None else None)
+                       for actor in actors.values() if actor.node is None],
             "running": [{"task_id": task_id.hex(), "name": task.spec.name,
                          "pid": task.worker.pid if task.worker is not None else None,
-                         "blocked": task.blocked}
+                         "blocked": task.blocked, "direct": False}
                         for task_id, task in node.scheduler.running.items()
-                        if task.spec.kind == P.TASK],
+                        if task.spec.kind == P.TASK] + direct_running,
+            "direct": direct_work.statistics(),
             "biggest": _biggest_objects(node, top_objects)}
 
 
-def _actor_row(actor):
+def _actor_row(actor, report):
     return {"actor_id": actor.actor_id.hex(), "class": actor.class_name, "state": actor.state,
             "pid": actor.worker.pid if actor.worker is not None else None,
             "name": actor.name, "restarts": actor.max_restarts - actor.restarts_left
             if actor.max_restarts != float("inf") else None,
             "max_restarts": actor.max_restarts if actor.max_restarts != float("inf") else -1,
             "death_reason": actor.death_reason,
-            "queued": sum(len(queue) for queue in actor.queues.values())}
+            # Calls through the node and, as its worker said, direct ones.
+            "queued": sum(len(queue) for queue in actor.queues.values())
+            + (report.queued if report is not None else 0),
+            "running": len(actor.inflight) + (len(report.running) if report is not None else 0),
+            "finished_calls": report.finished_calls if report is not None else 0}
 
 
 def _biggest_objects(node, count):

@@ -171,6 +171,7 @@ class NodeMessages:
         P.WRITE: lambda self, i, f, p: self.uploads.on_write(i, f[0], f[1], p[0] if p else b""),
         P.LEASE_REQUEST: lambda self, i, f, p: E.LeaseRequested(i, f[0], f[1]),
         P.LEASE_RETURN: lambda self, i, f, p: E.LeaseReturned(i, f[0]),
+        P.WORK: lambda self, i, f, p: E.WorkReported(i, *f),
     }
 
     # The handler of each declared op, found once here (a missing one fails at import).

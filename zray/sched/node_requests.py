@@ -28,10 +28,17 @@ class NodeRequests:
 
     def request_status(self, _client):
         infeasible = [infeasible_report(t, self.resources) for t in self.scheduler.infeasible]
+        leases = self.state.leases
+        # Work past the node, as its clients last said (at most a tick old).
+        direct = self.state.direct_work.statistics()
         return {"node": self._node_info(),
                 "available": self._local_available(),
-                "running": len(self.scheduler.running),
-                "queued": self.scheduler.queued_count(),
+                # Tasks and calls, wherever they run: a lease held or asked for is none.
+                "running": max(0, len(self.scheduler.running) - len(leases.held))
+                + direct["running"],
+                "queued": max(0, self.scheduler.queued_count() - len(leases.queued))
+                + direct["queued"] + direct["waiting_for_lease"],
+                "direct": direct,
                 "infeasible": infeasible,
                 "scheduler": self.scheduler.statistics(),
                 "workers": self.pool.live_count(),
@@ -39,8 +46,7 @@ class NodeRequests:
                 "actors": self.actors.statistics(),
                 "tasks": dict(self.state.counts),     # submitted / ended through this node
                 # workers lent to clients, which push their tasks straight to them
-                "leases": {"held": len(self.state.leases.held),
-                           "queued": len(self.state.leases.queued)},
+                "leases": {"held": len(leases.held), "queued": len(leases.queued)},
                 "store": self.objects.stats(),
                 "peers": self.peers.statistics() if self.peers is not None else None}
 

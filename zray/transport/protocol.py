@@ -88,6 +88,11 @@ LEASE_REQUEST = _message(b"LEASE", lease_id=BYTES,      # lend me a worker for t
 LEASE_RETURN = _message(b"RETURN", lease_id=BYTES)      # worker: my lessee gave me back
 HELD_AT = _message(b"HELDAT", node_id=STR,       # hold these for me: they are held for
                    entries=HEADERS)              # this node on node_id (a direct call's)
+# Work the node does not see (core/work_report.py), sent at most every tick
+# and only when it changed: direct actor calls and pushed tasks running here
+# ((task id, name)), queued here, finished here so far; tasks waiting here for a lease.
+WORK = _message(b"WORK", running=seq(pair(BYTES, STR)), queued=INT, finished_tasks=INT,
+                finished_calls=INT, waiting=INT)
 
 # node daemon -> client
 WELCOME = _message(b"WELCOME", node_info=mapping(STR, DATA))

@@ -106,7 +106,8 @@ function renderSummary(cluster, tasks, objects) {
   for (const r of cluster.totals.filter((t) => t.name === "CPU" || (t.name === "GPU" && t.total > 0))) {
     cards.push([r.name, `${num(r.used)} / ${num(r.total)}`, "used / total"]);
   }
-  cards.push(["Tasks running", tasks.counts.running, `${tasks.counts.queued} queued`]);
+  cards.push(["Tasks running", tasks.counts.running, `${tasks.counts.queued} queued` +
+    (tasks.counts.direct_running ? `, ${tasks.counts.direct_running} direct` : "")]);
   cards.push(["Tasks done", tasks.counts.done, `${tasks.counts.failed} failed`]);
   cards.push(["Objects", objects.totals.objects, bytes(objects.totals.bytes) + " in memory"]);
   fill("summary", ...cards.map(([title, value, note]) =>
@@ -214,12 +215,22 @@ function renderObjects(data) {
     "The object store is empty."));
 }
 
+// What a worker does, direct work included (leased tasks, direct actor calls).
+function workerDoing(w) {
+  const running = w.running.join(", ");
+  let text = w.actor ? `actor ${w.actor}` + (running ? `: ${running}` : "")
+    : (running || (w.leased ? "leased, idle" : "idle"));
+  if (w.queued) text += ` · ${w.queued} queued`;
+  if (w.finished) text += ` · ${w.finished} direct done`;
+  return text;
+}
+
 function renderWorkers(data) {
   if (!selectedLog && data.workers.length) selectedLog = data.workers[0];
   fill("log-workers", ...data.workers.map((w) => {
     const item = el("li", { class: selectedLog && selectedLog.pid === w.pid ? "selected" : "" },
       el("b", {}, `pid ${w.pid}`), " ", badge(w.state),
-      el("div", { class: "sub" }, w.actor ? `actor ${w.actor}` : (w.running.join(", ") || "idle")));
+      el("div", { class: "sub" }, workerDoing(w)));
     item.addEventListener("click", () => { selectedLog = w; refreshLog(); renderWorkers(data); });
     return item;
   }));

@@ -139,6 +139,15 @@ class LeaseReturned(NamedTuple):   # the leased worker says its lessee gave it b
     lease_id: bytes
 
 
+class WorkReported(NamedTuple):    # a client's work the node does not see (WORK)
+    client: bytes
+    running: list             # (task id, name) of direct calls and pushed tasks running there
+    queued: int               # ... queued there
+    finished_tasks: int       # pushed tasks it finished so far
+    finished_calls: int       # direct actor calls it served so far
+    waiting: int              # its tasks waiting for a leased worker
+
+
 class WorkerExited(NamedTuple):
     worker_id: bytes
     pid: int

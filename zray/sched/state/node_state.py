@@ -19,6 +19,7 @@ from ..worker_pool import ACTOR, BUSY, IDLE, WorkerPool, describe_exit, log_file
 from . import commands as C
 from . import events as E
 from .actors import ActorTable
+from .direct_work import DirectWork
 from .forwarding import Forwarding
 from .leases import LeaseTable
 from .locations import Locations
@@ -57,6 +58,7 @@ class NodeState(ObjectEvents):
         self.actors = ActorTable(self)
         self.forwarding = Forwarding(self)
         self.leases = LeaseTable(self)      # workers lent to clients for their tasks
+        self.direct_work = DirectWork()     # what clients run past the node, as they say
         self.locations = Locations(self)    # objects on other nodes, lineage
         self.clients = {}              # identity -> Client
         self.functions = {}            # function_id -> (name, blob, sys_path)
@@ -104,6 +106,7 @@ class NodeState(ObjectEvents):
 
     def _drop_client(self, client):
         self.clients.pop(client.identity, None)
+        self.direct_work.forget(client.identity)
         self.emit(C.ClientGone(client.identity))
         if client.kind == "driver":     # its work stops before its refs go
             stop_work_of(self, client.identity, f"driver pid {client.pid}")
@@ -476,6 +479,8 @@ class NodeState(ObjectEvents):
             ev.client in self.clients
             and self.leases.request(self.clients[ev.client], ev.lease_id, ev.demand)),
         E.LeaseReturned: lambda self, ev: self.leases.returned(ev.worker_id, ev.lease_id),
+        E.WorkReported: lambda self, ev: ev.client in self.clients and self.direct_work.reported(
+            *ev),
         E.KillActorRequested: lambda self, ev: self.actors.kill(ev.actor_id, ev.no_restart),
         E.ActorNameReserved: lambda self, ev: self.actors.reserve_name(ev.name, ev.actor_id),
         E.PeerSeen: lambda self, ev: self.forwarding.seen(ev.node_id, ev.info),
