@@ -19,6 +19,9 @@ def env_for(root=None, extra=None):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     env.pop("ZRAY_TEMP_DIR", None)
+    # `zray start` run with this stops its daemons when this test process
+    # exits, however it ends (a killed pytest leaves no cluster behind).
+    env["ZRAY_OWNER_PID"] = str(os.getpid())
     if root is not None:
         env["ZRAY_TEMP_DIR"] = str(root)
     env.update(extra or {})

@@ -19,6 +19,8 @@ from . import __version__
 from .transport.auth import TOKEN_ENV as _TOKEN_ENV
 from .launcher.cli import add_commands as _add_launcher_commands
 
+OWNER_PID_ENV = "ZRAY_OWNER_PID"     # `zray start --owner-pid`, for test harnesses
+
 
 @click.group()
 @click.version_option(__version__, prog_name="zray")
@@ -144,10 +146,14 @@ def _check_port_free(host, port):
               help="port of the dashboard (default: any free port)")
 @click.option("--block", is_flag=True,
               help="stay in the foreground; Ctrl-C stops what this command started")
+@click.option("--owner-pid", type=click.IntRange(min=1), default=None, envvar=OWNER_PID_ENV,
+              help="stop the daemons this command starts when process PID exits, however "
+                   "it ends (a test harness, a job script); default: they run until "
+                   f"`zray stop` (also ${OWNER_PID_ENV})")
 @_ignored_options
 def start(head, address, port, num_cpus, num_gpus, resources, object_store_memory,
           node_ip_address, temp_dir, password, plasma_directory, huge_pages, max_workers,
-          include_dashboard, dashboard_host, dashboard_port, block):
+          include_dashboard, dashboard_host, dashboard_port, block, owner_pid):
     """Start a cluster's head node (--head), or join a node to one (--address)."""
     from . import session
     from .cluster import (current_token, kv_call, local_ip_towards, read_cluster_file,
@@ -159,6 +165,10 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
                                "join one (the address `zray start --head` printed)")
     if port is not None and not head:
         raise click.UsageError("--port is the head's kv port; a joining node takes --address")
+    if owner_pid is not None and not psutil.pid_exists(owner_pid):
+        raise click.BadParameter(f"no process {owner_pid} is running: pass the pid of a "
+                                 f"live process (the daemons stop when it exits)",
+                                 param_hint="--owner-pid")
     resources = _parse_resources(resources)
     root = _temp_root(temp_dir)
     try:
@@ -183,7 +193,7 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
     common = dict(num_cpus=num_cpus, num_gpus=num_gpus, gpu_ids=gpu_ids, resources=resources,
                   object_store_memory=object_store_memory or session.default_object_store_memory(),
                   plasma_dir=plasma_dir, temp_dir=root, password=password, detach=True,
-                  max_workers=max_workers)
+                  max_workers=max_workers, owner_pid=owner_pid)
     try:
         if head:
             ip = node_ip_address or "127.0.0.1"
