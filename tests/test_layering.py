@@ -29,7 +29,8 @@ EDGE = {"zray.sched.node", "zray.sched.node_messages", "zray.sched.node_commands
         "zray.sched.node_requests", "zray.sched.store_requests", "zray.plasma.transfer",
         "zray.transport.sockets", "zray.kv", "zray.kv.client", "zray.kv.server"}
 PUBLIC = {"zray", "zray.api", "zray.actor", "zray.remote_function", "zray.local_mode",
-          "zray.cli", "zray.introspection"}
+          "zray.cli", "zray.cli_daemons", "zray.cli_inspect", "zray.cli_options",
+          "zray.introspection"}
 
 
 # The API modules, lowest first: each may import only those before it (and
