@@ -8,6 +8,7 @@ can skip rows before running them (a shim declares what it cannot do).
 from __future__ import annotations
 
 import functools
+import importlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ def row(name: str, unit: str, higher_is_better: bool, needs=(),
 
 def all_rows() -> List[Row]:
     # Importing the row modules registers their rows, in file order.
-    from . import workloads, zray_rows  # noqa: F401
+    for module in ("workloads", "zray_rows"):
+        importlib.import_module(f".{module}", __package__)
     return list(_ROWS)
 
 

@@ -102,9 +102,9 @@ def get_1gb_array_us(ray, quick):
     # put once, then time repeated gets of the same object.
     import numpy as np
     nbytes = pick(quick, 1024 ** 3, 10 * 1024 * 1024)
-    ref = ray.put(np.zeros(nbytes // 8, dtype=np.int64))
+    refs = [ray.put(np.zeros(nbytes // 8, dtype=np.int64))]
     # Several warm-up gets: the first ones fault the mapping in.
-    secs = durations(lambda: ray.get(ref), pick(quick, 20, 3),
+    secs = durations(lambda: ray.get(refs[0]), pick(quick, 20, 3),
                      warmup=pick(quick, 3, 1))
-    del ref
+    refs.clear()        # the object goes before the next row
     return [s * 1e6 for s in secs]

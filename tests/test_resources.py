@@ -370,7 +370,7 @@ def test_infeasible_task_is_reported(start_ray, capfd):
 
     ref = needs_missing.remote()
     big = too_big.remote()
-    actor = GpuActor.remote()       # noqa: F841 - kept alive while reported
+    actor = GpuActor.remote()       # kept alive while reported (to the end)
 
     def reported():
         return len(ray.api._runtime().request("status")["infeasible"]) == 3
@@ -398,6 +398,7 @@ def test_infeasible_task_is_reported(start_ray, capfd):
     def fine():
         return "ok"
     assert ray.get(fine.remote()) == "ok"
+    del actor
 
 
 # == bad input ==========================================================================
