@@ -2,7 +2,11 @@
 biggest objects, and a worker's log tail (the dashboard and ``zray stack``).
 
 Read-only views of the node's tables, built only when a tool asks; nothing
-here runs on the task path.
+here runs on the task path. Work that skips the node (tasks on leased
+workers, direct actor calls) comes from what its workers last reported
+(``state/direct_work.py``): in a worker's ``running``, its ``queued`` and
+``finished_tasks``/``finished_calls`` (pushed tasks, direct calls), and in
+``running`` with ``direct`` true.
 """
 import heapq
 import os
