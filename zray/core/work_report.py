@@ -50,6 +50,8 @@ class WorkReport:
 
     def tick(self):
         """I/O thread: tell the node if anything changed since it last heard."""
+        if self.runtime.connection.node_lost:
+            return      # nobody to tell (and a send would raise in the I/O thread)
         report = self.current()
         if report != self.last_sent:
             self.last_sent = report
