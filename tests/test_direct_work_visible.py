@@ -37,6 +37,9 @@ class Counter:
         self.calls += 1
         return self.calls
 
+    def ping(self):
+        return "pong"
+
     def held(self, path):
         return wait_for_file(path)
 
@@ -92,7 +95,7 @@ def test_a_long_leased_task_shows_running_on_its_worker(one_node, tmp_path):
     open(go, "w").close()
     assert ray.get(ref, timeout=30) is True
     wait_for(lambda: node_request("status")["direct"]["finished_tasks"] == 1
-             and node_request("status")["running"] == 0, 10, "the task counted as finished")
+             and node_request("status")["running"] == 0, 30, "the task counted as finished")
 
 
 def test_tasks_waiting_for_a_leased_worker_count_as_queued(tmp_path):
@@ -109,7 +112,7 @@ def test_tasks_waiting_for_a_leased_worker_count_as_queued(tmp_path):
         open(go, "w").close()
         assert ray.get(refs, timeout=60) == [True] * 7
         wait_for(lambda: node_request("status")["direct"]["waiting_for_lease"] == 0
-                 and node_request("status")["direct"]["finished_tasks"] == 7, 10,
+                 and node_request("status")["direct"]["finished_tasks"] == 7, 30,
                  "all seven counted as finished")
     finally:
         ray.shutdown()
@@ -118,14 +121,19 @@ def test_tasks_waiting_for_a_leased_worker_count_as_queued(tmp_path):
 
 def test_direct_actor_calls_are_counted_and_a_long_one_shows(one_node, tmp_path):
     counter = Counter.remote()
-    assert ray.get(counter.add.remote()) == 1
+
+    def calls_go_direct():      # the first calls go through the node until then
+        ray.get(counter.ping.remote())
+        channel = ray.api._runtime().direct.channels.get(counter._actor_id)
+        return channel is not None and channel.usable()
+    wait_for(calls_go_direct, 20, "the direct socket to the actor")
     before = node_request("status")["direct"]["finished_calls"]
-    assert ray.get([counter.add.remote() for _ in range(50)])[-1] == 51
+    assert ray.get([counter.add.remote() for _ in range(50)]) == list(range(1, 51))
 
     def actor_row():
         (row,) = node_request("introspect")["actors"]
         return row
-    wait_for(lambda: node_request("status")["direct"]["finished_calls"] >= before + 50, 10,
+    wait_for(lambda: node_request("status")["direct"]["finished_calls"] >= before + 50, 30,
              "50 more direct calls counted at the node")
     assert actor_row()["finished_calls"] >= 50
 
@@ -145,9 +153,9 @@ def test_direct_actor_calls_are_counted_and_a_long_one_shows(one_node, tmp_path)
     assert actors["actors"][0]["running"] == 1
 
     open(go, "w").close()
-    assert ray.get(held, timeout=30) is True and ray.get(queued, timeout=30) == [52, 53, 54]
+    assert ray.get(held, timeout=30) is True and ray.get(queued, timeout=30) == [51, 52, 53]
     wait_for(lambda: node_request("status")["direct"]["running"] == 0
-             and node_request("status")["direct"]["queued"] == 0, 10, "the calls done")
+             and node_request("status")["direct"]["queued"] == 0, 30, "the calls done")
 
 
 def test_zray_status_shows_a_leased_task(tmp_path):
