@@ -103,6 +103,7 @@ class RemoteActorEndpoint:
                 self.calls += 1
                 self.callers[spec.task_id] = from_node
                 tasks.append(((spec, deps, {}, None, frames[0], self), frames[2:]))
+                self.runtime.work.came_in()
             else:
                 self.runtime.connection.send_on(
                     socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity,
