@@ -150,6 +150,51 @@ def test_calls_from_another_node_go_straight_to_the_actor_in_order(driver):
     assert seen[-3:] == [5, 5, 7] and len(seen) == 203
 
 
+def test_an_actor_made_here_and_placed_on_another_node_is_called_over_tcp(driver):
+    box = Box.options(num_cpus=0, resources={"node_a": 1}).remote()     # homed on the head
+    assert ray.get(box.node.remote(), timeout=60) != ray.api._runtime().node_info["node_id"]
+    wait_direct(box)
+    before_node, before_tcp = submitted(), ray.get(box.tcp_calls.remote())
+    assert ray.get([box.add.remote(i) for i in range(100)], timeout=60) == list(range(1, 101))
+    assert submitted() == before_node
+    assert ray.get(box.tcp_calls.remote()) >= before_tcp + 100
+    assert ray.get(box.big.remote(), timeout=60)[-1] == 299_999
+
+    # A task on the actor's node reaches it over ipc (its socket file is there).
+    @ray.remote(num_cpus=0, resources={"node_a": 1})
+    def call_from_its_node(handle):
+        runtime = ray.api._runtime()
+        wait_for(lambda: ray.get(handle.pid.remote()) and runtime.direct.channels[
+            handle._actor_id].usable(), 30, "the ipc socket to the actor")
+        channel = runtime.direct.channels[handle._actor_id]
+        return channel.remote, ray.get([handle.add.remote(0) for _ in range(5)])
+
+    remote, counts = ray.get(call_from_its_node.remote(box), timeout=60)
+    assert remote is False and counts == [101, 102, 103, 104, 105]
+
+
+def test_a_placed_actors_worker_killed_during_calls_retries_them(driver):
+    box = Box.options(num_cpus=0, resources={"node_a": 1}, max_restarts=1,
+                      max_task_retries=1).remote()
+    wait_direct(box)
+    pid = ray.get(box.pid.remote())
+    in_flight = [box.slow.remote(i, 0.4) for i in range(4)]
+    wait_for(lambda: len(ray.api._runtime().direct.pending) == 4, 10, "the calls to be out")
+    os.kill(pid, signal.SIGKILL)
+    assert ray.get(in_flight, timeout=60) == [0, 1, 2, 3]
+    assert ray.get(box.pid.remote(), timeout=60) != pid
+    # No retries: the call in flight fails, as through the nodes.
+    box2 = Box.options(num_cpus=0, resources={"node_a": 1}, max_restarts=1).remote()
+    wait_direct(box2)
+    pid2 = ray.get(box2.pid.remote())
+    call = box2.slow.remote(1, 30)
+    wait_for(lambda: ray.api._runtime().direct.pending, 10, "the call to be out")
+    os.kill(pid2, signal.SIGKILL)
+    with pytest.raises(RayActorError):
+        ray.get(call, timeout=60)
+    assert ray.get(box2.add.remote(3), timeout=60) == 1
+
+
 def test_a_stream_of_calls_from_creation_on_keeps_its_order(driver):
     """Calls sent from the start go through the nodes until the worker's
     address is known and it answers, then direct: never out of order."""

@@ -1,15 +1,18 @@
 """Opening the caller's sockets to actors (part of DirectCalls, core/direct.py).
 
-- ipc, in the node's session directory, to an actor made from this node.
-- tcp, to an actor made on another node (or from a process whose node is
+- ipc, in the node's session directory, to an actor whose worker is on
+  this node (or made from it and not started yet).
+- tcp, to an actor living on another node (or from a process whose node is
   on another machine): the address its worker published in the kv
   (core/remote_endpoint.py), a CURVE client of the cluster token. A record
   not there yet, or a socket that never connects (a stale address: its
-  worker died), is looked up again after a while, when no call is out.
+  worker died; an actor of this node placed on another), is looked up
+  again after a while, when no call is out on it.
 - At most MAX_CHANNELS sockets per process: past that, the least recently
   used one idle for IDLE_CLOSE_S closes (its actor's next call opens it
   again); with none idle, calls go through the node.
 """
+import os
 import time
 
 import zmq
@@ -48,7 +51,8 @@ class DirectSockets:
             # A tcp channel gets its new socket in place once no call is out
             # on the old one: its count of calls through the node stays, so
             # they are answered before calls go direct again (order).
-            in_place = (remote and old is not None and (old.socket is None or old.remote)
+            in_place = (self.looks_remote and old is not None
+                        and (old.socket is None or old.remote or old.worker_id is None)
                         and not (old.inflight or old.waiting))
             if old is not None and not in_place and not old.quiet():
                 old.retry_at = time.monotonic() + IDLE_CLOSE_S
@@ -99,8 +103,9 @@ class DirectSockets:
         channel.socket, channel.monitor = socket, monitor
         channel.node_only = False
         channel.remote = remote
-        # A stale address (its worker gone) is looked up again if it never connects.
-        channel.retry_at = time.monotonic() + REMOTE_CONNECT_S if remote else None
+        # A stale address (its worker gone), or an actor of this node placed
+        # on another: looked up again if it never connects.
+        channel.retry_at = time.monotonic() + REMOTE_CONNECT_S if self.looks_remote else None
         self.by_monitor[monitor] = channel
         self.sockets += 1
 
@@ -118,28 +123,32 @@ class DirectSockets:
 
     def _target(self, actor_id):
         """(address, over tcp) of the actor's worker's socket, or (None, _).
-        ipc for an actor made from this node (its actor table then holds the
-        record that judges calls resubmitted after a death); tcp, from the
-        kv, for one made on another node, or from a process whose node is on
-        another machine."""
+        ipc when its worker is on this node (its socket file is here), or the
+        actor was made from this node and may not have started yet; tcp, from
+        the kv, when it lives on another node, or for a process whose node is
+        on another machine. A call resubmitted after a death goes through
+        this process's node to the actor's, which judges it."""
         home_here = bool(self.node_id) and actor_id[:len(self.node_id)] == self.node_id
-        if home_here and not self.over_tcp:
-            path = P.actor_socket_path(self.session_dir, actor_id) if self.session_dir else None
-            if path is not None and len(path) <= MAX_IPC_PATH:
-                return "ipc://" + path, False
-            return None, False
-        if not self.looks_remote:
-            return None, True
+        path = P.actor_socket_path(self.session_dir, actor_id) if self.session_dir else None
+        ipc = None if path is None or len(path) > MAX_IPC_PATH or self.over_tcp \
+            else "ipc://" + path
+        if ipc is not None and (not self.looks_remote and home_here or os.path.exists(path)):
+            return ipc, False
+        record = self._lookup(actor_id) if self.looks_remote else None
+        if record is not None:
+            return record["address"], True
+        return (ipc, False) if ipc is not None and home_here else (None, self.looks_remote)
+
+    def _lookup(self, actor_id):
+        """The kv record of where the actor's worker listens on tcp, or None."""
         try:
             kv = self.runtime.kv_client()
             # Short: this is a caller's send (a miss is retried after a while).
             record = (kv.call("get", ACTOR_DIRECT_PREFIX + actor_id.hex(), None,
                               timeout_s=LOOKUP_TIMEOUT_S) if kv is not None else None)
         except Exception:       # noqa: BLE001 - no kv now: through the node, look again later
-            record = None
-        if not valid_actor_direct_record(record):
-            return None, True
-        return record["address"], True
+            return None
+        return record if valid_actor_direct_record(record) else None
 
     def _room(self):
         """(room for one more socket, the channels closed to make it): the

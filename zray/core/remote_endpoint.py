@@ -7,9 +7,9 @@ side: core/direct.py, direct_sockets.py, direct_replies.py).
                            ◄──REPLY (inline results)──────   (tcp, CURVE server of
                            ◄──HELD (results on node A)────    the cluster token)
 
-- Only where the worker's node listens on tcp (a cluster), and only for an
-  actor homed on this node (created from it): the node that judges calls
-  resubmitted after a death (``attempted``) is then the one that saw it.
+- Only where the worker's node listens on tcp (a cluster). A call
+  resubmitted after a death (``attempted``) goes through the caller's node
+  and the actor's home to this node, which saw the worker die and judges it.
 - Every byte goes through CURVE with the cluster token's keys and this
   process's ZAP gatekeeper (transport/auth.py), as the node's tcp socket:
   nothing from a peer without the token reaches a decoder.
@@ -45,9 +45,6 @@ class RemoteActorEndpoint:
         node_id = runtime.node_info.get("node_id", "")
         if not auth.is_tcp(node_tcp) or not runtime.password:
             raise ValueError("this node does not listen on tcp")
-        if actor_id[:8].hex() != node_id:
-            raise ValueError("the actor was created on another node (its home judges "
-                             "calls resubmitted after a death): reached through the nodes")
         self.runtime = runtime
         self.actor_id = actor_id
         self.node_id = node_id

@@ -155,8 +155,7 @@ class Worker:
             self.endpoint = ActorEndpoint(self.runtime, actor_id)
         except Exception as exc:     # callers then reach it through the node
             print(f"zray: actor without direct calls: {exc}", file=sys.stderr, flush=True)
-        if auth.is_tcp(self.runtime.node_info.get("tcp_address")) and \
-                actor_id[:8].hex() == self.runtime.node_info.get("node_id"):
+        if auth.is_tcp(self.runtime.node_info.get("tcp_address")):
             try:        # callers on other nodes (a cluster)
                 self.remote_endpoint = RemoteActorEndpoint(self.runtime, actor_id)
             except Exception as exc:

@@ -117,8 +117,9 @@ class ActorTable:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
-        if "attempted" in task.spec.options and not actor.proxy:
-            # (Through a proxy it goes on to the actor's home, which judges it.)
+        if "attempted" in task.spec.options and actor.node is None:
+            # (Else it goes on, as any call, to the node the actor lives on,
+            # through its home: that node saw the worker die and judges it.)
             self._submit_attempted(actor, task, task.spec.options["attempted"])
             return
         caller = caller_of(task.spec)
