@@ -66,12 +66,14 @@ class DirectSockets:
             channel = old if in_place else Channel(actor_id)
             if room:
                 self._hook(channel, target, remote)
-            elif target is not None or self.looks_remote:
-                # No room, or (tcp) no address yet: the actor may be starting.
+            if target is not None and not room:
+                channel.retry_at = time.monotonic() + IDLE_CLOSE_S     # no room now
+            elif self.looks_remote and not (room and remote):
+                # (tcp) No address yet, or ipc to an actor of this node that
+                # may start on another: look again soon, then less often.
                 channel.lookups += 1
-                delay = min(IDLE_CLOSE_S, LOOKUP_AGAIN_S * 2 ** channel.lookups) if remote \
-                    else IDLE_CLOSE_S
-                channel.retry_at = time.monotonic() + delay
+                channel.retry_at = time.monotonic() + min(
+                    IDLE_CLOSE_S, LOOKUP_AGAIN_S * 2 ** channel.lookups)
             if channel is not old:
                 self.channels[actor_id] = channel
                 if old is not None:
@@ -103,9 +105,8 @@ class DirectSockets:
         channel.socket, channel.monitor = socket, monitor
         channel.node_only = False
         channel.remote = remote
-        # A stale address (its worker gone), or an actor of this node placed
-        # on another: looked up again if it never connects.
-        channel.retry_at = time.monotonic() + REMOTE_CONNECT_S if self.looks_remote else None
+        # A stale address (its worker gone): looked up again if it never connects.
+        channel.retry_at = time.monotonic() + REMOTE_CONNECT_S if remote else None
         self.by_monitor[monitor] = channel
         self.sockets += 1
 
