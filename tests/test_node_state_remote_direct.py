@@ -2,7 +2,7 @@
 (core/remote_endpoint.py) are held for that node, and that node holds and
 pulls them for its client (HELD_AT). No sockets: events in, commands out."""
 from state_util import Node, inline, new_id, of, pushed, shm_header
-from test_node_state import call, make_actor
+from test_node_state import attempted, call, make_actor
 from zray.sched.state import commands as C, events as E
 
 PEER_B = "b2" * 8
@@ -72,3 +72,19 @@ def test_results_on_a_node_that_left_are_lost_with_it():
     node.do(E.HeldElsewhere(b"driver", PEER_B, [shm_header(result, 300_000)]))
     (push,) = of(C.PushObject, node.do(E.Subscribed(b"driver", [result])))
     assert push.entry.is_error
+
+
+def test_a_direct_call_that_ended_its_actor_keeps_its_result_when_resubmitted():
+    """exit_actor() in a direct call: the worker's DONE (exiting, results
+    held for the caller) came, then its socket closed before the caller read
+    the reply, so the caller resubmits it. The result stands; it is not
+    failed as a call to a dead actor (its caller waited forever for it)."""
+    node, actor_id, worker_id = actor_node_with_peer()
+    lost = attempted(actor_id, worker_id)
+    result = lost.return_ids[0]
+    node.do(E.TaskDone(worker_id, lost.task_id, [inline(result, True)], [b"x"], True,
+                       "exit_actor", b"driver"))
+    node.do(E.WorkerExited(worker_id, 0, 0))
+    out = node.submit(lost)
+    assert pushed(out) == {result: True}
+    assert node.state.objects.get(result).frames == [b"x"]      # the worker's, not a new error

@@ -113,13 +113,17 @@ class ActorTable:
         actor = self.by_id.get(task.spec.actor_id)
         if actor is None:
             actor = self.routing.proxy_for(task)
-        if actor is None or actor.state == DEAD:
+        # A direct call resubmitted after its socket closed: judged where the
+        # actor lives (else it goes on, as any call, to that node, through
+        # its home), even once the actor is dead: the call may be the one
+        # that ended it (exit_actor), its results here already.
+        attempted = actor is not None and actor.node is None and \
+            "attempted" in task.spec.options
+        if actor is None or actor.state == DEAD and not attempted:
             self._fail(task, actor)
             return
         task.retries_left = actor.task_retries
-        if "attempted" in task.spec.options and actor.node is None:
-            # (Else it goes on, as any call, to the node the actor lives on,
-            # through its home: that node saw the worker die and judges it.)
+        if attempted:
             self._submit_attempted(actor, task, task.spec.options["attempted"])
             return
         caller = caller_of(task.spec)
