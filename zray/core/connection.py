@@ -95,6 +95,7 @@ class Connection:
         self.handlers = {P.RESPONSE: self._on_response}   # msg_type -> fn(fields, frames)
         self.side_sockets = {}      # socket -> fn(socket): direct sockets read by the holder
         self.side_outbox = deque()  # (socket, frames, still_wanted, wait): see send_on
+        self.poll_changes = deque()   # (side socket, polled): see set_polled
         self.on_tick = None         # fn(now), every TICK_S from the I/O thread
         self.on_last_flush = None   # fn(), under sock_lock as the I/O thread stops
         self.outbox = deque()
@@ -216,6 +217,27 @@ class Connection:
         self.side_sockets[socket] = on_readable
         self.poller.register(socket, zmq.POLLIN)
 
+    def set_polled(self, socket, polled):
+        """Poll an added socket or not, from the next pump on (from any
+        thread, any lock held). A socket that expects nothing (an idle lease's)
+        costs each blocking poll four system calls in libzmq; what comes
+        meanwhile waits in it and is seen once it is polled again."""
+        self.poll_changes.append((socket, polled))
+
+    def _apply_poll_changes(self):
+        changes = self.poll_changes
+        while changes:
+            socket, polled = changes.popleft()
+            if socket not in self.side_sockets:
+                continue                # removed meanwhile
+            if polled:
+                self.poller.register(socket, zmq.POLLIN)
+            else:
+                try:
+                    self.poller.unregister(socket)
+                except KeyError:
+                    pass
+
     def remove_socket(self, socket, locked=False):
         if not locked:
             self._wake()
@@ -263,6 +285,8 @@ class Connection:
             self._pump_now(timeout_ms)
 
     def _pump_now(self, timeout_ms):
+        if self.poll_changes:
+            self._apply_poll_changes()
         refs = self.refs
         if refs.due():
             refs.flush(self.enqueue)

@@ -233,6 +233,8 @@ class Leases:
             socket = self.sockets.get(worker_id)
             if socket is None:
                 socket = self.sockets[worker_id] = self._connect(worker_id)
+            else:
+                self.connection.set_polled(socket, True)
             lease = Lease(lease_id, demand, worker_id, socket)
             self.leases[lease_id] = lease
             self.by_socket[socket] = lease
@@ -355,6 +357,8 @@ class Leases:
     def _release(self, lease):
         self._forget(lease)
         self.connection.send_on(lease.socket, P.pack(P.RELEASE, lease.lease_id))
+        # Nothing comes on it until its worker is leased again: out of the poll.
+        self.connection.set_polled(lease.socket, False)
 
     def _forget(self, lease):
         self.leases.pop(lease.lease_id, None)
