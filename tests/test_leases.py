@@ -46,9 +46,69 @@ def test_tasks_skip_the_node(ray_shared):
     assert ray.get([add.remote(i) for i in range(300)]) == list(range(1, 301))
     assert [ray.get(add.remote(i)) for i in range(20)] == list(range(1, 21))
     assert node_tasks() == before, "plain tasks went through the node"
-    # Tasks that need the node still go through it.
+    # ObjectRef arguments whose values are here, or come here, go along too.
     assert ray.get(add.remote(ray.put(1))) == 2
+    assert ray.get([add.remote(add.remote(i)) for i in range(50)]) == list(range(2, 52))
+    assert node_tasks() == before, "tasks with ObjectRef arguments went through the node"
+    # Tasks that need the node still go through it: a ref nested in an argument.
+    assert ray.get(first.remote([ray.put(1)])) == 1
     assert node_tasks() == before + 1
+
+
+@ray.remote
+def first(refs):
+    return ray.get(refs[0])
+
+
+def test_ref_arguments_of_every_kind_go_with_the_push(ray_shared):
+    """Arguments that are results of leased tasks (small ones only in this
+    process, big ones in shared memory), puts, errors, values holding refs."""
+    @ray.remote
+    def big(n):
+        return np.full(400_000, n)       # past the inline limit: in shared memory
+
+    @ray.remote
+    def total(array, extra=0):
+        return float(array.sum()) + extra
+
+    @ray.remote
+    def fails():
+        raise ValueError("bad input")
+
+    @ray.remote
+    def holding():
+        return [ray.put("inner")]
+
+    @ray.remote
+    def unwrap(refs):
+        return refs[0]
+
+    before = node_tasks()
+    assert ray.get([total.remote(big.remote(i), extra=add.remote(i)) for i in range(6)]) == [
+        400_000.0 * i + i + 1 for i in range(6)]
+    shared = ray.put(np.ones(300_000))
+    assert ray.get([total.remote(shared) for _ in range(10)]) == [300_000.0] * 10
+    with pytest.raises(ValueError, match="bad input"):
+        ray.get(add.remote(fails.remote()))
+    # A value holding a ref: the worker borrows it and hands it back.
+    inner = ray.get(unwrap.remote(holding.remote()))
+    assert ray.get(inner) == "inner"
+    assert node_tasks() == before, "tasks with ObjectRef arguments went through the node"
+
+
+def test_a_task_waits_for_its_argument_without_holding_a_worker(ray_shared, tmp_path):
+    """A task needing a long task's result waits in the driver, holding no
+    worker (others run meanwhile), and is pushed once the result is here."""
+    gate = str(tmp_path / "go")
+    before = node_tasks()
+    slow = wait_for_file.remote(gate, 7)
+    after = add.remote(slow)
+    assert ray.get([add.remote(i) for i in range(20)], timeout=60) == list(range(1, 21))
+    ready, _ = ray.wait([after], timeout=0.2)
+    assert not ready
+    open(gate, "w").close()
+    assert ray.get(after, timeout=60) == 8
+    assert node_tasks() == before
 
 
 def test_results_errors_and_refs_as_through_the_node(ray_shared):
@@ -184,8 +244,15 @@ def test_malformed_pushes_leave_the_leased_worker_serving(ray_shared):
         socket.connect("ipc://" + path)
         actor_call = P.TaskSpec(b"t" * 16, P.ACTOR_METHOD, b"", "m", (b"r" * 20,), (), (), {},
                                 0, 0, 1, b"a" * 20, "m", {}, None)
+        plain_task = P.TaskSpec(b"u" * 16, P.TASK, b"", "f", (b"s" * 20,), (b"o" * 20,), (),
+                                {}, 0, 0, 1, None, None, {}, None)
         for frames in ([b"junk"], [b"\x93\xc4\x04PUSH"], P.pack(P.RELEASE, 3),
-                       P.pack(P.PUSH, actor_call, {}, []) + [b"x"]):
+                       P.pack(P.PUSH, actor_call, {}, [], []) + [b"x"],
+                       # an argument's value that is not this node's object
+                       P.pack(P.PUSH, plain_task, {}, [],
+                              [(b"o" * 20, P.SHM, 0, ("/etc/passwd", 10), (), False)]),
+                       # values that do not match its ObjectRef arguments
+                       P.pack(P.PUSH, plain_task, {}, [], [])):
             socket.send_multipart(frames)
         assert ray.get([add.remote(i) for i in range(20)], timeout=60) == list(range(1, 21))
     finally:

@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -296,6 +297,42 @@ def _fuzz(cluster, count, seed):
 
 def test_thousands_of_junk_and_mutated_messages_leave_daemons_serving(cluster):
     _fuzz(cluster, 2000, 1234)
+
+
+def test_a_driver_that_dies_with_a_flood_queued_leaves_the_node_serving(cluster):
+    """A driver killed with 100,000 requests on their way and answers unread
+    (its connection resets): the node's reader had stopped at RCVHWM. libzmq
+    4.3.5 aborted the node when its heartbeat timer fired next (see
+    sched/remote_clients.py): in half of the runs, within four rounds."""
+    (node,) = live_nodes(cluster.address, cluster.token).values()
+    status = P.pack(P.REQUEST, 1, "status", ())
+    for _ in range(4):
+        context = zmq.Context()
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        auth.connect(sock, cluster.ports["node"], cluster.token, check_s=10)
+        stopped = False
+        try:
+            sock.send_multipart(P.pack(P.HELLO, "driver", os.getpid(), cluster.token,
+                                       P.PROTOCOL_VERSION, [], None))
+            assert sock.poll(10_000) and P.unpack(sock.recv_multipart()[0])[0] == P.WELCOME
+            for _ in range(100_000):
+                sock.send_multipart(status)
+            assert sock.poll(10_000)        # answers coming: the node reads the flood
+            # Not a wait for an outcome: time for its reader to reach RCVHWM,
+            # then the hang-up lands while the node is stopped, so its reader
+            # meets it with a backlog, as on a busy machine.
+            time.sleep(0.3)
+            os.kill(node["pid"], signal.SIGSTOP)
+            stopped = True
+        finally:
+            sock.close(0)
+            context.term()
+            if stopped:
+                time.sleep(1.2)             # past the node's 1 s heartbeat interval
+                os.kill(node["pid"], signal.SIGCONT)
+        _assert_daemons_serve(cluster)
 
 
 @pytest.mark.slow

@@ -41,8 +41,8 @@ from zmq.utils.monitor import recv_monitor_message
 from ..exceptions import RaySystemError
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, OwnerWatch, polled_messages,
-                                 send_frames)
+from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, REMOTE_SILENCE_S, OwnerWatch,
+                                 polled_messages, send_frames)
 
 log = logging.getLogger("zray.runtime")
 
@@ -73,6 +73,9 @@ class Connection:
         if kind == "driver":
             self.socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_IVL_MS)
             self.socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+            # The node closes our connection after this much silence (its
+            # socket pings nobody: see sched/remote_clients.py).
+            self.socket.setsockopt(zmq.HEARTBEAT_TTL, int(REMOTE_SILENCE_S * 1000))
             self.monitor = self.socket.get_monitor_socket(zmq.EVENT_CONNECTED
                                                           | zmq.EVENT_DISCONNECTED
                                                           | auth.HANDSHAKE_EVENTS)

@@ -40,7 +40,10 @@ class ActorEndpoint:
 
     def _check(self, msg_type, fields, n_frames):
         if msg_type == P.CALL:
-            self._check_call(*fields, n_frames)
+            spec, deps = fields
+            if spec.kind != P.ACTOR_METHOD:
+                raise ProtocolError(f"a direct call runs a method, not a {spec.kind!r}")
+            check_arguments(self.runtime, spec, deps, n_frames)
 
     def _on_readable(self, socket):
         tasks = self.runtime.tasks
@@ -57,27 +60,6 @@ class ActorEndpoint:
                     socket, [frames[0]] + P.pack(P.PONG, self.runtime.connection.identity,
                                                  fields[0]))
 
-    def _check_call(self, spec, deps, n_frames):
-        """Arguments only where this node keeps objects: a file in its store or
-        spill directory named for the object (a block of its arena is pinned
-        by id, so its place is the node's word, not the caller's)."""
-        needed = spec.n_arg_frames
-        runtime = self.runtime
-        for header in deps:
-            object_id, kind, count, location = header[:4]
-            if kind == P.INLINE:
-                needed += count
-            elif not (kind == P.SHM and isinstance(location, tuple) and (
-                    len(location) == 3 or (len(location) == 2 and location[0] in [
-                        os.path.join(d, shm.object_file_name(runtime.session_name, object_id))
-                        for d in (runtime.plasma_dir, runtime.spill_dir) if d]))):
-                raise ProtocolError(f"argument {object_id.hex()} of a call is not an object "
-                                    f"of this node: {kind!r} at {location!r}")
-        if spec.kind != P.ACTOR_METHOD:
-            raise ProtocolError(f"a direct call runs a method, not a {spec.kind!r}")
-        if needed > n_frames:
-            raise ProtocolError(f"a call names {needed} frames, has {n_frames}")
-
     def reply(self, spec, route, entries, payload, exiting, error_text):
         """Results straight to the caller if they can live there alone; else
         to the node, held for the caller, and a REPLY saying so. Also through
@@ -88,6 +70,28 @@ class ActorEndpoint:
             self.borrowing.discard(spec.task_id)
         send_results(self.runtime, self.socket, spec, route, entries, payload, exiting,
                      error_text, direct_ok=not borrowed)
+
+
+def check_arguments(runtime, spec, deps, n_frames):
+    """Arguments only where this node keeps objects: a file in its store or
+    spill directory named for the object (a block of its arena is pinned
+    by id, so its place is the node's word, not the caller's)."""
+    needed = spec.n_arg_frames
+    for header in deps:
+        object_id, kind, count, location = header[:4]
+        if kind == P.INLINE:
+            needed += count
+        elif not (kind == P.SHM and isinstance(location, tuple) and (
+                len(location) == 3 or (len(location) == 2 and location[0] in [
+                    os.path.join(d, shm.object_file_name(runtime.session_name, object_id))
+                    for d in (runtime.plasma_dir, runtime.spill_dir) if d]))):
+            raise ProtocolError(f"argument {object_id.hex()} of a call is not an object "
+                                f"of this node: {kind!r} at {location!r}")
+    if len(deps) != len(spec.dep_ids) or any(
+            header[0] != object_id for header, object_id in zip(deps, spec.dep_ids)):
+        raise ProtocolError("a call's argument values do not match its ObjectRef arguments")
+    if needed > n_frames:
+        raise ProtocolError(f"a call names {needed} frames, has {n_frames}")
 
 
 def send_results(runtime, socket, spec, route, entries, payload, exiting, error_text,
@@ -124,31 +128,34 @@ class TaskEndpoint:
         self.runtime = runtime
         self.socket = _router(runtime, path)
         self.warned = False
+        self.borrowing = set()      # tasks whose arguments held refs (see ActorEndpoint.reply)
         runtime.connection.add_socket(self.socket, self._on_readable)
 
-    @staticmethod
-    def _check(msg_type, fields, _n_frames):
-        if msg_type == P.PUSH and (fields[0].kind != P.TASK or fields[0].dep_ids):
-            raise ProtocolError("only a plain task without ObjectRef arguments "
-                                "is pushed to a leased worker")
+    def _check(self, msg_type, fields, n_frames):
+        if msg_type == P.PUSH:
+            spec, deps = fields[0], fields[3]
+            if spec.kind != P.TASK or spec.contained_ids:
+                raise ProtocolError("only a plain task without ObjectRefs nested in its "
+                                    "arguments is pushed to a leased worker")
+            check_arguments(self.runtime, spec, deps, n_frames)
 
     def _on_readable(self, socket):
         tasks = self.runtime.tasks
         for frames, msg_type, fields in _messages(self, socket, "zray.lease",
                                                   "a malformed pushed task"):
             if msg_type == P.PUSH:
-                spec, functions, serializers = fields
+                spec, functions, serializers, deps = fields
                 if serializers:     # known before the task runs, whatever the node's SER
                     install_shipped_registrations(serializers)
-                tasks.append(((spec, (), functions, None, frames[0], self), frames[2:]))
+                if any(header[4] for header in deps):
+                    self.borrowing.add(spec.task_id)
+                tasks.append(((spec, deps, functions, None, frames[0], self), frames[2:]))
                 self.runtime.work.came_in()
             elif msg_type == P.RELEASE:
                 # After the DONEs of the tasks it ran (the same socket, in order).
                 self.runtime.connection.enqueue(P.LEASE_RETURN, fields[0])
 
-    def reply(self, spec, route, entries, payload, exiting, error_text):
-        send_results(self.runtime, self.socket, spec, route, entries, payload, exiting,
-                     error_text)
+    reply = ActorEndpoint.reply
 
 
 def _messages(endpoint, socket, logger, what):

@@ -9,9 +9,14 @@ borrowed from the node, so a task crosses two processes, not three.
     client ◄──REPLY──────────── worker          results as for direct actor calls
     client ──RELEASE──► worker ──RETURN──► node  idle a while, or recalled
 
-- Which tasks: plain tasks whose arguments hold no ObjectRef, that return
-  something, without max_calls or GPUs, from a client on the node's machine
-  (ipc). Every other task goes through the node as before.
+- Which tasks: plain tasks that return something, without max_calls or
+  GPUs, whose arguments hold no ObjectRef nested inside a value, from a
+  client on the node's machine (ipc). ObjectRef arguments are fine when
+  each one's value is here or on its way here (a result of our own direct
+  work): the task waits here until they are all here, then its PUSH carries
+  them as a direct actor call does (an object in shared memory: its header),
+  so a chain ``g.remote(f.remote(x))`` never touches the node. Every other
+  task goes through the node as before (publishing its arguments first).
 - Tasks wait here, per demand, for a leased worker; at most
   ``MAX_REQUESTS`` leases are asked for at once per demand. The node places
   a lease like a task of that demand (its queues, resources, pool).
@@ -65,8 +70,9 @@ class Lease:
         self.demand = demand
         self.worker_id = worker_id
         self.socket = socket
-        # task_id -> (spec, frames, (pushed at, counted slow)), as a Channel's
-        # (spec, frames, keep) for DirectCalls._on_reply
+        # task_id -> (spec, frames, (pushed at, counted slow, keep)), as a
+        # Channel's (spec, frames, keep) for DirectCalls._on_reply; keep: refs
+        # to the task's arguments, alive until it is answered
         self.inflight = {}
         self.held_back = ()         # (as a Channel: nothing waits behind these)
         self.actor_ref = None
@@ -78,13 +84,22 @@ class Lease:
         return not self.inflight
 
 
+class _Parked:
+    """A task waiting here for the values of its ObjectRef arguments."""
+    __slots__ = ("demand", "spec", "frames", "keep", "missing")
+
+    def __init__(self, demand, spec, frames, keep, missing):
+        self.demand, self.spec, self.frames, self.keep = demand, spec, frames, keep
+        self.missing = missing      # ids not here yet; None once it went on
+
+
 class Demand:
     """Tasks of one resource demand waiting for a worker, and its leases."""
     __slots__ = ("resources", "queue", "requests", "leases", "refused_until")
 
     def __init__(self, resources):
         self.resources = resources
-        self.queue = deque()        # (spec, frames) not pushed yet
+        self.queue = deque()        # (spec, frames, keep) not pushed yet
         self.requests = 0           # leases asked for, not answered
         self.leases = []
         self.refused_until = 0.0
@@ -110,6 +125,7 @@ class Leases:
         self.functions = {}         # function id -> Function record
         self.sent = {}              # worker id -> [function ids, custom serializers] it has
         self.quick = {}             # function id -> True if its last task was quick
+        self.parked_on = {}         # object id -> [_Parked] tasks waiting for it here
         connection.handlers[P.LEASED] = self._on_leased
         connection.handlers[P.RECALL] = self._on_recall
 
@@ -117,15 +133,24 @@ class Leases:
         """Tasks queued here for a leased worker (core/work_report.py)."""
         return sum(len(demand.queue) for demand in list(self.demands.values()))
 
-    def eligible(self, spec, has_refs):
-        return (self.enabled and not has_refs and spec.return_ids and not spec.max_calls
+    def eligible(self, spec, nested_refs):
+        return (self.enabled and not nested_refs and spec.return_ids and not spec.max_calls
                 and "GPU" not in spec.resources)
 
     # -- submitting (an API thread) ----------------------------------------------
     def submit(self, spec, frames, function):
-        """Queue a task for a leased worker; push it now if one has room."""
-        function_id = spec.function_id
+        """Queue a task for a leased worker; push it now if one has room.
+        False: it cannot go so (an argument is neither here nor coming here):
+        the caller sends it through the node."""
+        cache = self.runtime.objects
+        keep = [self.runtime.hold_ref(i) for i in spec.dep_ids] if spec.dep_ids else ()
         with self.lock:
+            if spec.dep_ids:
+                pending = self.direct.pending
+                missing = {i for i in spec.dep_ids if i not in cache.objects}
+                if any(i not in pending for i in missing):
+                    return False
+            function_id = spec.function_id
             if function_id not in self.functions:
                 self.functions[function_id] = function
             spec = spec._replace(owner=self.connection.identity)
@@ -133,21 +158,65 @@ class Leases:
             demand = self.demands.get(shape)
             if demand is None:
                 demand = self.demands[shape] = Demand(spec.resources)
-            pending = self.direct.pending
-            now = time.monotonic()
-            if now < demand.refused_until:
-                # Refused lately (peers): what no lease can start now goes
-                # through the node, which may send it to another node.
-                lease = self._room_for(demand, spec, now) if not demand.queue else None
-                if lease is None:
-                    self.connection.send_message(P.SUBMIT, spec, frames=frames)
-                else:
-                    self._push(lease, spec, frames)
-                return
-            for object_id in spec.return_ids:
-                pending[object_id] = demand      # not at the node (DirectCalls.not_at_node)
-            demand.queue.append((spec, frames))
-            self._pump(demand, locked=False)
+            if spec.dep_ids and missing:
+                self._park(demand, spec, frames, keep, missing)
+            else:
+                self._queue(demand, spec, frames, keep, locked=False)
+        return True
+
+    def _queue(self, demand, spec, frames, keep, locked):
+        pending = self.direct.pending
+        now = time.monotonic()
+        if now < demand.refused_until:
+            # Refused lately (peers): what no lease can start now goes
+            # through the node, which may send it to another node.
+            lease = self._room_for(demand, spec, now) if not demand.queue else None
+            if lease is None:
+                self._to_node(spec, frames, locked)
+            else:
+                self._push(lease, spec, frames, keep, locked)
+            return
+        for object_id in spec.return_ids:
+            pending[object_id] = demand      # not at the node (DirectCalls.not_at_node)
+        demand.queue.append((spec, frames, keep))
+        self._pump(demand, locked)
+
+    def _park(self, demand, spec, frames, keep, missing):
+        """Wait here until every argument is here (results of our own direct
+        work come by themselves), then queue. Under lock."""
+        pending = self.direct.pending
+        for object_id in spec.return_ids:
+            pending[object_id] = demand      # passed on meanwhile: waits here too
+        cache = self.runtime.objects
+        parked = _Parked(demand, spec, frames, keep, missing)
+        for object_id in list(missing):
+            cache.call_on_arrival(object_id, lambda object_id, p=parked: self._arrived(p, object_id))
+            self.parked_on.setdefault(object_id, []).append(parked)
+        for object_id in list(missing):      # came before we asked
+            if object_id in cache.objects:
+                missing.discard(object_id)
+        if not missing:
+            self._unpark(parked)
+            self._queue(demand, spec, frames, keep, locked=False)
+
+    def _arrived(self, parked, object_id):
+        with self.lock:
+            if parked.missing:
+                parked.missing.discard(object_id)
+                if not parked.missing:
+                    self._unpark(parked)
+                    self._queue(parked.demand, parked.spec, parked.frames, parked.keep,
+                                locked=True)
+                    parked.frames = parked.keep = None
+
+    def _unpark(self, parked):
+        parked.missing = None
+        for object_id in parked.spec.dep_ids:
+            waiting = self.parked_on.get(object_id)
+            if waiting and parked in waiting:
+                waiting.remove(parked)
+                if not waiting:
+                    del self.parked_on[object_id]
 
     # -- placing queued tasks ----------------------------------------------------
     def _pump(self, demand, locked):
@@ -159,8 +228,8 @@ class Leases:
             lease = self._room_for(demand, queue[0][0], now)
             if lease is None:
                 break
-            spec, frames = queue.popleft()
-            self._push(lease, spec, frames, locked)
+            spec, frames, keep = queue.popleft()
+            self._push(lease, spec, frames, keep, locked)
         if queue:
             send = self.connection.enqueue if locked else self.connection.send_message
             wanted = min(MAX_REQUESTS, len(queue)) - demand.requests
@@ -186,15 +255,23 @@ class Leases:
                     best = lease
         return best
 
-    def _push(self, lease, spec, frames, locked=False):
+    def _push(self, lease, spec, frames, keep, locked=False):
         pending = self.direct.pending
         for object_id in spec.return_ids:
             pending[object_id] = lease
         slow = not self.quick.get(spec.function_id, False)
-        lease.inflight[spec.task_id] = (spec, frames, (time.monotonic(), slow))
+        lease.inflight[spec.task_id] = (spec, frames, (time.monotonic(), slow, keep))
         self.direct.by_task[spec.task_id] = lease
         lease.idle_since = None
         lease.slow_inflight += slow
+        deps, dep_frames = [], []
+        if spec.dep_ids:
+            # Their values travel with the task (shared memory: the header).
+            objects = self.runtime.objects.objects
+            for object_id in spec.dep_ids:
+                header, payload = objects[object_id]
+                deps.append(header)
+                dep_frames.extend(payload)
         known = self.sent.get(lease.worker_id)
         if known is None:
             known = self.sent[lease.worker_id] = [set(), 0]
@@ -207,7 +284,7 @@ class Leases:
             # Custom serializers made here reach it before the task (not only by the node).
             registrations = [(blob, list(sys.path)) for blob in custom_serializers[known[1]:]]
             known[1] = len(custom_serializers)
-        message = P.pack(P.PUSH, spec, functions, registrations) + frames
+        message = P.pack(P.PUSH, spec, functions, registrations, deps) + frames + dep_frames
         if locked:
             self.connection.queue_on(lease.socket, message)
         else:
@@ -216,7 +293,6 @@ class Leases:
     # -- the node answers (handlers, under sock_lock) --------------------------------
     def _on_leased(self, fields, _frames):
         lease_id, worker_id = fields
-        enqueue = self.connection.enqueue
         with self.lock:
             demand = self.asked.pop(lease_id, None)
             if demand is None:
@@ -227,8 +303,8 @@ class Leases:
                 # spreads what waits (and, for a while, what comes).
                 demand.refused_until = time.monotonic() + REFUSED_BACKOFF_S
                 while demand.queue:
-                    spec, frames = demand.queue.popleft()
-                    self._to_node(spec, frames, enqueue)
+                    spec, frames, _keep = demand.queue.popleft()
+                    self._to_node(spec, frames, locked=True)
                 return
             socket = self.sockets.get(worker_id)
             if socket is None:
@@ -286,21 +362,45 @@ class Leases:
             self.direct.by_task.pop(spec.task_id, None)
             if index == 0:
                 spec = spec._replace(options={**spec.options, "attempted": lease.worker_id})
-            self._to_node(spec, frames, self.connection.enqueue)
+            self._to_node(spec, frames, locked=True)
 
-    def _to_node(self, spec, frames, send):
-        """Send a task through the node after all (refused, or its worker died)."""
+    def _to_node(self, spec, frames, locked):
+        """Send a task through the node after all (refused, or its worker died).
+        The node must know its arguments first; our refs to them may go after."""
+        send = self.connection.enqueue if locked else self.connection.send_message
         direct = self.direct
+        if spec.dep_ids:
+            direct.publish(spec.dep_ids)
         extra_refs = []
+        dependents = []
         for object_id in spec.return_ids:
             direct.pending.pop(object_id, None)
             if object_id in direct.publish_on_arrival:
                 # The node's SUBMIT holds it for us now: publish's extra ref goes after.
                 direct.publish_on_arrival.discard(object_id)
                 extra_refs.append(object_id)
+            # Tasks waiting here for its results follow it through the node:
+            # those results may stay on the node it runs on.
+            for parked in self.parked_on.get(object_id, ()):
+                if parked.missing:
+                    dependents.append(parked)
         send(P.SUBMIT, spec, frames=frames)
+        # A get or wait on its results now (that left them to come here by
+        # themselves) asks for them: they may be made and kept on another node.
+        cache = self.runtime.objects
+        with cache.cond:
+            watched = [i for i in spec.return_ids if i not in cache.requested and any(
+                i in waiter.missing for waiter in cache.waiters)]
+            cache.requested.update(watched)
+        if watched:
+            send(P.SUBSCRIBE, watched)
         for object_id in extra_refs:
             self.runtime.refs.drop(object_id)
+        for parked in dependents:
+            if parked.missing:
+                self._unpark(parked)
+                self._to_node(parked.spec, parked.frames, locked)
+                parked.frames = parked.keep = None     # (its SUBMIT is queued: refs may go)
 
     # -- results (under sock_lock) ---------------------------------------------------
     def _on_readable(self, socket):
@@ -317,7 +417,7 @@ class Leases:
                 call = lease.inflight.get(task_id) if lease is not None else None
                 if call is None:
                     continue
-                spec, _frames, (pushed, slow) = call
+                spec, _frames, (pushed, slow, _keep) = call
                 now = time.monotonic()
                 lease.slow_inflight -= slow
                 self.quick[spec.function_id] = now - pushed < QUICK_TASK_S
@@ -344,12 +444,12 @@ class Leases:
                 call = lease.inflight.pop(task_id, None)
                 if call is None:
                     continue
-                spec, frames, (_pushed, slow) = call
+                spec, frames, (_pushed, slow, keep) = call
                 lease.slow_inflight -= slow
                 self.direct.by_task.pop(task_id, None)
                 for object_id in spec.return_ids:
                     self.direct.pending[object_id] = demand
-                back.append((spec, frames))
+                back.append((spec, frames, keep))
             demand.queue.extendleft(reversed(back))
             self._pump(demand, locked=True)
 

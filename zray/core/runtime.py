@@ -234,35 +234,37 @@ class Runtime:
             if len(ready) >= num_returns or (
                     stop_on_error and any(objects[i][0][IS_ERROR] for i in ready)):
                 return ready
-        unsent = self.direct.not_at_node(object_ids)   # (its lock is never taken inside cond)
-        with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
-            with self.lock:
-                # `objects`, not `ready`: a direct call's result may have come
-                # meanwhile, and the node never heard of it (see core/direct.py);
-                # one in flight direct or held back is not the node's to answer.
-                # Results of our own tasks are pushed when made on our node;
-                # asking also fetches one made (and kept) on another node.
-                ask = [i for i in object_ids if i not in objects and i not in cache.requested
-                       and i not in unsent]
-                cache.requested.update(ask)
-            if ask:
-                self.send_message(P.SUBSCRIBE, ask)
-        blocked = in_task
-        if blocked:
-            self.send_message(P.BLOCKED)
-        with self.lock:
+            # Before `unsent`: a task of ours that goes to the node after all
+            # (core/lease.py `_to_node`) asks for the results a waiter watches.
             waiter = cache.watch(object_ids)     # told of each arrival from now on
-        needed = num_returns - (len(object_ids) - len(waiter.missing))
-
-        def enough():       # (under cond)
-            if waiter.arrived:
-                arrived, waiter.arrived = waiter.arrived, []
-                # ray.get raises as soon as one failed.
-                if stop_on_error and any(objects[i][0][IS_ERROR] for i in arrived
-                                         if i in objects):
-                    return True
-            return len(object_ids) - len(waiter.missing) >= num_returns
+        blocked = False
         try:
+            unsent = self.direct.not_at_node(object_ids)   # (never takes its lock inside cond)
+            with self.connection.critical():     # asked for means SUBSCRIBE sent: never one alone
+                with self.lock:
+                    # `objects`, not `ready`: a direct call's result may have come
+                    # meanwhile, and the node never heard of it (see core/direct.py);
+                    # one in flight direct or held back is not the node's to answer.
+                    # Results of our own tasks are pushed when made on our node;
+                    # asking also fetches one made (and kept) on another node.
+                    ask = [i for i in object_ids if i not in objects
+                           and i not in cache.requested and i not in unsent]
+                    cache.requested.update(ask)
+                if ask:
+                    self.send_message(P.SUBSCRIBE, ask)
+            if in_task:
+                self.send_message(P.BLOCKED)
+                blocked = True
+            needed = num_returns - (len(object_ids) - len(waiter.missing))
+
+            def enough():       # (under cond)
+                if waiter.arrived:
+                    arrived, waiter.arrived = waiter.arrived, []
+                    # ray.get raises as soon as one failed.
+                    if stop_on_error and any(objects[i][0][IS_ERROR] for i in arrived
+                                             if i in objects):
+                        return True
+                return len(object_ids) - len(waiter.missing) >= num_returns
             if needed > 0:
                 self.wait_until(enough, deadline)
             with self.lock:

@@ -210,7 +210,9 @@ def submit_task(runtime, code, args, kwargs, options):
     """Send a task of ``code`` (a FunctionBlob); its ObjectRef(s)."""
     n_returns = num_returns_of(options)
     function_id = code.ensure(runtime)
-    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs)
+    # Arguments go with a pushed task, or are published before its SUBMIT.
+    frames, deps, contained, keepalive = encode_arguments(runtime, args, kwargs,
+                                                          publish_deps=False)
     demand = _task_demand(options.get("num_cpus"), options.get("num_gpus"),
                           options.get("resources"))
     max_retries = options.get("max_retries")
@@ -219,9 +221,10 @@ def submit_task(runtime, code, args, kwargs, options):
                      max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
                      max_calls=options.get("max_calls") or 0, n_arg_frames=len(frames))
     refs = _refs(runtime, spec, n_returns)
-    if runtime.leases.eligible(spec, deps or spec.contained_ids or keepalive):
-        runtime.leases.submit(spec, frames, code.record())   # to a leased worker (core/lease.py)
-    else:
+    if not (runtime.leases.eligible(spec, spec.contained_ids)
+            and runtime.leases.submit(spec, frames, code.record())):   # to a leased worker
+        if deps:
+            runtime.publish(deps)       # the node must know what it is given
         runtime.send_message(P.SUBMIT, spec, frames=frames)
     del keepalive
     return refs

@@ -25,6 +25,7 @@
 """
 import functools
 import os
+import time
 import weakref
 
 from ..exceptions import ObjectLostError, ObjectStoreFullError
@@ -35,6 +36,10 @@ from .store import IN_MEMORY, ON_DISK
 
 # Below this the reservation round trip costs more than the write itself.
 RESERVE_MIN_BYTES = 1 << 20
+# A task or call that came straight from its caller (core/lease.py, direct.py)
+# may name an object whose PUT, sent first on the caller's node socket, the
+# node has not read yet: a pin is asked again this long before it is lost.
+PIN_WAIT_S = 2.0
 
 
 class ArenaViews:
@@ -154,6 +159,17 @@ def write(runtime, object_id, data, is_error=False):
     return (object_id, P.SHM, 0, (path, size), data.contained, is_error)
 
 
+def _pin(objects, object_id):
+    deadline = time.monotonic() + PIN_WAIT_S
+    delay = 0.0005
+    while True:
+        location = objects.request("pin", object_id)
+        if location is not None or time.monotonic() > deadline:
+            return location
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def read(objects, object_id, location):
     """``(meta, buffers, is_error)`` of a shared-memory object, as views.
     ``objects``: the process's ``core.object_cache.ObjectCache``."""
@@ -169,7 +185,7 @@ def read(objects, object_id, location):
             cache[object_id] = mapping
             return shm.views(mapping, header)
         if in_arena:
-            location = objects.request("pin", object_id)
+            location = _pin(objects, object_id)
             if location is None:
                 raise ObjectLostError(f"object {object_id.hex()} is no longer in its node's store")
         if mapping is None:

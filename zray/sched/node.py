@@ -48,10 +48,6 @@ log = logging.getLogger("zray.node")
 TICK_S = 0.05
 EVENT_FLUSH_S = 0.2
 REAP_INTERVAL_S = 0.02
-# A remote client (driver, peer) whose connection carried nothing, not even
-# ZeroMQ's heartbeats, this long is cut off: as long as a pause that is not
-# death (peers.NODE_TTL_S).
-REMOTE_SILENCE_S = float(os.environ.get("ZRAY_NODE_TTL_S", 10.0))
 
 
 class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
@@ -80,7 +76,7 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
             self.tcp_router.setsockopt(zmq.LINGER, 0)
             self.tcp_router.setsockopt(zmq.ROUTER_MANDATORY, 0)
             self.tcp_router.setsockopt(zmq.SNDHWM, 0)
-            self.remote_connections = RemoteConnections(self.tcp_router, REMOTE_SILENCE_S)
+            self.remote_connections = RemoteConnections(self.tcp_router)
             auth.serve_securely(self.tcp_router, self.password)
             self.tcp_router.bind(config["tcp_address"])
             self.tcp_address = self.tcp_router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -220,7 +216,7 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
 
     def _on_remote_disconnect(self):
         """A driver or tool over tcp whose connection closed is gone (killed
-        without a BYE, or silent for REMOTE_SILENCE_S): its work stops as a
+        without a BYE, or silent for sockets.REMOTE_SILENCE_S): its work stops as a
         local driver's does. Peers are judged by ``Peers``."""
         for identity in self.remote_connections.closed():
             client = self.state.clients.get(identity)

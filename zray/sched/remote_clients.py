@@ -2,20 +2,25 @@
 
 A driver on another machine can die without a BYE (killed, its machine
 gone) and its node cannot check its pid. ZeroMQ tells us instead: a killed
-process's connection closes at once; a silent one is closed by ZeroMQ's
-heartbeats after ``silence_s``. A socket monitor reports the closed
-connection's fd, and every message received here says which fd it came on,
-so the node knows whose connection it was.
+process's connection closes at once; a silent one is closed after the TTL
+its own heartbeats carry (``Connection``: ``REMOTE_SILENCE_S``). A socket
+monitor reports the closed connection's fd, and every message received here
+says which fd it came on, so the node knows whose connection it was.
+
+This socket sends no heartbeats of its own (no HEARTBEAT_IVL): libzmq 4.3.5
+aborts the process (``!_io_error``, stream_engine_base.cpp:310) when a ping
+timer fires on a connection whose peer hung up while its input was stopped
+at RCVHWM, as a driver killed with thousands of messages queued leaves it
+(``test_a_driver_that_dies_with_a_flood_queued_leaves_the_node_serving``).
+The TTL timer that peers' heartbeats arm only closes the connection.
 """
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 
 class RemoteConnections:
-    def __init__(self, router, silence_s):
+    def __init__(self, router):
         self.router = router
-        router.setsockopt(zmq.HEARTBEAT_IVL, 1000)
-        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(silence_s * 1000))
         self.monitor = router.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self.fds = {}            # identity -> the fd of its connection
 

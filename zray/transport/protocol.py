@@ -135,9 +135,10 @@ PONG = _message(b"PONG", worker_id=BYTES, nonce=INT)   # the actor's worker (nam
 #   resubmitted calls), answering the PING of that nonce (only the latest counts)
 # lessee -> leased worker, direct (core/lease.py), at worker_socket_path; results
 # come back as REPLY, as for actor calls
-PUSH = _message(b"PUSH", spec=TaskSpec.check,     # + argument frames: no ObjectRef in them
+PUSH = _message(b"PUSH", spec=TaskSpec.check,     # + argument frames, then the deps' (as CALL)
                 functions=mapping(BYTES, Function.check),   # the ones not sent to it yet,
-                serializers=seq(pair(BYTES, seq(STR))))     # as custom serializers (SER)
+                serializers=seq(pair(BYTES, seq(STR))),     # as custom serializers (SER)
+                deps=HEADERS)
 RELEASE = _message(b"RELEASE", lease_id=BYTES)    # nothing more: tell the node (RETURN)
 BOUNCE = _message(b"BOUNCE", task_ids=IDS)        # worker: stuck behind a long task, not run
 

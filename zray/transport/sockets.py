@@ -28,6 +28,10 @@ ZERO_COPY_MIN_BYTES = 64 * 1024
 # SNDHWM would drop messages: daemons keep SNDHWM 0 (unbounded).
 MAX_FRAME_BYTES = 256 << 20
 MAX_QUEUED = 10_000
+# A remote client whose connection carries nothing, not even its ZeroMQ
+# heartbeats, this long is cut off by its node (the TTL its pings carry): as
+# long as a pause that is not death (peers.NODE_TTL_S).
+REMOTE_SILENCE_S = float(os.environ.get("ZRAY_NODE_TTL_S", 10.0))
 
 
 def bound_receiving(socket):
