@@ -12,11 +12,9 @@ borrowed from the node, so a task crosses two processes, not three.
 - Which tasks: plain tasks that return something, without max_calls or
   GPUs, whose arguments hold no ObjectRef nested inside a value, from a
   client on the node's machine (ipc). ObjectRef arguments are fine when
-  each one's value is here or on its way here (a result of our own direct
-  work): the task waits here until they are all here, then its PUSH carries
-  them as a direct actor call does (an object in shared memory: its header),
-  so a chain ``g.remote(f.remote(x))`` never touches the node. Every other
-  task goes through the node as before (publishing its arguments first).
+  each one's value is here or on its way here (core/lease_arguments.py).
+  Every other task goes through the node as before (publishing its
+  arguments first).
 - Tasks wait here, per demand, for a leased worker; at most
   ``MAX_REQUESTS`` leases are asked for at once per demand. The node places
   a lease like a task of that demand (its queues, resources, pool).
@@ -51,6 +49,7 @@ from ..serialization import registrations as custom_serializers
 from ..transport import protocol as P
 from ..transport.sockets import polled_messages
 from .direct_channel import MAX_IPC_PATH
+from .lease_arguments import ArgumentWaits
 
 LINGER_S = 1.0
 MAX_REQUESTS = 4
@@ -84,15 +83,6 @@ class Lease:
         return not self.inflight
 
 
-class _Parked:
-    """A task waiting here for the values of its ObjectRef arguments."""
-    __slots__ = ("demand", "spec", "frames", "keep", "missing")
-
-    def __init__(self, demand, spec, frames, keep, missing):
-        self.demand, self.spec, self.frames, self.keep = demand, spec, frames, keep
-        self.missing = missing      # ids not here yet; None once it went on
-
-
 class Demand:
     """Tasks of one resource demand waiting for a worker, and its leases."""
     __slots__ = ("resources", "queue", "requests", "leases", "refused_until")
@@ -105,7 +95,7 @@ class Demand:
         self.refused_until = 0.0
 
 
-class Leases:
+class Leases(ArgumentWaits):
     def __init__(self, runtime):
         self.runtime = runtime
         self.direct = runtime.direct
@@ -181,43 +171,6 @@ class Leases:
         demand.queue.append((spec, frames, keep))
         self._pump(demand, locked)
 
-    def _park(self, demand, spec, frames, keep, missing):
-        """Wait here until every argument is here (results of our own direct
-        work come by themselves), then queue. Under lock."""
-        pending = self.direct.pending
-        for object_id in spec.return_ids:
-            pending[object_id] = demand      # passed on meanwhile: waits here too
-        cache = self.runtime.objects
-        parked = _Parked(demand, spec, frames, keep, missing)
-        for object_id in list(missing):
-            cache.call_on_arrival(object_id, lambda object_id, p=parked: self._arrived(p, object_id))
-            self.parked_on.setdefault(object_id, []).append(parked)
-        for object_id in list(missing):      # came before we asked
-            if object_id in cache.objects:
-                missing.discard(object_id)
-        if not missing:
-            self._unpark(parked)
-            self._queue(demand, spec, frames, keep, locked=False)
-
-    def _arrived(self, parked, object_id):
-        with self.lock:
-            if parked.missing:
-                parked.missing.discard(object_id)
-                if not parked.missing:
-                    self._unpark(parked)
-                    self._queue(parked.demand, parked.spec, parked.frames, parked.keep,
-                                locked=True)
-                    parked.frames = parked.keep = None
-
-    def _unpark(self, parked):
-        parked.missing = None
-        for object_id in parked.spec.dep_ids:
-            waiting = self.parked_on.get(object_id)
-            if waiting and parked in waiting:
-                waiting.remove(parked)
-                if not waiting:
-                    del self.parked_on[object_id]
-
     # -- placing queued tasks ----------------------------------------------------
     def _pump(self, demand, locked):
         """Push queued tasks to leases with room; ask for more leases if some
@@ -264,14 +217,8 @@ class Leases:
         self.direct.by_task[spec.task_id] = lease
         lease.idle_since = None
         lease.slow_inflight += slow
-        deps, dep_frames = [], []
-        if spec.dep_ids:
-            # Their values travel with the task (shared memory: the header).
-            objects = self.runtime.objects.objects
-            for object_id in spec.dep_ids:
-                header, payload = objects[object_id]
-                deps.append(header)
-                dep_frames.extend(payload)
+        # ObjectRef arguments' values travel with the task (shared memory: the header).
+        deps, dep_frames = self._argument_values(spec) if spec.dep_ids else ([], [])
         known = self.sent.get(lease.worker_id)
         if known is None:
             known = self.sent[lease.worker_id] = [set(), 0]
@@ -381,9 +328,7 @@ class Leases:
                 extra_refs.append(object_id)
             # Tasks waiting here for its results follow it through the node:
             # those results may stay on the node it runs on.
-            for parked in self.parked_on.get(object_id, ()):
-                if parked.missing:
-                    dependents.append(parked)
+            dependents.extend(self._dependents_of(object_id))
         send(P.SUBMIT, spec, frames=frames)
         # A get or wait on its results now (that left them to come here by
         # themselves) asks for them: they may be made and kept on another node.
