@@ -280,6 +280,33 @@ class TestSharedSession:
         assert wait_for(lambda: _row(arg_id) is None)
 
 
+    def test_a_value_holding_many_refs_keeps_each_alive_while_it_lives(self, ray_shared):
+        """The refs a get rebuilds are counted in one go after the value is
+        whole (object_ref.counting_refs_once): each still keeps its object."""
+        @ray.remote
+        def make(n):
+            return [ray.put(np.full(1024, float(i))) for i in range(n)]
+
+        outer = make.remote(500)
+        held = ray.get(outer)
+        again = ray.get(outer)              # a second value holding the same refs
+        ids = [ref.hex() for ref in held]
+        del outer
+        rows = {row["object_id"] for row in ray.api._runtime().request("memory")}
+        assert set(ids) <= rows
+        del held
+        assert [ray.get(ref)[0] for ref in again[::50]] == [float(i) for i in range(0, 500, 50)]
+        del again
+        assert wait_for(lambda: not set(ids) & {
+            row["object_id"] for row in ray.api._runtime().request("memory")}, 20)
+
+        @ray.remote
+        def first_of(refs):
+            return float(ray.get(refs[0])[0])   # a worker borrows them (arguments)
+
+        assert ray.get(first_of.remote([ray.put(np.full(4, 3.0)) for _ in range(200)])) == 3.0
+
+
 # == stored once ================================================================
 def test_large_argument_by_value_is_stored_per_call_but_put_once(ray_start):
     # The seed's example: np.zeros(10**6) passed 10 times by value is put 10

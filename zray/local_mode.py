@@ -41,6 +41,9 @@ class LocalRuntime:
     def add_local_ref(self, object_id, borrowed):
         pass
 
+    def add_local_refs(self, object_ids, borrowed):
+        pass
+
     def drop_local_ref(self, object_id):
         pass
 

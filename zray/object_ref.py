@@ -5,6 +5,7 @@ the node when the process starts and stops holding an object, so memory is
 released once no process (and no pending task) needs it.
 """
 import os
+import threading
 
 from .core import context
 
@@ -93,7 +94,49 @@ def _value_of(ref):
 
 
 def _rebuild_ref(object_id):
-    return ObjectRef(object_id, borrowed=True)
+    batch = _rebuilding.refs
+    if batch is None:
+        return ObjectRef(object_id, borrowed=True)
+    ref = _new_ref(ObjectRef)
+    ref.id = object_id
+    ref._runtime = None         # counted when the whole value is (see below)
+    batch.append(ref)
+    return ref
+
+
+class _Rebuilding(threading.local):
+    refs = None         # the ObjectRefs the load in progress (this thread) rebuilt
+
+
+_new_ref = object.__new__
+_rebuilding = _Rebuilding()
+
+
+def may_hold_refs(meta):
+    """False only if a pickle surely rebuilds no ObjectRef (its name is
+    absent; a large memoryview is not searched)."""
+    if isinstance(meta, bytes):
+        return b"_rebuild_ref" in meta
+    return len(meta) > 4096 or b"_rebuild_ref" in bytes(meta)
+
+
+def counting_refs_once(load, meta, buffers):
+    """``load(meta, buffers)``; the ObjectRefs it rebuilds are counted in
+    one go after it (one lock for a list of 10,000 refs, not one each).
+    They are held here until then, so none dies uncounted."""
+    if _rebuilding.refs is not None or not may_hold_refs(meta):
+        return load(meta, buffers)      # (nested: the outer load counts them)
+    batch = _rebuilding.refs = []
+    try:
+        return load(meta, buffers)
+    finally:
+        _rebuilding.refs = None
+        if batch:
+            runtime = context.current()
+            if runtime is not None:
+                runtime.add_local_refs([ref.id for ref in batch], True)
+                for ref in batch:
+                    ref._runtime = runtime
 
 
 # The old name, as in early Ray.

@@ -8,6 +8,7 @@ while any value still views it). An object is kept while a local
 import weakref
 
 from ..exceptions import RayTaskError
+from ..object_ref import counting_refs_once
 from ..plasma import client as object_store
 from ..serialization import deserialize
 from ..transport import protocol as P
@@ -112,11 +113,11 @@ class ObjectCache:
         """The value of an object; raises it if it is an error (a task's error
         as an instance of its cause, as Ray does)."""
         if header[KIND] == P.INLINE:
-            value = deserialize(frames[0], frames[1:])
+            value = counting_refs_once(deserialize, frames[0], frames[1:])
             is_error = header[IS_ERROR]
         else:
             meta, buffers, is_error = object_store.read(self, header[ID], header[LOCATION])
-            value = deserialize(meta, buffers)
+            value = counting_refs_once(deserialize, meta, buffers)
         if is_error:
             raise value.as_instanceof_cause() if isinstance(value, RayTaskError) else value
         return value

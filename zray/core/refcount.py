@@ -44,6 +44,18 @@ class RefCounter:
                 else:
                     self.borrowed.append(object_id)
 
+    def add_many(self, object_ids, borrowed):
+        with self.lock:
+            local_refs = self.local_refs
+            for object_id in object_ids:
+                count = local_refs.get(object_id, 0)
+                local_refs[object_id] = count + 1
+                if borrowed and count == 0:
+                    if object_id in self.pending_release:
+                        self.pending_release.discard(object_id)
+                    else:
+                        self.borrowed.append(object_id)
+
     def drop(self, object_id):
         self.drops.append(object_id)     # atomic; safe from __del__ in any thread
 

@@ -59,6 +59,7 @@ class Runtime:
         self.lock = connection.lock     # cond's lock, for sections that do not wait
         # The hot paths, bound once: ObjectRef.__init__/__del__ and every send.
         self.add_local_ref = self.refs.add
+        self.add_local_refs = self.refs.add_many
         self.drop_local_ref = self.refs.drop
         self.send = connection.send
         self.send_message = connection.send_message

@@ -15,6 +15,7 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 from ..exceptions import RayActorError, RayTaskError
+from ..object_ref import counting_refs_once
 from ..serialization import SerializationError, deserialize, loads_function, serialize
 from ..transport import auth
 from ..transport import protocol as P
@@ -226,7 +227,7 @@ class Worker:
 
     def _arguments(self, spec, dep_headers, frames):
         n_args = spec.n_arg_frames
-        args, kwargs = deserialize(frames[0], frames[1:n_args])
+        args, kwargs = counting_refs_once(deserialize, frames[0], frames[1:n_args])
         if not dep_headers:
             return args, kwargs
         dep_values, offset = [], n_args
