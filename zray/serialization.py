@@ -58,6 +58,8 @@ class Serialized:
 
     @property
     def nbytes(self):
+        if not self.buffers:        # (the usual small value)
+            return len(self.meta)
         return len(self.meta) + sum(memoryview(b).nbytes for b in self.buffers)
 
 

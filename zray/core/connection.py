@@ -42,7 +42,7 @@ from ..exceptions import RaySystemError
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import (EVENTS, NOBLOCK, POLLIN, REMOTE_SILENCE_S, OwnerWatch,
-                                 polled_messages, send_frames)
+                                 polled_messages, receive_frames, send_frames)
 
 log = logging.getLogger("zray.runtime")
 
@@ -470,7 +470,7 @@ class Connection:
         handlers = self.handlers
         if ready is None:
             while socket.getsockopt(EVENTS) & POLLIN:
-                self._dispatch(handlers, socket.recv_multipart())
+                self._dispatch(handlers, receive_frames(socket))
             return
         for item in ready:
             if item[0] is socket:   # (a poll asked every socket's EVENTS just now)

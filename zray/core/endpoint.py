@@ -51,7 +51,7 @@ class ActorEndpoint:
                                                   "a malformed direct call"):
             if msg_type == P.CALL:
                 spec, deps = fields
-                if spec.contained_ids or any(header[4] for header in deps):
+                if spec.contained_ids or (deps and any(header[4] for header in deps)):
                     self.borrowing.add(spec.task_id)
                 tasks.append(((spec, deps, {}, None, frames[0]), frames[2:]))
                 self.runtime.work.came_in()
@@ -111,9 +111,15 @@ def send_results(runtime, socket, spec, route, entries, payload, exiting, error_
 
 def fits_in_reply(entries, payload, exiting, error_text):
     """Results that can live in the caller alone: small values, no ref, no error."""
-    return not exiting and error_text is None and all(
-        header[1] == P.INLINE and not header[4] and not header[5] for header in entries
-    ) and sum(len(f) for f in payload) < INLINE_MAX_BYTES
+    if exiting or error_text is not None:
+        return False
+    for header in entries:      # (a loop: a generator costs a Python call per item)
+        if header[1] != P.INLINE or header[4] or header[5]:
+            return False
+    size = 0
+    for frame in payload:
+        size += len(frame)
+    return size < INLINE_MAX_BYTES
 
 
 class TaskEndpoint:

@@ -140,6 +140,8 @@ def encode_arguments(runtime, args, kwargs, publish_deps=True):
     """Return (frames, dep_ids, contained_ids, keepalive) for a task's arguments.
     ``publish_deps=False``: the caller publishes the dependencies itself if
     the call goes to the node (an actor call may carry their values direct)."""
+    if not args and not kwargs:
+        return [_no_arguments()], (), (), ()
     deps, keepalive = [], []
 
     def as_marker(value):
@@ -169,6 +171,18 @@ def encode_arguments(runtime, args, kwargs, publish_deps=True):
     if published:
         runtime.publish(published)      # the node must know what it is given
     return frames, tuple(deps), tuple(data.contained), keepalive
+
+
+_NO_ARGUMENTS = []
+
+
+def _no_arguments():
+    """The argument frame of a call without arguments (the same every time)."""
+    if not _NO_ARGUMENTS:
+        data = serialize(([], {}))
+        assert not data.buffers and not data.contained
+        _NO_ARGUMENTS.append(data.meta)
+    return _NO_ARGUMENTS[0]
 
 
 def make_spec(kind, task_id, function_id, name, n_returns, deps, contained, demand,

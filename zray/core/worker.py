@@ -13,6 +13,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from types import CoroutineType
 
 from ..exceptions import RayActorError, RayTaskError
 from ..object_ref import counting_refs_once
@@ -83,7 +84,8 @@ class Worker:
         spec, dep_headers, functions, resource_ids = fields[:4]
         route = fields[4] if len(fields) > 4 else None      # a direct call's caller
         endpoint = fields[5] if len(fields) > 5 else self.endpoint   # ... where it came in
-        self._install(functions)
+        if functions:
+            self._install(functions)
         if spec.kind != P.ACTOR_METHOD:
             self._set_resources(resource_ids)
             held = spec.kind == P.TASK or spec.options.get("hold_resources")
@@ -96,7 +98,7 @@ class Worker:
         try:
             args, kwargs = self._arguments(spec, dep_headers, frames)
             result = self._call(spec, args, kwargs)
-            if inspect.iscoroutine(result):
+            if type(result) is CoroutineType:      # (inspect.iscoroutine is a Python call)
                 result = asyncio.run(result)
             values = self._split_returns(spec, result)
             entries, payload = self._store_results(spec, values)
@@ -152,6 +154,11 @@ class Worker:
             connection.send_on(self.push_endpoint.socket, [route] + P.pack(P.BOUNCE, task_ids))
 
     def _listen_for_direct_calls(self, actor_id):
+        if self.push_endpoint is not None:
+            # An actor's worker is never leased (the node leases idle workers
+            # only): its push socket leaves the poll, where each zmq socket
+            # costs every blocking poll of a call four system calls.
+            self.runtime.connection.set_polled(self.push_endpoint.socket, False)
         try:
             self.endpoint = ActorEndpoint(self.runtime, actor_id)
         except Exception as exc:     # callers then reach it through the node

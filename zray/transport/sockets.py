@@ -52,12 +52,24 @@ def polled_messages(socket):
     calls in libzmq): one ask per message instead of two when they come one
     at a time. Asking EVENTS is cheaper than the zmq.Again of an empty recv."""
     try:
-        frames = socket.recv_multipart(NOBLOCK)
+        frames = receive_frames(socket, NOBLOCK)
     except zmq.Again:
         return
     yield frames
     while socket.getsockopt(EVENTS) & POLLIN:
-        yield socket.recv_multipart()
+        yield receive_frames(socket)
+
+
+def receive_frames(socket, flags=0):
+    """``recv_multipart``, the frames as bytes, without its RCVMORE asks:
+    each getsockopt builds a SocketOption enum (two Python calls per frame);
+    a Frame's ``more`` is a plain attribute."""
+    frame = socket.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(flags, copy=False)
+        frames.append(frame.bytes)
+    return frames
 
 
 def send_frames(socket, frames, flags=0):
