@@ -48,6 +48,7 @@ log = logging.getLogger("zray.runtime")
 
 IO_TICK_MS = 100
 API_GRACE_S = 0.005
+LAZY_READ_S = 0.02      # sockets out of the poll but read now and then (set_polled)
 TICK_S = 0.5
 # A driver's node is gone when its connection has been down this long (a
 # killed process closes its sockets at once; a dead machine misses heartbeats).
@@ -98,7 +99,9 @@ class Connection:
         self.handlers = {P.RESPONSE: self._on_response}   # msg_type -> fn(fields, frames)
         self.side_sockets = {}      # socket -> fn(socket): direct sockets read by the holder
         self.side_outbox = deque()  # (socket, frames, still_wanted, wait): see send_on
-        self.poll_changes = deque()   # (side socket, polled): see set_polled
+        self.poll_changes = deque()   # (side socket, polled, lazily): see set_polled
+        self.lazy_sockets = set()   # side sockets out of the poll, read every LAZY_READ_S
+        self.next_lazy_read = 0.0
         self.on_tick = None         # fn(now), every TICK_S from the I/O thread
         self.on_last_flush = None   # fn(), under sock_lock as the I/O thread stops
         self.outbox = deque()
@@ -220,26 +223,43 @@ class Connection:
         self.side_sockets[socket] = on_readable
         self.poller.register(socket, zmq.POLLIN)
 
-    def set_polled(self, socket, polled):
+    def set_polled(self, socket, polled, lazily=False):
         """Poll an added socket or not, from the next pump on (from any
         thread, any lock held). A socket that expects nothing (an idle lease's)
         costs each blocking poll four system calls in libzmq; what comes
-        meanwhile waits in it and is seen once it is polled again."""
-        self.poll_changes.append((socket, polled))
+        meanwhile waits in it and is seen once it is polled again.
+        ``lazily``: out of the poll, but read every LAZY_READ_S by whoever
+        pumps (news that may wait that long: a connected channel's monitor)."""
+        self.poll_changes.append((socket, polled, lazily))
 
     def _apply_poll_changes(self):
         changes = self.poll_changes
+        lazy = self.lazy_sockets
         while changes:
-            socket, polled = changes.popleft()
+            socket, polled, lazily = changes.popleft()
             if socket not in self.side_sockets:
                 continue                # removed meanwhile
             if polled:
+                lazy.discard(socket)
                 self.poller.register(socket, zmq.POLLIN)
+                continue
+            try:
+                self.poller.unregister(socket)
+            except KeyError:
+                pass
+            if lazily:
+                lazy.add(socket)
             else:
-                try:
-                    self.poller.unregister(socket)
-                except KeyError:
-                    pass
+                lazy.discard(socket)
+
+    def _read_lazy_sockets(self):
+        """The lazily read sockets with something waiting (see set_polled)."""
+        for socket in list(self.lazy_sockets):
+            on_readable = self.side_sockets.get(socket)
+            if on_readable is None:
+                self.lazy_sockets.discard(socket)
+            elif socket.getsockopt(EVENTS) & POLLIN:
+                on_readable(socket)
 
     def remove_socket(self, socket, locked=False):
         if not locked:
@@ -247,7 +267,11 @@ class Connection:
             with self.sock_lock:
                 return self.remove_socket(socket, locked=True)
         if self.side_sockets.pop(socket, None) is not None:
-            self.poller.unregister(socket)
+            self.lazy_sockets.discard(socket)
+            try:
+                self.poller.unregister(socket)
+            except KeyError:
+                pass            # out of the poll (set_polled)
         socket.close(0)
 
     def _wake(self):
@@ -306,6 +330,11 @@ class Connection:
             except BlockingIOError:
                 pass
         self._receive_all(ready)
+        if self.lazy_sockets:
+            now = time.monotonic()
+            if now >= self.next_lazy_read:
+                self.next_lazy_read = now + LAZY_READ_S
+                self._read_lazy_sockets()
         if refs.due():
             refs.flush(self.enqueue)
         if self.outbox or self.side_outbox:

@@ -41,6 +41,10 @@ class DirectReplies:
                     channel.connected = True
                     channel.retry_at = None     # a tcp socket's address was right
                     channel.lookups = 0
+                    # Connected: its monitor speaks again only if the worker
+                    # goes, news that may wait a few ms; out of the poll, each
+                    # zmq socket in it costs a sync call six system calls.
+                    self.connection.set_polled(channel.monitor, False, lazily=True)
 
     def _on_reply(self, task_id, entries, error, events, payload, held_at=None):
         enqueue = self.connection.enqueue
@@ -146,6 +150,8 @@ class DirectReplies:
         with self.lock:
             channel.connected = False
             channel.epoch += 1      # a call not sent yet must not reach a restarted actor
+            if channel.monitor is not None:     # its reconnection is news at once
+                self.connection.set_polled(channel.monitor, True)
             attempted_on = channel.worker_id
             channel.worker_id = None
             calls = list(channel.inflight.values())
