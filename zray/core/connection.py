@@ -323,7 +323,17 @@ class Connection:
         # what is already queued, so nothing waits past the next poll): a
         # process with calls to many actors must not test every socket per pump.
         ready = self.poller.poll(timeout_ms) if timeout_ms else None
-        if self.wake_pending:
+        drain = self.wake_pending
+        if ready and not drain:
+            # A wake written after the flag was last cleared (the writer sets
+            # it, then writes; we may clear it in between): left in the pipe,
+            # every poll would return at once, a busy loop until the next wake.
+            wake_r = self.wake_r
+            for item in ready:
+                if item[0] == wake_r:
+                    drain = True
+                    break
+        if drain:
             self.wake_pending = False
             try:
                 os.read(self.wake_r, 65536)
