@@ -334,11 +334,16 @@ class Connection:
                     drain = True
                     break
         if drain:
-            self.wake_pending = False
             try:
                 os.read(self.wake_r, 65536)
             except BlockingIOError:
                 pass
+            # Cleared after the read: a wake whose byte the read took leaves
+            # the flag set, and every later wake skipped its write until the
+            # next pump (a reply from an async actor's loop thread waited for
+            # the poll's 50 ms timeout). A writer that sees the flag still set
+            # appended its message before: this pump's last flush sends it.
+            self.wake_pending = False
         self._receive_all(ready)
         if self.lazy_sockets:
             now = time.monotonic()
