@@ -226,3 +226,18 @@ def three_node_cluster(root, node_b_resources, node_c_resources, store_bytes):
         yield cluster
     finally:
         cluster.stop()
+
+
+def head_and_node_a(root, store_bytes):
+    """A head (one CPU) and node A {"node_a": 10} under its own root
+    (``cluster.node_a_root``); a generator for module fixtures."""
+    cluster = Cluster(os.path.join(root, "head"))
+    cluster.node_a_root = os.path.join(root, "a")
+    try:
+        cluster.start_head("--num-cpus", 1, "--object-store-memory", store_bytes)
+        cluster.add_node("--num-cpus", 1, "--resources", '{"node_a": 10}',
+                         "--object-store-memory", store_bytes, root=cluster.node_a_root)
+        cluster.wait_nodes(2)
+        yield cluster
+    finally:
+        cluster.stop(cluster.root, cluster.node_a_root)

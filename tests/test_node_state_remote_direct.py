@@ -88,3 +88,16 @@ def test_a_direct_call_that_ended_its_actor_keeps_its_result_when_resubmitted():
     out = node.submit(lost)
     assert pushed(out) == {result: True}
     assert node.state.objects.get(result).frames == [b"x"]      # the worker's, not a new error
+
+
+def test_an_actors_dead_worker_has_its_tcp_address_forgotten():
+    """Killed or crashed, restarting or not: the kv record naming that worker
+    goes (the edge deletes it only if it still names that worker, so a
+    restarted worker's own record stays)."""
+    for restarts in (0, 1):
+        node = Node(node_id="a1" * 8)
+        node.driver()
+        actor_id, worker_id = make_actor(node, max_restarts=restarts)
+        out = node.do(E.WorkerExited(worker_id, -9, 0))
+        assert [(c.actor_id, c.worker_id) for c in of(C.ForgetActorAddress, out)] == [
+            (actor_id, worker_id)]

@@ -24,24 +24,14 @@ import zray as ray
 from zray.exceptions import RayActorError, RayTaskError
 from zray.transport import auth
 
-from cluster_util import Cluster, here, records, tcp_driver_env, wait_for
+from cluster_util import head_and_node_a, here, records, tcp_driver_env, wait_for
 
 STORE = str(100 * 1024 * 1024)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("xdirect")
-    cluster = Cluster(root / "head")
-    cluster.node_a_root = root / "a"
-    try:
-        cluster.start_head("--num-cpus", 1, "--object-store-memory", STORE)
-        cluster.add_node("--num-cpus", 1, "--resources", '{"node_a": 10}',
-                         "--object-store-memory", STORE, root=cluster.node_a_root)
-        cluster.wait_nodes(2)
-        yield cluster
-    finally:
-        cluster.stop(cluster.root, cluster.node_a_root)
+    yield from head_and_node_a(tmp_path_factory.mktemp("xdirect"), STORE)
 
 
 @pytest.fixture

@@ -129,6 +129,7 @@ class RemoteActorEndpoint:
         try:
             kv = self.runtime.kv
             if kv is not None:
-                kv.tell("delete", ACTOR_DIRECT_PREFIX + self.actor_id.hex())
+                kv.tell("delete_if", ACTOR_DIRECT_PREFIX + self.actor_id.hex(), "worker_id",
+                        self.runtime.connection.identity.hex())
         finally:
             self.gatekeeper.stop()

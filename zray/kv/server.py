@@ -131,6 +131,23 @@ class KvServer:
                 self.journal.record(key, None, deleted=True)
         return existed
 
+    def op_delete_if(self, key, field, value):
+        """Delete a record (a dict) only if its ``field`` is ``value``: a dead
+        worker's address goes, never its restarted successor's."""
+        record = self.data.get(key)
+        if isinstance(record, dict) and record.get(field) == value:
+            return self.op_delete(key)
+        return False
+
+    def op_delete_where(self, prefix, field, value):
+        """Delete every record under ``prefix`` whose ``field`` is ``value``
+        (a dead node's records); how many went."""
+        keys = [k for k, v in self.data.items()
+                if k.startswith(prefix) and isinstance(v, dict) and v.get(field) == value]
+        for key in keys:
+            self.op_delete(key)
+        return len(keys)
+
     def op_scan(self, prefix):
         return {k: v for k, v in self.data.items() if k.startswith(prefix)}
 

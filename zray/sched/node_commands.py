@@ -7,7 +7,7 @@ import time
 
 import zmq
 
-from ..kv.records import ACTOR_NAME_PREFIX
+from ..kv.records import ACTOR_DIRECT_PREFIX, ACTOR_NAME_PREFIX
 from ..plasma.store import IN_MEMORY
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
@@ -83,6 +83,11 @@ class NodeCommands:
         else:
             self.kv.tell("put", key, cmd.record)
 
+    def _forget_actor_address(self, cmd):
+        if self.kv is not None and self.tcp_address:     # only there do workers publish one
+            self.kv.tell("delete_if", ACTOR_DIRECT_PREFIX + cmd.actor_id.hex(), "worker_id",
+                         cmd.worker_id.hex())
+
     def _forget_remote(self, identity):
         self.remote_clients.discard(identity)
         if self.remote_connections is not None:
@@ -118,6 +123,7 @@ class NodeCommands:
         C.ReleaseRemote: lambda self, c: self.peers.release_remote(c.node_id, c.object_ids),
         C.TellPeer: lambda self, c: self.peers.tell(c.node_id, c.msg_type, c.fields),
         C.PublishActorName: _publish_actor_name,
+        C.ForgetActorAddress: _forget_actor_address,
         C.DropPeerTransfers: lambda self, c: self.peers.drop_transfers(c.node_id,
                                                                        c.expected_again),
     }

@@ -47,7 +47,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from ..kv.client import subscribe
-from ..kv.records import valid_node_record
+from ..kv.records import ACTOR_DIRECT_PREFIX, valid_node_record
 from ..plasma.transfer import Transfers
 from ..transport import auth
 from ..transport import protocol as P
@@ -261,6 +261,9 @@ class Peers:
         self.node.watched.pop(link.monitor, None)
         link.close()
         self.to_drop[node_id] = time.monotonic() + DROP_GRACE_S
+        if self.node.config.get("head") and self.node.kv is not None:
+            # Its actors' tcp addresses (core/remote_endpoint.py) lead nowhere now.
+            self.node.kv.tell("delete_where", ACTOR_DIRECT_PREFIX, "node_id", node_id)
         self.node.handle(E.PeerGone(node_id))
 
     # == commands from the state ==============================================

@@ -180,7 +180,8 @@ KV_OPS = {
     "put": args(STR, DATA), "put_ttl": args(STR, DATA, NUM),
     "put_many": args(seq(pair(STR, DATA))), "add_events": args(seq(DATA)),
     "events_since": args(INT, INT), "get": args(STR, optional=(DATA,)),
-    "delete": args(STR), "scan": args(STR), "ping": args(), "info": args(),
+    "delete": args(STR), "delete_if": args(STR, STR, DATA), "delete_where": args(STR, STR, DATA),
+    "scan": args(STR), "ping": args(), "info": args(),
     "shutdown": args(),
 }
 

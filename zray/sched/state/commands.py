@@ -107,3 +107,8 @@ class TellPeer(NamedTuple):         # any message to a peer node, on our link to
 class PublishActorName(NamedTuple):  # the kv's name -> actor table, for get_actor elsewhere
     name: str
     record: Any               # (actor_id, handle_meta); None: the name is free again
+
+
+class ForgetActorAddress(NamedTuple):  # the kv's record of a dead worker's tcp socket
+    actor_id: bytes           # (actor_direct:, core/remote_endpoint.py): callers stop
+    worker_id: bytes          # looking it up; a restarted worker's own record stays

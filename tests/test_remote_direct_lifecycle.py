@@ -1,0 +1,146 @@
+"""Direct actor calls across nodes, over an actor's life: its tcp address in
+the kv (``actor_direct:<actor id>``, core/remote_endpoint.py) goes when its
+worker does (killed, exited, its node dead), and a restarted one publishes
+its own, which callers use.
+
+The driver is on the head; node A (its own temp root) has {"node_a": 10}.
+"""
+import os
+import signal
+
+import psutil
+import pytest
+
+import zray as ray
+from zray.exceptions import RayActorError
+from zray.kv.records import ACTOR_DIRECT_PREFIX
+
+from cluster_util import head_and_node_a, here, records, wait_for
+from test_remote_direct_calls import wait_direct
+
+STORE = str(100 * 1024 * 1024)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    yield from head_and_node_a(tmp_path_factory.mktemp("xlife"), STORE)
+
+
+@pytest.fixture
+def driver(cluster):
+    info = ray.init(address=cluster.address, redis_password=cluster.token)
+    try:
+        yield info
+    finally:
+        ray.shutdown()
+
+
+@ray.remote
+class Box:
+    def __init__(self):
+        self.count = 0
+
+    def add(self, x):
+        self.count += 1
+        return self.count
+
+    def pid(self):
+        return os.getpid()
+
+    def node(self):
+        return here()
+
+    def tcp_calls(self):
+        from zray.core import context
+        endpoint = context.current_worker().remote_endpoint
+        return endpoint.calls if endpoint is not None else -1
+
+    def leave(self):
+        ray.exit_actor()
+
+
+def make_on(resource, **options):
+    """A Box created from a task on the node with ``resource``: homed there."""
+    @ray.remote(num_cpus=0, resources={resource: 1})
+    def make():
+        return Box.options(num_cpus=0, resources={resource: 1}, **options).remote()
+    return ray.get(make.remote(), timeout=60)
+
+
+def address_record(actor):
+    return ray.api._runtime().kv_client().call(
+        "get", ACTOR_DIRECT_PREFIX + actor._actor_id.hex(), None)
+
+
+def no_record(actor):
+    wait_for(lambda: address_record(actor) is None, 20,
+             "the actor's tcp address to leave the kv")
+
+
+@pytest.mark.parametrize("made_on_a", [True, False])
+def test_a_killed_actors_address_leaves_the_kv_and_calls_fail(driver, made_on_a):
+    box = (make_on("node_a") if made_on_a
+           else Box.options(num_cpus=0, resources={"node_a": 1}).remote())
+    wait_direct(box)
+    assert address_record(box) is not None
+    ray.kill(box)
+    with pytest.raises(RayActorError):
+        ray.get(box.add.remote(1), timeout=60)
+    no_record(box)
+    with pytest.raises(RayActorError):      # and again, now that nothing is there
+        ray.get(box.add.remote(1), timeout=60)
+
+
+def test_a_worker_killed_under_a_caller_without_restarts(driver):
+    box = make_on("node_a")
+    wait_direct(box)
+    os.kill(ray.get(box.pid.remote(), timeout=60), signal.SIGKILL)
+    with pytest.raises(RayActorError):
+        ray.get(box.add.remote(1), timeout=60)
+    no_record(box)
+
+
+def test_an_actor_that_exits_takes_its_address_along(driver):
+    box = make_on("node_a")
+    wait_direct(box)
+    with pytest.raises(RayActorError):
+        ray.get(box.leave.remote(), timeout=60)
+    no_record(box)
+    with pytest.raises(RayActorError):
+        ray.get(box.add.remote(1), timeout=60)
+
+
+def test_a_restarted_actor_publishes_a_fresh_address_that_callers_use(driver):
+    box = make_on("node_a", max_restarts=1)
+    wait_direct(box)
+    first = address_record(box)
+    os.kill(ray.get(box.pid.remote(), timeout=60), signal.SIGKILL)
+    # Its successor's record, never the dead worker's, is what stays.
+    wait_for(lambda: (address_record(box) or first)["worker_id"] != first["worker_id"], 30,
+             "the restarted worker's address")
+    wait_direct(box)
+    before = ray.get(box.tcp_calls.remote(), timeout=60)
+    assert ray.get([box.add.remote(i) for i in range(20)], timeout=60)[-1] >= 20
+    assert ray.get(box.tcp_calls.remote(), timeout=60) >= before + 20
+
+
+def test_a_dead_nodes_actor_addresses_leave_the_kv(driver, cluster, tmp_path):
+    try:
+        cluster.add_node("--num-cpus", 1, "--resources", '{"node_c": 10}',
+                         "--object-store-memory", STORE, root=tmp_path)
+        cluster.wait_nodes(3)
+        (record,) = [r for r in records(tmp_path) if r["role"] == "node"]
+        box = make_on("node_c")
+        wait_direct(box)
+        assert address_record(box)["node_id"] == ray.get(box.node.remote(), timeout=60)
+        worker = psutil.Process(ray.get(box.pid.remote(), timeout=60))
+        os.kill(record["pid"], signal.SIGKILL)
+        # Its worker sees its node go and leaves (a call sent before that may
+        # still be answered by it).
+        wait_for(lambda: not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE,
+                 20, "the actor's worker to leave with its node")
+        with pytest.raises(RayActorError):
+            ray.get(box.add.remote(1), timeout=60)
+        no_record(box)
+    finally:
+        cluster.stop(tmp_path)
