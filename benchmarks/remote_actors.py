@@ -14,6 +14,10 @@ Rows:
 - ``calls, actor made on B``: the same to an actor created from a task on
   B (homed there): the driver calls its worker straight over tcp
   (core/remote_endpoint.py; before that: driver -> A -> B -> worker).
+- ``first calls sync/pipelined, actor made on B``: the first 100 sync
+  calls (1,000 sent at once) to a fresh actor made on B, from the driver's
+  first call on: how long, and how many went through A before the direct
+  socket took over.
 - ``calls from a task on C, actor on B``: a task on C calls the actor homed
   on A that lives on B (C -> A -> B and back).
 - ``re-created after kill -9``: an actor with max_restarts=1 on B or C
@@ -59,6 +63,24 @@ def _rates(ray, handle, calls, repeat):
         ray.get([handle.ping.remote() for _ in range(calls)])
         pipelined = max(pipelined, calls / (time.perf_counter() - start))
     return sync, pipelined
+
+
+def _first_calls(ray, handle, mode):
+    """(calls, seconds, how many went through the driver's node) of the first
+    calls to a fresh actor made on another node: 100 sync, or 1,000 sent at
+    once. Direct calls pass no node (core/remote_endpoint.py)."""
+    status = ray.api._runtime().request
+    before = status("status")["tasks"]["submitted"]
+    start = time.perf_counter()
+    if mode == "sync":
+        n = 100
+        for _ in range(n):
+            ray.get(handle.ping.remote())
+    else:
+        n = 1000
+        ray.get([handle.ping.remote() for _ in range(n)])
+    elapsed = time.perf_counter() - start
+    return n, elapsed, status("status")["tasks"]["submitted"] - before
 
 
 def run(calls, repeat, kill=True):
@@ -123,6 +145,15 @@ def run(calls, repeat, kill=True):
         rows.append(("calls, actor made on B (driver on A)", f"{sync_h:.0f}/s sync",
                      f"{pipelined_h:.0f}/s pipelined ({pipelined_h / pipelined:.2f}x of on A; "
                      f"{via_node} calls through A)"))
+        for mode in ("sync", "pipelined"):
+            through, took = [], []
+            for _ in range(repeat):
+                n, elapsed, via = _first_calls(ray, ray.get(make_on_b.remote()), mode)
+                through.append(via)
+                took.append(elapsed)
+            rows.append((f"first {n} calls {mode}, actor made on B", f"{min(took):.3f} s best",
+                         "all: " + ", ".join(f"{t:.3f}" for t in took) + " s; through A: "
+                         + ", ".join(map(str, through))))
         from_c = max(ray.get(calls_from_c.remote(on_b, calls)) for _ in range(repeat))
         rows.append(("calls from a task on C, actor on B", "", f"{from_c:.0f}/s pipelined"))
         if not kill:

@@ -8,6 +8,7 @@ The driver is on the head; node A (its own temp root) has {"node_a": 10}.
 import os
 import signal
 
+import numpy as np
 import psutil
 import pytest
 
@@ -54,6 +55,10 @@ class Box:
         from zray.core import context
         endpoint = context.current_worker().remote_endpoint
         return endpoint.calls if endpoint is not None else -1
+
+    def total(self, array):
+        self.count += 1
+        return float(array.sum())
 
     def leave(self):
         ray.exit_actor()
@@ -144,3 +149,46 @@ def test_a_dead_nodes_actor_addresses_leave_the_kv(driver, cluster, tmp_path):
         no_record(box)
     finally:
         cluster.stop(tmp_path)
+
+
+def submitted():
+    return ray.api._runtime().request("status")["tasks"]["submitted"]
+
+
+def test_the_first_calls_to_a_started_actor_go_direct_in_order(driver):
+    """They wait in the caller for the worker's socket to answer (not through
+    the nodes, whose answers a stream would have to wait out)."""
+    box = make_on("node_a")
+    wait_for(lambda: address_record(box) is not None, 30, "the actor to start")
+    before = submitted()
+    assert ray.get([box.add.remote(i) for i in range(300)], timeout=60) == list(range(1, 301))
+    assert submitted() == before
+    assert ray.get(box.tcp_calls.remote(), timeout=60) == 301
+
+
+def test_a_stream_switches_to_direct_once_a_call_through_the_nodes_is_answered(driver):
+    box = make_on("node_a")
+    wait_direct(box)
+    before = submitted()
+    big = ray.put(np.ones(200_000))         # in shared memory: through the nodes
+    refs = [box.total.remote(big)] + [box.add.remote(i) for i in range(200)]
+    assert ray.get(refs, timeout=60) == [200_000.0] + list(range(2, 202))
+    assert submitted() == before + 1        # the later ones waited for it, then went direct
+
+
+@ray.remote
+class Broken:
+    def __init__(self):
+        raise ValueError("no start")
+
+    def add(self, x):
+        return x
+
+
+def test_calls_to_an_actor_that_never_starts_fail_as_through_the_nodes(driver):
+    @ray.remote(num_cpus=0, resources={"node_a": 1})
+    def make():
+        return Broken.options(num_cpus=0, resources={"node_a": 1}).remote()
+    broken = ray.get(make.remote(), timeout=60)
+    with pytest.raises(RayActorError, match="no start"):
+        ray.get([broken.add.remote(i) for i in range(5)], timeout=60)

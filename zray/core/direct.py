@@ -77,6 +77,7 @@ class DirectCalls(DirectSockets, DirectReplies):
         self.by_task = {}           # task id of a call in flight direct -> Channel
         self.pending = {}           # return id of a call in flight direct -> Channel
         self.publish_on_arrival = set()   # of those, ids passed on meanwhile
+        self.hold_watcher = None    # the thread looking up starting actors' addresses
         # Actors on other nodes over tcp: a process in a cluster (its node
         # listens on tcp), or whose node is on another machine.
         self.over_tcp = auth.is_tcp(runtime.node_address)
@@ -120,8 +121,9 @@ class DirectCalls(DirectSockets, DirectReplies):
         direct ones, or through the node. Under lock."""
         if channel.remote and eligible:
             eligible = self._inline_here(spec)
-        if eligible and channel.usable() and not channel.held_back:
-            if channel.waiting or not self._arguments_here(spec):
+        if eligible and not channel.held_back and (channel.usable() or channel.switching()
+                                                    or self._holding(channel, spec)):
+            if channel.waiting or not channel.usable() or not self._arguments_here(spec):
                 channel.waiting.append((spec, frames, keep))
                 self._fetch_arguments(channel, spec)
             else:
@@ -131,6 +133,12 @@ class DirectCalls(DirectSockets, DirectReplies):
             channel.held_back.append((spec, frames, keep))
             return
         self._through_node(channel, spec, frames, self.connection.send_message)
+
+    def _holding(self, channel, spec):
+        """Calls to a fresh actor on another node wait here while its address
+        is looked up (direct from the first call), if they could go over tcp."""
+        return (channel.hold_until is not None and time.monotonic() < channel.hold_until
+                and self._inline_here(spec))
 
     def _inline_here(self, spec):
         """Can the call go to another machine: arguments here, inline values
@@ -215,6 +223,7 @@ class DirectCalls(DirectSockets, DirectReplies):
             channel.silent_sent += 1
         else:
             channel.node_calls += 1
+            channel.silent_at_node_call = channel.silent_sent
             # Hold the first return until it arrives (the node pushes only
             # what we hold), so this channel learns the call was answered.
             first = spec.return_ids[0]
@@ -228,6 +237,8 @@ class DirectCalls(DirectSockets, DirectReplies):
         with self.lock:
             channel.node_calls -= 1
             channel.silent_answered = max(channel.silent_answered, silent_before)
+        if channel.waiting:
+            self._advance(channel)      # switched over: the calls waiting go direct now
         self.runtime.refs.drop(object_id)
 
     # -- ray.kill from this process ---------------------------------------

@@ -45,6 +45,9 @@ class DirectReplies:
                     # goes, news that may wait a few ms; out of the poll, each
                     # zmq socket in it costs a sync call six system calls.
                     self.connection.set_polled(channel.monitor, False, lazily=True)
+                    channel.hold_until = None
+                    if channel.waiting:         # held while it started: direct now
+                        self._advance(channel)
 
     def _on_reply(self, task_id, entries, error, events, payload, held_at=None):
         enqueue = self.connection.enqueue
@@ -92,10 +95,10 @@ class DirectReplies:
         held_at = None if node_id == self.node_id.hex() else (node_id, entries)
         self._on_reply(task_id, None, error, (), (), held_at)
 
-    def _release_held_back(self, channel):
+    def _release_held_back(self, channel, send=None):
         held, channel.held_back = channel.held_back, []
         for spec, frames, _keep in held:
-            self._through_node(channel, spec, frames, self.connection.enqueue)
+            self._through_node(channel, spec, frames, send or self.connection.enqueue)
         # Refs in `held` drop after the SUBMITs are queued, so the node sees them first.
 
     def _from_node(self, spec, error, keep, held_at=None):

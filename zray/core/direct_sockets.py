@@ -13,7 +13,9 @@
   again); with none idle, calls go through the node.
 """
 import os
+import threading
 import time
+from collections import deque
 
 import zmq
 
@@ -25,6 +27,7 @@ from .direct_channel import IDLE_CLOSE_S, MAX_CHANNELS, MAX_IPC_PATH, Channel
 REMOTE_CONNECT_S = 2.0      # a tcp socket not connected by then is looked up again
 LOOKUP_TIMEOUT_S = 1.0      # the kv's answer to where an actor listens
 LOOKUP_AGAIN_S = 0.025      # no address yet: look again after this, doubling (to 1 s)
+HOLD_FIRST_S = 1.0          # the first calls to a starting actor wait this long for its address
 
 
 class DirectSockets:
@@ -74,6 +77,12 @@ class DirectSockets:
                 channel.lookups += 1
                 channel.retry_at = time.monotonic() + min(
                     IDLE_CLOSE_S, LOOKUP_AGAIN_S * 2 ** channel.lookups)
+            if old is None and (target is None and self.looks_remote or room and remote):
+                # An actor on another node (or still starting): its first calls
+                # wait here for its address (looked up meanwhile) and for its
+                # socket's PONG, then go direct; through the node if too long.
+                channel.hold_until = time.monotonic() + HOLD_FIRST_S
+                self._watch_holds()
             if channel is not old:
                 self.channels[actor_id] = channel
                 if old is not None:
@@ -150,6 +159,60 @@ class DirectSockets:
         except Exception:       # noqa: BLE001 - no kv now: through the node, look again later
             return None
         return record if valid_actor_direct_record(record) else None
+
+    # -- the first calls to a starting actor (``hold_until``) -------------------
+    def _watch_holds(self):
+        """Under lock: a thread looks up the addresses of the actors whose
+        calls are held, every LOOKUP_AGAIN_S, until each connects (its PONG
+        sends them direct) or its HOLD_FIRST_S are up (then through the node)."""
+        if self.hold_watcher is None:
+            self.hold_watcher = threading.Thread(target=self._hold_loop, daemon=True,
+                                                 name="zray-direct-lookups")
+            self.hold_watcher.start()
+
+    def _hold_loop(self):
+        while not self.connection.closing:
+            time.sleep(LOOKUP_AGAIN_S)
+            with self.lock:
+                held = [c for c in self.channels.values() if c.hold_until is not None]
+                if not held:
+                    self.hold_watcher = None
+                    return
+            for channel in held:
+                if time.monotonic() >= channel.hold_until:
+                    self._stop_holding(channel)
+                elif channel.socket is None and not channel.closed:
+                    record = self._lookup(channel.actor_id)
+                    if record is not None:
+                        self._hook_held(channel, record["address"])
+        self.hold_watcher = None
+
+    def _hook_held(self, channel, target):
+        with self.lock:
+            if channel.closed or channel.socket is not None or channel.hold_until is None:
+                return
+            room, victims = self._room()
+            if room:
+                self._hook(channel, target, True)
+        for victim in victims:
+            self.connection.remove_socket(victim.monitor)
+            self.connection.remove_socket(victim.socket)
+        if room:
+            self.connection.add_socket(channel.socket, self._on_readable)
+            self.connection.add_socket(channel.monitor, self._on_monitor)
+
+    def _stop_holding(self, channel):
+        """No answer in time (still starting, or unreachable over tcp): the
+        calls held go through the node, in order, and later ones follow."""
+        send = self.connection.send_message
+        with self.lock:
+            channel.hold_until = None
+            if channel.usable() or channel.switching():
+                return
+            waiting, channel.waiting = list(channel.waiting), deque()
+            for spec, frames, _keep in waiting:
+                self._through_node(channel, spec, frames, send)
+            self._release_held_back(channel, send)
 
     def _room(self):
         """(room for one more socket, the channels closed to make it): the
