@@ -171,11 +171,18 @@ class DirectSockets:
             self.hold_watcher.start()
 
     def _hold_loop(self):
-        while not self.connection.closing:
+        try:
+            self._look_up_held()
+        except Exception:       # noqa: BLE001 - shutting down: nothing left to send
+            with self.lock:
+                self.hold_watcher = None
+
+    def _look_up_held(self):
+        while True:
             time.sleep(LOOKUP_AGAIN_S)
             with self.lock:
                 held = [c for c in self.channels.values() if c.hold_until is not None]
-                if not held:
+                if not held or self.connection.closing:
                     self.hold_watcher = None
                     return
             for channel in held:
@@ -185,7 +192,6 @@ class DirectSockets:
                     record = self._lookup(channel.actor_id)
                     if record is not None:
                         self._hook_held(channel, record["address"])
-        self.hold_watcher = None
 
     def _hook_held(self, channel, target):
         with self.lock:
