@@ -1,10 +1,12 @@
 """Direct actor calls across nodes, over an actor's life: its tcp address in
 the kv (``actor_direct:<actor id>``, core/remote_endpoint.py) goes when its
 worker does (killed, exited, its node dead), and a restarted one publishes
-its own, which callers use.
+its own, which callers use; the first calls go direct, and the calls show
+in the actor's node's status (``zray status``).
 
 The driver is on the head; node A (its own temp root) has {"node_a": 10}.
 """
+import json
 import os
 import signal
 
@@ -16,7 +18,7 @@ import zray as ray
 from zray.exceptions import RayActorError
 from zray.kv.records import ACTOR_DIRECT_PREFIX
 
-from cluster_util import head_and_node_a, here, records, wait_for
+from cluster_util import head_and_node_a, here, records, wait_for, zray
 from test_remote_direct_calls import wait_direct
 
 STORE = str(100 * 1024 * 1024)
@@ -59,6 +61,9 @@ class Box:
     def total(self, array):
         self.count += 1
         return float(array.sum())
+
+    def held(self, path):
+        return wait_for(lambda: os.path.exists(path), 60, "the test's go")
 
     def leave(self):
         ray.exit_actor()
@@ -192,3 +197,32 @@ def test_calls_to_an_actor_that_never_starts_fail_as_through_the_nodes(driver):
     broken = ray.get(make.remote(), timeout=60)
     with pytest.raises(RayActorError, match="no start"):
         ray.get([broken.add.remote(i) for i in range(5)], timeout=60)
+
+
+def node_status(cluster, node_id):
+    rows = json.loads(zray("status", "--json", "--temp-dir", cluster.root).stdout)["nodes"]
+    (row,) = [r for r in rows if r["node_id"] == node_id]
+    return row["status"]["direct"]
+
+
+def test_direct_calls_from_another_node_show_in_zray_status(driver, cluster, tmp_path):
+    box = make_on("node_a")
+    node_a = ray.get(box.node.remote(), timeout=60)
+    wait_direct(box)
+    before = node_status(cluster, node_a)["finished_calls"]
+    assert ray.get([box.add.remote(i) for i in range(50)], timeout=60)[-1] == 50
+    wait_for(lambda: node_status(cluster, node_a)["finished_calls"] >= before + 50, 30,
+             "node A to count the 50 calls that came to its actor over tcp")
+    go = str(tmp_path / "go")
+    held = box.held.remote(go)
+    queued = [box.add.remote(i) for i in range(3)]
+
+    def shown():
+        out = zray("status", "--temp-dir", cluster.root).stdout
+        node_part = out[out.index(f"Node {node_a}"):]
+        return "direct     1 running, 3 queued on workers" in node_part.split("\n\n")[0]
+    wait_for(shown, 30, "zray status to show the long call on node A and three queued")
+    open(go, "w").close()
+    assert ray.get(held, timeout=60) is True and ray.get(queued, timeout=60)[-1] == 53
+    wait_for(lambda: node_status(cluster, node_a)["running"] == 0
+             and node_status(cluster, node_a)["queued"] == 0, 30, "the calls done")
