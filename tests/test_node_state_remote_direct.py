@@ -4,6 +4,7 @@ pulls them for its client (HELD_AT). No sockets: events in, commands out."""
 from state_util import Node, inline, new_id, of, pushed, shm_header
 from test_node_state import attempted, call, make_actor
 from zray.sched.state import commands as C, events as E
+from zray.transport import protocol as P
 
 PEER_B = "b2" * 8
 B_IDENTITY = b"p" + PEER_B.encode() + b"\x01\x02\x03\x04"    # its link here: id + nonce
@@ -101,3 +102,53 @@ def test_an_actors_dead_worker_has_its_tcp_address_forgotten():
         out = node.do(E.WorkerExited(worker_id, -9, 0))
         assert [(c.actor_id, c.worker_id) for c in of(C.ForgetActorAddress, out)] == [
             (actor_id, worker_id)]
+
+
+def test_results_held_for_a_peers_client_are_told_to_that_peer():
+    node, actor_id, worker_id = actor_node_with_peer()
+    direct = call(actor_id)
+    result = direct.return_ids[0]
+    out = node.do(E.TaskDone(worker_id, direct.task_id, [inline(result)], [b"x"], False, None,
+                             b"p" + PEER_B.encode() + b"caller"))
+    assert node.state.objects.get(result).refcount == 1       # held for node B
+    (told,) = of(C.TellPeer, out)
+    assert told.node_id == PEER_B and told.msg_type == P.HELD_FOR
+    assert told.fields[0] == b"caller" and [h[0] for h in told.fields[1]] == [result]
+
+
+def caller_node():
+    node = Node(node_id="c3" * 8)
+    node.driver()
+    node.do(E.PeerSeen(PEER_B, peer_info()))
+    return node
+
+
+def test_results_held_on_a_peer_for_a_caller_that_left_are_released_there():
+    node = caller_node()
+    result = new_id()
+    out = node.do(E.HeldFor(PEER_B, b"gone-caller", [shm_header(result, 300_000)]))
+    assert [(c.node_id, c.object_ids) for c in of(C.ReleaseRemote, out)] == [(PEER_B, [result])]
+    assert node.state.objects.get(result) is None
+
+
+def test_the_caller_and_the_peer_saying_it_in_either_order_hold_once():
+    for peer_first in (True, False):
+        node = caller_node()
+        result = new_id()
+        said = [E.HeldFor(PEER_B, b"driver", [shm_header(result, 300_000)]),
+                E.HeldElsewhere(b"driver", PEER_B, [shm_header(result, 300_000)])]
+        for event in (said if peer_first else said[::-1]):
+            node.do(event)
+        assert node.state.objects.get(result).refcount == 1
+        out = node.do(E.RefsRemoved(b"driver", [result]))
+        assert node.state.objects.get(result) is None
+        assert any(result in c.object_ids for c in of(C.ReleaseRemote, out))
+
+
+def test_the_peer_saying_it_after_the_caller_let_go_holds_nothing_again():
+    node = caller_node()
+    result = new_id()
+    node.do(E.HeldElsewhere(b"driver", PEER_B, [shm_header(result, 300_000)]))
+    node.do(E.RefsRemoved(b"driver", [result]))
+    out = node.do(E.HeldFor(PEER_B, b"driver", [shm_header(result, 300_000)]))
+    assert node.state.objects.get(result) is None and not of(C.ReleaseRemote, out)

@@ -9,6 +9,8 @@ The driver is on the head; node A (its own temp root) has {"node_a": 10}.
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import psutil
@@ -18,7 +20,7 @@ import zray as ray
 from zray.exceptions import RayActorError
 from zray.kv.records import ACTOR_DIRECT_PREFIX
 
-from cluster_util import head_and_node_a, here, records, wait_for, zray
+from cluster_util import head_and_node_a, here, records, tcp_driver_env, wait_for, zray
 from test_remote_direct_calls import wait_direct
 
 STORE = str(100 * 1024 * 1024)
@@ -42,6 +44,7 @@ def driver(cluster):
 class Box:
     def __init__(self):
         self.count = 0
+        self.bigs = 0
 
     def add(self, x):
         self.count += 1
@@ -64,6 +67,19 @@ class Box:
 
     def held(self, path):
         return wait_for(lambda: os.path.exists(path), 60, "the test's go")
+
+    def big_after(self, mark, directory):
+        open(mark, "w").close()
+        wait_for(lambda: os.path.exists(os.path.join(directory, "go")), 60, "the test's go")
+        self.bigs += 1
+        return np.arange(300_000)       # past the inline limit: held on this node
+
+    def big_calls(self):
+        return self.bigs
+
+    def shm_objects(self):
+        from zray.core import context
+        return context.current().request("store_stats")["shm_objects"]
 
     def leave(self):
         ray.exit_actor()
@@ -226,3 +242,49 @@ def test_direct_calls_from_another_node_show_in_zray_status(driver, cluster, tmp
     assert ray.get(held, timeout=60) is True and ray.get(queued, timeout=60)[-1] == 53
     wait_for(lambda: node_status(cluster, node_a)["running"] == 0
              and node_status(cluster, node_a)["queued"] == 0, 30, "the calls done")
+
+
+DYING_CALLER = """
+import os, sys
+import zray as ray
+from cluster_util import wait_for
+
+ray.init(address=sys.argv[1], redis_password=os.environ["ZRAY_TEST_TOKEN"])
+box = ray.get_actor(sys.argv[2])
+runtime = ray.api._runtime()
+
+
+def usable():
+    ray.get(box.pid.remote())
+    channel = runtime.direct.channels.get(box._actor_id)
+    return channel is not None and channel.remote and channel.usable()
+
+
+wait_for(usable, 30, "the tcp socket to the actor")
+refs = [box.big_after.remote(os.path.join(sys.argv[3], str(i)), sys.argv[3]) for i in range(3)]
+wait_for(lambda: all(os.path.exists(os.path.join(sys.argv[3], str(i))) for i in range(3)), 30,
+         "the three calls to start")
+os._exit(0)     # before their results (held on the actor's node for ours) are known here
+"""
+
+
+def test_results_held_for_a_caller_that_died_are_freed(driver, cluster, tmp_path):
+    """The caller died between its calls and their HELD: its node never heard
+    of the results the actor's node held for it; they are freed all the same."""
+    box = make_on("node_a", name="held-for-the-dead", max_concurrency=3)
+    assert ray.get(box.shm_objects.remote(), timeout=60) == 0
+    script = tmp_path / "caller.py"
+    script.write_text(DYING_CALLER)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    caller = subprocess.run(
+        [sys.executable, str(script), cluster.address, "held-for-the-dead", str(marks)],
+        env=tcp_driver_env({"ZRAY_TEST_TOKEN": cluster.token}), timeout=120,
+        capture_output=True, text=True)
+    assert caller.returncode == 0, caller.stdout[-2000:] + caller.stderr[-4000:]
+    (marks / "go").write_text("")
+    # The three results were made, held for the driver's node, then let go.
+    wait_for(lambda: ray.get(box.big_calls.remote(), timeout=60) == 3, 30,
+             "the three big results to be made")
+    wait_for(lambda: ray.get(box.shm_objects.remote(), timeout=60) == 0, 30,
+             "node A to free the results held for a caller that died")

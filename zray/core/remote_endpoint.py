@@ -117,7 +117,8 @@ class RemoteActorEndpoint:
             return
         # Held for the caller's node; a caller of this node over tcp (a driver
         # on another machine) is a client here, held for as over ipc.
-        holder = spec.owner if from_node == self.node_id else b"p" + from_node.encode()
+        holder = (spec.owner if from_node == self.node_id
+                  else b"p" + from_node.encode() + spec.owner)     # that node's, for the caller
         runtime.send_message(P.DONE, spec.task_id, entries, exiting, error_text,
                              runtime.take_events(), holder, frames=payload)
         error = (spec.name, error_text) if error_text else None

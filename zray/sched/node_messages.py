@@ -146,6 +146,13 @@ class NodeMessages:
         return E.TaskForwardedIn(identity, origin, spec, function, payload[:n_task_frames],
                                  inline, payload[n_task_frames:])
 
+    def _on_held_for(self, identity, fields):
+        origin = self.peers.origin_of(identity) if self.peers is not None else None
+        if origin is None:      # not a peer's link: nothing is held for us there
+            self.complaints.warn("heldfor", "HELD_FOR from %r, not a peer's link", identity)
+            return None
+        return E.HeldFor(origin, fields[0], fields[1])
+
     def _on_pull(self, identity, fields, _payload):
         if self.peers is not None:
             self.peers.transfer.on_pull(identity, fields)
@@ -161,6 +168,7 @@ class NodeMessages:
         P.SUBSCRIBE: lambda self, i, f, p: E.Subscribed(i, f[0]),
         P.ADD_REF: lambda self, i, f, p: E.RefsAdded(i, f[0]),
         P.HELD_AT: lambda self, i, f, p: E.HeldElsewhere(i, f[0], f[1]),
+        P.HELD_FOR: lambda self, i, f, p: self._on_held_for(i, f),
         P.REMOVE_REF: lambda self, i, f, p: E.RefsRemoved(i, f[0]),
         P.FUNCTION: _on_function,
         P.BLOCKED: lambda self, i, f, p: E.WorkerBlocked(i),

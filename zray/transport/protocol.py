@@ -88,6 +88,10 @@ LEASE_REQUEST = _message(b"LEASE", lease_id=BYTES,      # lend me a worker for t
 LEASE_RETURN = _message(b"RETURN", lease_id=BYTES)      # worker: my lessee gave me back
 HELD_AT = _message(b"HELDAT", node_id=STR,       # hold these for me: they are held for
                    entries=HEADERS)              # this node on node_id (a direct call's)
+# node -> peer node: a direct call from your client ``caller`` left these results
+# here, held for you (its worker's DONE): the caller's HELD_AT may never come
+# (it died first, or resubmitted the call), so you hear it from us as well.
+HELD_FOR = _message(b"HELDFOR", caller=BYTES, entries=HEADERS)
 # Work the node does not see (core/work_report.py), sent at most every tick
 # and only when it changed: direct actor calls and pushed tasks running here
 # ((task id, name)), queued here, finished here so far; tasks waiting here for a lease.

@@ -55,6 +55,12 @@ class Subscribed(NamedTuple):
     object_ids: list
 
 
+class HeldFor(NamedTuple):         # a peer holds a direct call's results for our client
+    node_id: str
+    caller: bytes
+    headers: list
+
+
 class HeldElsewhere(NamedTuple):   # a direct call's results, held for us on node_id
     client: bytes             # the caller: hold them for it
     node_id: str

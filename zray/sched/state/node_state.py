@@ -32,13 +32,17 @@ S = TaskState
 
 
 class Client:
-    __slots__ = ("identity", "kind", "pid", "held")
+    __slots__ = ("identity", "kind", "pid", "held", "told_by_caller", "told_by_peer")
 
     def __init__(self, identity, kind, pid):
         self.identity = identity
         self.kind = kind
         self.pid = pid
         self.held = set()     # object ids this process holds refs to
+        # Results of its direct calls held on peers, heard of once so far:
+        # from it (HELD_AT) or from the peer (HELD_FOR); the other says so again.
+        self.told_by_caller = set()
+        self.told_by_peer = set()
 
 
 class NodeState(ObjectEvents):
@@ -205,6 +209,10 @@ class NodeState(ObjectEvents):
         if ev.holder is not None and worker is not None and worker.actor_id is not None:
             holder = self._direct_caller(ev.holder)    # results of a direct call, kept for it
         self.store_objects(ev.headers, ev.frames, holder=holder)
+        if holder is not None and holder.kind == "peer" and len(ev.holder) > 17:
+            # Held for a peer's client: that peer hears it from us too (HELD_FOR).
+            self.emit(C.TellPeer(ev.holder[1:17].decode(), P.HELD_FOR,
+                                 (ev.holder[17:], list(ev.headers))))
         pid = worker.pid if worker is not None else None
         if worker is not None and worker.actor_id is not None:
             task = self.actors.method_done(worker, ev.task_id, ev.exiting)
@@ -231,12 +239,13 @@ class NodeState(ObjectEvents):
 
     def _direct_caller(self, identity):
         """The client a direct call's results are held for: the caller, or
-        ``p<node id>``, the peer whose client called from another node
-        (core/remote_endpoint.py; a peer's identity is that and a nonce)."""
+        ``p<node id><caller>``, the peer whose client called from another node
+        (core/remote_endpoint.py; a peer's identity is p<node id> and a nonce)."""
         client = self.clients.get(identity)
-        if client is None and len(identity) == 17 and identity[:1] == b"p":
+        if client is None and len(identity) >= 17 and identity[:1] == b"p":
+            peer = identity[:17]        # then the caller's identity there
             client = next((c for i, c in self.clients.items()
-                           if c.kind == "peer" and i.startswith(identity)), None)
+                           if c.kind == "peer" and i.startswith(peer)), None)
         return client
 
     def push_object(self, identity, object_id):

@@ -117,22 +117,37 @@ class ObjectEvents:
         """A direct call from our client to an actor on a peer left results
         there, held for us: hold them for the client, and note where they are
         (pulled when wanted, released there when freed here), as the large
-        result of a task we forwarded."""
-        client = self.clients.get(ev.client)
-        gone = ev.node_id not in self.forwarding.peers
-        for header in ev.headers:
+        result of a task we forwarded. Said by the caller (HELD_AT) and by the
+        peer (HELD_FOR: the caller may have died before, or resubmitted the
+        call): the first holds them, the second is a no-op."""
+        self._held_on_peer(self.clients.get(ev.client), ev.node_id, ev.headers, True)
+
+    def _on_held_for(self, ev):
+        self._held_on_peer(self.clients.get(ev.caller), ev.node_id, ev.headers, False)
+
+    def _held_on_peer(self, client, node_id, headers, by_caller):
+        gone = node_id not in self.forwarding.peers
+        if client is not None:
+            first, other = ((client.told_by_caller, client.told_by_peer) if by_caller
+                            else (client.told_by_peer, client.told_by_caller))
+        for header in headers:
             object_id = header[0]
             if client is None:
-                if not gone:
-                    self.emit(C.ReleaseRemote(ev.node_id, [object_id]))
+                # Its caller left: nobody here will ask for it (unless held here anyway).
+                if not gone and self.objects.get(object_id) is None:
+                    self.emit(C.ReleaseRemote(node_id, [object_id]))
                 continue
+            if object_id in other:
+                other.discard(object_id)        # held when the other said so
+                continue
+            first.add(object_id)
             self.objects.expect(object_id)
             self._hold(client, object_id)
             if gone:
-                self._on_lost(E.ObjectLost(object_id, f"it was made on node {ev.node_id}, "
+                self._on_lost(E.ObjectLost(object_id, f"it was made on node {node_id}, "
                                                       f"which left the cluster"))
             else:
-                self.locations.located(ev.node_id, header)
+                self.locations.located(node_id, header)
 
     def _on_remove_ref(self, ev):
         client = self.clients.get(ev.client)
@@ -194,7 +209,7 @@ class ObjectEvents:
         E.ObjectsPut: _on_put, E.ObjectsSealed: _on_sealed, E.ObjectsExpected: _on_expected,
         E.ObjectLost: _on_lost, E.Subscribed: _on_subscribe,
         E.RefsAdded: _on_add_ref, E.RefsRemoved: _on_remove_ref,
-        E.HeldElsewhere: _on_held_elsewhere,
+        E.HeldElsewhere: _on_held_elsewhere, E.HeldFor: _on_held_for,
         E.ReserveRequested: _on_reserve, E.ReservationReleased: _on_unreserve,
         E.SpillsFinished: _on_spills_finished,
         E.PinRequested: _on_pin, E.Unpinned: _on_unpinned, E.PinsUsed: _on_pins_used,
