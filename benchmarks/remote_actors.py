@@ -18,6 +18,9 @@ Rows:
   calls (1,000 sent at once) to a fresh actor made on B, from the driver's
   first call on: how long, and how many went through A before the direct
   socket took over.
+- ``actor created on B from B``: a task on B creates actors there one
+  after another, each to its first answer (a worker on a node that listens
+  on tcp also opens its tcp socket for callers on other nodes).
 - ``calls from a task on C, actor on B``: a task on C calls the actor homed
   on A that lives on B (C -> A -> B and back).
 - ``re-created after kill -9``: an actor with max_restarts=1 on B or C
@@ -154,6 +157,21 @@ def run(calls, repeat, kill=True):
             rows.append((f"first {n} calls {mode}, actor made on B", f"{min(took):.3f} s best",
                          "all: " + ", ".join(f"{t:.3f}" for t in took) + " s; through A: "
                          + ", ".join(map(str, through))))
+        @ray.remote(num_cpus=0, resources={"node_b": 1})
+        def creations_on_b(n):
+            times = []
+            for _ in range(n):
+                start = time.perf_counter()
+                actor = Pinger.options(num_cpus=0, resources={"node_b": 1}).remote()
+                ray.get(actor.ping.remote())
+                times.append(time.perf_counter() - start)
+                ray.kill(actor)
+            return sorted(times)
+
+        made = ray.get(creations_on_b.remote(10 * repeat))
+        rows.append(("actor created on B from B, to its first answer",
+                     f"{made[len(made) // 2]:.3f} s median",
+                     f"best {made[0]:.3f} s, worst {made[-1]:.3f} s, {len(made)} actors"))
         from_c = max(ray.get(calls_from_c.remote(on_b, calls)) for _ in range(repeat))
         rows.append(("calls from a task on C, actor on B", "", f"{from_c:.0f}/s pipelined"))
         if not kill:

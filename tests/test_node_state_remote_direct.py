@@ -91,7 +91,7 @@ def test_a_direct_call_that_ended_its_actor_keeps_its_result_when_resubmitted():
     assert node.state.objects.get(result).frames == [b"x"]      # the worker's, not a new error
 
 
-def test_an_actors_dead_worker_has_its_tcp_address_forgotten():
+def test_an_actors_worker_publishes_its_tcp_address_and_it_is_forgotten_when_it_dies():
     """Killed or crashed, restarting or not: the kv record naming that worker
     goes (the edge deletes it only if it still names that worker, so a
     restarted worker's own record stays)."""
@@ -99,9 +99,25 @@ def test_an_actors_dead_worker_has_its_tcp_address_forgotten():
         node = Node(node_id="a1" * 8)
         node.driver()
         actor_id, worker_id = make_actor(node, max_restarts=restarts)
+        out = node.do(E.ActorAddressPublished(worker_id, actor_id, "tcp://h:1"))
+        assert [(c.actor_id, c.worker_id, c.address) for c in of(C.PublishActorAddress, out)] == [
+            (actor_id, worker_id, "tcp://h:1")]
         out = node.do(E.WorkerExited(worker_id, -9, 0))
         assert [(c.actor_id, c.worker_id) for c in of(C.ForgetActorAddress, out)] == [
             (actor_id, worker_id)]
+
+
+def test_only_an_actors_own_worker_publishes_its_address():
+    node = Node(node_id="a1" * 8)
+    node.driver()
+    actor_id, worker_id = make_actor(node)
+    other, _ = make_actor(node)
+    assert not of(C.PublishActorAddress, node.do(E.ActorAddressPublished(worker_id, other,
+                                                                          "tcp://h:1")))
+    assert not of(C.PublishActorAddress, node.do(E.ActorAddressPublished(b"nobody", actor_id,
+                                                                          "tcp://h:1")))
+    out = node.do(E.WorkerExited(worker_id, 0, 0))
+    assert not of(C.ForgetActorAddress, out)        # it published none
 
 
 def test_results_held_for_a_peers_client_are_told_to_that_peer():

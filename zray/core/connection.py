@@ -25,6 +25,7 @@
   dequeued but not sent): while the main thread is in such a section, SIGINT
   is held and delivered right after it (``critical``).
 """
+import contextlib
 import itertools
 import logging
 import os
@@ -217,8 +218,7 @@ class Connection:
         (under sock_lock, like everything that touches a socket).
         ``locked``: the caller holds sock_lock (a handler)."""
         if not locked:
-            self._wake()
-            with self.sock_lock:
+            with self._socket_turn():
                 return self.add_socket(socket, on_readable, locked=True)
         self.side_sockets[socket] = on_readable
         self.poller.register(socket, zmq.POLLIN)
@@ -263,8 +263,7 @@ class Connection:
 
     def remove_socket(self, socket, locked=False):
         if not locked:
-            self._wake()
-            with self.sock_lock:
+            with self._socket_turn():
                 return self.remove_socket(socket, locked=True)
         if self.side_sockets.pop(socket, None) is not None:
             self.lazy_sockets.discard(socket)
@@ -273,6 +272,23 @@ class Connection:
             except KeyError:
                 pass            # out of the poll (set_polled)
         socket.close(0)
+
+    @contextlib.contextmanager
+    def _socket_turn(self):
+        """sock_lock for another thread than the I/O thread: counted as an API
+        call, so the I/O thread, woken from its poll, parks instead of taking
+        the lock straight back (a lock is not fair: that wait took a whole
+        IO_TICK_MS, 0.1 s per actor's socket at creation)."""
+        with self.api_mutex:
+            self.api_active += 1
+        try:
+            self._wake()
+            with self.sock_lock:
+                yield
+        finally:
+            with self.api_mutex:
+                self.api_active -= 1
+                self.last_api_end = time.monotonic()
 
     def _wake(self):
         if not self.wake_pending:

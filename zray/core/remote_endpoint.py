@@ -22,13 +22,14 @@ side: core/direct.py, direct_sockets.py, direct_replies.py).
   it pulls the large result of a task it forwarded. The node hears of the
   call only then.
 - The address is published in the kv (``actor_direct:<actor id>``) where a
-  caller on any node finds it; a restarted worker publishes its own.
+  caller on any node finds it, by this worker's node (a request, no kv
+  connection of its own); a restarted worker publishes its own, and the
+  node deletes a dead worker's.
 """
 import logging
 
 import zmq
 
-from ..kv.records import ACTOR_DIRECT_PREFIX
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.wire_types import ProtocolError
@@ -61,9 +62,10 @@ class RemoteActorEndpoint:
             auth.serve_securely(socket, runtime.password)    # bounded per peer, as ipc
             socket.bind(f"tcp://{host}:0")
             self.address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            runtime.kv_client().call("put", ACTOR_DIRECT_PREFIX + actor_id.hex(), {
-                "address": self.address, "node_id": node_id,
-                "worker_id": runtime.connection.identity.hex()}, timeout_s=2.0)
+            # Its node writes the kv record (no kv connection per worker), before
+            # it sees this creation's DONE; no answer awaited (request id 0).
+            runtime.send_message(P.REQUEST, 0, "publish_actor_address",
+                                 [actor_id, self.address])
         except Exception:
             socket.close(0)
             self.gatekeeper.stop()
@@ -126,11 +128,6 @@ class RemoteActorEndpoint:
             P.HELD, spec.task_id, self.node_id, entries, error))
 
     def close(self):
-        """Before the context ends (its term waits for the gatekeeper's socket)."""
-        try:
-            kv = self.runtime.kv
-            if kv is not None:
-                kv.tell("delete_if", ACTOR_DIRECT_PREFIX + self.actor_id.hex(), "worker_id",
-                        self.runtime.connection.identity.hex())
-        finally:
-            self.gatekeeper.stop()
+        """Before the context ends (its term waits for the gatekeeper's socket).
+        The kv record goes with the worker: its node deletes it (ForgetActorAddress)."""
+        self.gatekeeper.stop()

@@ -7,7 +7,7 @@ import time
 
 import zmq
 
-from ..kv.records import ACTOR_DIRECT_PREFIX, ACTOR_NAME_PREFIX
+from ..kv.records import ACTOR_DIRECT_PREFIX, ACTOR_NAME_PREFIX, valid_actor_direct_record
 from ..plasma.store import IN_MEMORY
 from ..transport import protocol as P
 from ..transport.sockets import send_frames
@@ -83,6 +83,15 @@ class NodeCommands:
         else:
             self.kv.tell("put", key, cmd.record)
 
+    def _publish_actor_address(self, cmd):
+        record = {"address": cmd.address, "node_id": self.node_id,
+                  "worker_id": cmd.worker_id.hex()}
+        if self.kv is not None and valid_actor_direct_record(record):
+            self.kv.tell("put", ACTOR_DIRECT_PREFIX + cmd.actor_id.hex(), record)
+        elif self.kv is not None:
+            self.complaints.warn("address", "an actor's worker published %r, not a tcp address",
+                                 cmd.address[:100])
+
     def _forget_actor_address(self, cmd):
         if self.kv is not None and self.tcp_address:     # only there do workers publish one
             self.kv.tell("delete_if", ACTOR_DIRECT_PREFIX + cmd.actor_id.hex(), "worker_id",
@@ -123,6 +132,7 @@ class NodeCommands:
         C.ReleaseRemote: lambda self, c: self.peers.release_remote(c.node_id, c.object_ids),
         C.TellPeer: lambda self, c: self.peers.tell(c.node_id, c.msg_type, c.fields),
         C.PublishActorName: _publish_actor_name,
+        C.PublishActorAddress: _publish_actor_address,
         C.ForgetActorAddress: _forget_actor_address,
         C.DropPeerTransfers: lambda self, c: self.peers.drop_transfers(c.node_id,
                                                                        c.expected_again),

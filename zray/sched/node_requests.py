@@ -61,6 +61,12 @@ class NodeRequests:
         """(node_id, worker_id or None) of a live actor this node knows, else None."""
         return self.actors.routing.location(actor_id)
 
+    def request_publish_actor_address(self, client, actor_id, address):
+        """An actor's worker listens on tcp there (core/remote_endpoint.py): the
+        kv record callers on other nodes look up, written with this node's
+        kv client (not one per worker); deleted when the worker dies."""
+        self.handle(E.ActorAddressPublished(client.identity, actor_id, address))
+
     def request_reserve_actor_name(self, _client, name, actor_id=None):
         self.handle(E.ActorNameReserved(name, actor_id))
         return True

@@ -29,7 +29,7 @@ IDLE_TIMEOUT_S = 10.0
 
 class Worker:
     __slots__ = ("worker_id", "pid", "state", "task", "blocked", "known_functions",
-                 "exiting", "actor_id", "idle_since", "held_task")
+                 "exiting", "actor_id", "idle_since", "held_task", "address_of")
 
     def __init__(self, worker_id):
         self.worker_id = worker_id
@@ -42,6 +42,7 @@ class Worker:
         self.actor_id = None
         self.idle_since = None       # first seen idle by idle_to_stop
         self.held_task = None        # last task, GPUs kept until this process is gone
+        self.address_of = None       # the actor whose tcp address it published (kv)
 
 
 class WorkerPool:

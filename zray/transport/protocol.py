@@ -178,6 +178,7 @@ NODE_OPS = {
     "pin": args(BYTES), "unpin": args(IDS), "pin_use": args(IDS, IDS),
     "probe_memory": args(STR), "uploaded": args(BYTES, BOOL), "objects_exist": args(IDS),
     "register_serializer": args(BYTES, seq(STR)),
+    "publish_actor_address": args(BYTES, STR),
 }
 # KV_REQUEST ops the kv service answers (``op_<op>`` of kv/server.py)
 KV_OPS = {

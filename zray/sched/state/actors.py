@@ -248,8 +248,6 @@ class ActorTable:
         if actor is None or actor.worker is not worker:
             return
         actor.worker = None
-        # Its tcp socket's address (if it published one) names a dead worker.
-        self.state.emit(C.ForgetActorAddress(actor.actor_id, worker.worker_id))
         if actor.holding:
             self.state.scheduler.release_held(actor.creation)
             actor.holding = False

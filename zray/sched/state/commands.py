@@ -109,6 +109,12 @@ class PublishActorName(NamedTuple):  # the kv's name -> actor table, for get_act
     record: Any               # (actor_id, handle_meta); None: the name is free again
 
 
+class PublishActorAddress(NamedTuple):  # the kv's record of an actor worker's tcp socket
+    actor_id: bytes           # (actor_direct:, core/remote_endpoint.py), where callers on
+    worker_id: bytes          # other nodes look it up
+    address: str
+
+
 class ForgetActorAddress(NamedTuple):  # the kv's record of a dead worker's tcp socket
     actor_id: bytes           # (actor_direct:, core/remote_endpoint.py): callers stop
     worker_id: bytes          # looking it up; a restarted worker's own record stays

@@ -154,6 +154,12 @@ class WorkReported(NamedTuple):    # a client's work the node does not see (WORK
     waiting: int              # its tasks waiting for a leased worker
 
 
+class ActorAddressPublished(NamedTuple):   # an actor's worker listens on tcp there
+    worker_id: bytes
+    actor_id: bytes
+    address: str
+
+
 class WorkerExited(NamedTuple):
     worker_id: bytes
     pid: int

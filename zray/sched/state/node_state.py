@@ -316,10 +316,22 @@ class NodeState(ObjectEvents):
             # May overdraw for a moment: new work waits until the CPU is back.
             self.scheduler.unblock(worker.task)
 
+    def _on_address_published(self, ev):
+        """Only the worker of that actor (running its creation, or created)."""
+        worker = self.pool.workers.get(ev.worker_id)
+        creating = worker is not None and worker.task is not None and (
+            worker.task.spec.kind == P.ACTOR_CREATE and worker.task.spec.actor_id == ev.actor_id)
+        if worker is not None and (creating or worker.actor_id == ev.actor_id):
+            worker.address_of = ev.actor_id
+            self.emit(C.PublishActorAddress(ev.actor_id, ev.worker_id, ev.address))
+
     def _on_worker_exited(self, ev):
         worker = self.pool.remove(ev.worker_id)
         if worker is None:
             return
+        if worker.address_of is not None:
+            # Killed, crashed, exited, or its __init__ raised: that address is dead.
+            self.emit(C.ForgetActorAddress(worker.address_of, worker.worker_id))
         pid = worker.pid or ev.pid
         if worker.held_task is not None:
             self.scheduler.release_gpus(worker.held_task)
@@ -483,6 +495,7 @@ class NodeState(ObjectEvents):
         E.TaskSubmitted: _on_submit, E.TaskDone: _on_task_done,
         E.WorkerBlocked: _on_blocked, E.WorkerUnblocked: _on_unblocked,
         E.WorkerExited: _on_worker_exited, E.Tick: _on_tick,
+        E.ActorAddressPublished: _on_address_published,
         E.WorkersWanted: _on_workers_wanted,
         E.LeaseRequested: lambda self, ev: (
             ev.client in self.clients
