@@ -187,14 +187,15 @@ def test_the_first_calls_to_a_started_actor_go_direct_in_order(driver):
     assert ray.get(box.tcp_calls.remote(), timeout=60) == 301
 
 
-def test_a_stream_switches_to_direct_once_a_call_through_the_nodes_is_answered(driver):
+def test_calls_through_the_nodes_and_direct_ones_keep_one_callers_order(driver):
+    """Later calls do not wait for a call through the nodes to be answered
+    before they are sent (an async actor's method may wait for a later call
+    of the same caller); they go through the nodes behind it until then."""
     box = make_on("node_a")
     wait_direct(box)
-    before = submitted()
     big = ray.put(np.ones(200_000))         # in shared memory: through the nodes
     refs = [box.total.remote(big)] + [box.add.remote(i) for i in range(200)]
     assert ray.get(refs, timeout=60) == [200_000.0] + list(range(2, 202))
-    assert submitted() == before + 1        # the later ones waited for it, then went direct
 
 
 @ray.remote

@@ -121,7 +121,7 @@ class DirectCalls(DirectSockets, DirectReplies):
         direct ones, or through the node. Under lock."""
         if channel.remote and eligible:
             eligible = self._inline_here(spec)
-        if eligible and not channel.held_back and (channel.usable() or channel.switching()
+        if eligible and not channel.held_back and (channel.usable()
                                                     or self._holding(channel, spec)):
             if channel.waiting or not channel.usable() or not self._arguments_here(spec):
                 channel.waiting.append((spec, frames, keep))
@@ -223,7 +223,6 @@ class DirectCalls(DirectSockets, DirectReplies):
             channel.silent_sent += 1
         else:
             channel.node_calls += 1
-            channel.silent_at_node_call = channel.silent_sent
             # Hold the first return until it arrives (the node pushes only
             # what we hold), so this channel learns the call was answered.
             first = spec.return_ids[0]
@@ -237,8 +236,6 @@ class DirectCalls(DirectSockets, DirectReplies):
         with self.lock:
             channel.node_calls -= 1
             channel.silent_answered = max(channel.silent_answered, silent_before)
-        if channel.waiting:
-            self._advance(channel)      # switched over: the calls waiting go direct now
         self.runtime.refs.drop(object_id)
 
     # -- ray.kill from this process ---------------------------------------

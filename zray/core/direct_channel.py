@@ -11,7 +11,7 @@ class Channel:
     __slots__ = ("actor_id", "socket", "monitor", "connected", "inflight", "waiting",
                  "node_calls", "node_only", "silent_sent", "silent_answered", "actor_ref",
                  "held_back", "epoch", "worker_id", "pings", "last_used", "retry_at",
-                 "closed", "remote", "lookups", "hold_until", "silent_at_node_call")
+                 "closed", "remote", "lookups", "hold_until")
 
     def __init__(self, actor_id, socket=None, monitor=None):
         self.actor_id = actor_id
@@ -44,17 +44,10 @@ class Channel:
         # A fresh actor on another node, its address not in the kv yet (it is
         # starting): calls wait here (``waiting``) until then, not longer.
         self.hold_until = None
-        self.silent_at_node_call = 0  # silent_sent when the latest call went through the node
 
     def usable(self):
         return (self.connected and not self.node_calls and not self.node_only
                 and self.silent_answered == self.silent_sent)
-
-    def switching(self):
-        """Connected, with calls through the node still out: later calls wait
-        here for those answers, then go direct (a stream switches over)."""
-        return (self.connected and self.node_calls and not self.node_only
-                and self.silent_at_node_call == self.silent_sent)
 
     def idle(self):
         return not (self.inflight or self.waiting)

@@ -213,7 +213,7 @@ class DirectSockets:
         send = self.connection.send_message
         with self.lock:
             channel.hold_until = None
-            if channel.usable() or channel.switching():
+            if channel.usable():
                 return
             waiting, channel.waiting = list(channel.waiting), deque()
             for spec, frames, _keep in waiting:
