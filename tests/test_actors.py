@@ -805,12 +805,36 @@ def test_calls_sent_before_the_last_handle_drops_still_run(ray_shared):
     wait_until(lambda: pid_gone(pid), what="the temporary actor to exit")
 
 
+def test_actor_exits_when_the_object_holding_its_last_handle_goes(ray_shared):
+    counter = Counter.remote()
+    actor_id = counter._actor_id
+    pid = ray.get(counter.pid.remote())
+    box = ray.put([counter])
+    del counter
+    runtime = ray.api._runtime()
+
+    def handle_released():      # this process's release of its handle has been sent
+        refs = runtime.refs
+        return actor_id not in refs.local_refs and not refs.drops and not refs.pending_release
+    wait_until(handle_released, what="the handle's release to leave")
+    runtime.request("status")   # ...and the node has handled it (same socket, in order)
+    assert not pid_gone(pid)    # the handle in `box` keeps it
+    del box                     # the last handle goes with the object holding it
+    wait_until(lambda: pid_gone(pid), what="the actor to exit with the object holding its handle")
+
+
 def test_no_actor_is_left_once_every_handle_is_gone(ray_shared):
     # Runs last: every actor of the tests above has lost its handles, so the
     # node must have forgotten them all (tombstones included).
     import gc
     gc.collect()
     status = lambda: ray.api._runtime().request("status")["actors"]
-    wait_until(lambda: status()["actors"] == 0, what=f"actor entries to go: {status()}")
+    try:
+        wait_until(lambda: status()["actors"] == 0, what="actor entries to go")
+    except AssertionError as timed_out:
+        # Which ones stayed, as the node has them now (not as they were at the start).
+        left = [(a["class"], a["state"], a["pid"], a["death_reason"])
+                for a in ray.api._runtime().request("introspect")["actors"]]
+        raise AssertionError(f"{timed_out}: {status()} {left}") from None
     assert status()["named"] == 0
 

@@ -349,6 +349,20 @@ def test_actor_exits_when_its_last_handle_goes():
     assert of(C.StopWorker, out) == [C.StopWorker(worker_id)]
 
 
+def test_actor_exits_when_the_object_holding_its_last_handle_goes():
+    """The driver dropped its handle first; the handle inside a put object
+    was the last one: freeing that object lets the actor go (it lived on)."""
+    node = Node()
+    node.driver()
+    actor_id, worker_id = make_actor(node)
+    node.do(E.RefsAdded(b"driver", [actor_id]))
+    holder = new_id()
+    node.do(E.ObjectsPut(b"driver", [(holder, P.INLINE, 1, None, (actor_id,), False)], [b"v"]))
+    assert not of(C.StopWorker, node.do(E.RefsRemoved(b"driver", [actor_id])))
+    out = node.do(E.RefsRemoved(b"driver", [holder]))
+    assert of(C.StopWorker, out) == [C.StopWorker(worker_id)]
+
+
 # == forwarding ==================================================================
 def peer_info(cpus=2, gpus=1):
     resources = {"CPU": cpus, "GPU": gpus}

@@ -92,6 +92,10 @@ class ObjectTable(ArenaBlocks, TableReport):
         # in unit tests); ``clock`` gives the wall time stamped on new entries.
         self.disk = disk
         self.clock = clock
+        # fn(object_id): lets go of the ref a freed object held to one inside
+        # it, as a client's release does (the node's: an actor whose last
+        # handle was inside it must hear so, or it never exits).
+        self.release_inner = self.remove_ref
         self.entries = {}
         self.capacity_bytes = capacity_bytes
         self.spill_dir = spill_dir
@@ -297,7 +301,7 @@ class ObjectTable(ArenaBlocks, TableReport):
             else:
                 self.inline_bytes -= entry.size
         for inner in entry.contained:
-            self.remove_ref(inner)
+            self.release_inner(inner)
 
     def get(self, object_id):
         return self.entries.get(object_id)

@@ -56,6 +56,9 @@ class NodeState(ObjectEvents):
         # ``disk``: the object table's port to files (plasma/disk.py on a node).
         self.objects = ObjectTable(object_store_memory, spill_dir, disk,
                                    clock=lambda: self.wall)
+        # A ref inside a freed object goes as a client's does: an actor whose
+        # last handle was in it exits (else it lived on, unreachable).
+        self.objects.release_inner = self.release_object
         self.pool = WorkerPool(max_workers, max_starting=max_starting, soft_limit=soft_limit,
                                name_prefix=worker_prefix)
         self.logs_dir = logs_dir
