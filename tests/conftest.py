@@ -13,6 +13,7 @@ import pytest
 os.environ.setdefault("ZRAY_STRICT_STATE", "1")
 
 import zray as ray  # noqa: E402
+from zray.transport.socket_dir import socket_dir  # noqa: E402
 
 
 def zray_leftovers(session_name=None):
@@ -38,7 +39,8 @@ def assert_no_leftovers(info=None, timeout_s=10.0):
     while True:
         procs, files = zray_leftovers(session_name)
         session_dir = (info or {}).get("session_dir")
-        dir_left = bool(session_dir and os.path.exists(session_dir))
+        dir_left = bool(session_dir and (os.path.exists(session_dir)
+                                         or os.path.exists(socket_dir(session_dir))))
         if not procs and not files and not dir_left:
             return
         if time.monotonic() > deadline:

@@ -186,9 +186,10 @@ def stack(temp_dir, password):
 def _running_tasks_by_pid(session_dirs, password):
     """{worker pid: 'task f' / 'actor C: C.method'} from the nodes of these sessions."""
     from .cluster import NodeClient
+    from .transport.socket_dir import socket_dir
     described = {}
     for session_dir in session_dirs:
-        socket_path = os.path.join(session_dir, "node.sock")
+        socket_path = os.path.join(socket_dir(session_dir), "node.sock")
         if not os.path.exists(socket_path):
             continue
         try:

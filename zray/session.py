@@ -27,6 +27,7 @@ from .dashboard import launch as dashboard
 from .temp_root import (SESSION_NAME, check_temp_root, is_own_session_dir, read_private_json,
                         write_private_json)
 from .transport import auth
+from .transport.socket_dir import make_socket_dir, remove_socket_dir, socket_dir
 from .transport.sockets import wait_ready
 
 START_TIMEOUT_S = 20.0
@@ -40,11 +41,17 @@ def default_temp_root():
 
 def new_session_dir(temp_dir=None):
     root = check_temp_root(temp_dir or default_temp_root())
-    name = os.urandom(4).hex()
-    path = os.path.join(root, f"s-{name}")
-    os.mkdir(path, 0o700)
-    os.mkdir(os.path.join(path, "logs"), 0o700)
-    return name, path
+    while True:
+        name = os.urandom(4).hex()
+        path = os.path.join(root, f"s-{name}")
+        os.mkdir(path, 0o700)
+        try:
+            make_socket_dir(path)      # only under a long root (transport/socket_dir.py)
+        except FileExistsError:        # that short path is taken: another name
+            os.rmdir(path)
+            continue
+        os.mkdir(os.path.join(path, "logs"), 0o700)
+        return name, path
 
 
 def detect_gpus():
@@ -136,6 +143,7 @@ def remove_session_files(session_dir, plasma_dir, session_name, spill_dir=None):
                         pass
     if session_dir:
         shutil.rmtree(session_dir, ignore_errors=True)
+        remove_socket_dir(session_dir)
 
 
 def check_spill_dir(path):
@@ -183,6 +191,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
     kv_process = dashboard_process = None
+    sockets = socket_dir(session_dir)
     kv_info = {}
     processes = []
     try:
@@ -190,8 +199,8 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             kv_address = kv_address or f"tcp://{node_ip_address}:{kv_port or '*'}"
             kv_pub_address = kv_pub_address or f"tcp://{node_ip_address}:*"
         if head:
-            kv_address = kv_address or f"ipc://{session_dir}/kv.sock"
-            kv_pub_address = kv_pub_address or f"ipc://{session_dir}/kv-pub.sock"
+            kv_address = kv_address or f"ipc://{sockets}/kv.sock"
+            kv_pub_address = kv_pub_address or f"ipc://{sockets}/kv-pub.sock"
             kv_log = os.path.join(session_dir, "logs", "kv.log")
             command = [sys.executable, "-m", "zray.kv", "--address", kv_address,
                        "--pub-address", kv_pub_address, "--journal", session_dir]
@@ -206,7 +215,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                 kv_address, kv_pub_address = kv_info["address"], kv_info["pub_address"]
         config = {
             "session_dir": session_dir, "session_name": session_name,
-            "address": node_address or f"ipc://{session_dir}/node.sock",
+            "address": node_address or f"ipc://{sockets}/node.sock",
             "num_cpus": num_cpus, "num_gpus": num_gpus, "gpu_ids": gpu_ids,
             "resources": resources or {}, "object_store_memory": object_store_memory,
             "plasma_dir": plasma_dir, "kv_address": kv_address, "kv_pub_address": kv_pub_address,
@@ -245,6 +254,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
         for process in processes:
             _terminate(process, 2.0)
         shutil.rmtree(session_dir, ignore_errors=True)
+        remove_socket_dir(session_dir)
         raise
     info = {"session_name": session_name, "session_dir": session_dir,
             "kv_address": kv_info.get("address", kv_address),

@@ -3,7 +3,6 @@ from collections import deque
 
 MAX_CHANNELS = 64           # direct sockets per process; past it, idle ones close (LRU)
 IDLE_CLOSE_S = 1.0          # a socket unused this long may close to make room
-MAX_IPC_PATH = 100          # a unix socket path longer than ~107 bytes cannot be bound
 
 
 class Channel:

@@ -22,7 +22,8 @@ import zmq
 from ..kv.records import ACTOR_DIRECT_PREFIX, valid_actor_direct_record
 from ..transport import auth
 from ..transport import protocol as P
-from .direct_channel import IDLE_CLOSE_S, MAX_CHANNELS, MAX_IPC_PATH, Channel
+from ..transport.socket_dir import MAX_IPC_PATH
+from .direct_channel import IDLE_CLOSE_S, MAX_CHANNELS, Channel
 
 REMOTE_CONNECT_S = 2.0      # a tcp socket not connected by then is looked up again
 LOOKUP_TIMEOUT_S = 1.0      # the kv's answer to where an actor listens

@@ -20,7 +20,7 @@ from ..serialization import install_shipped_registrations
 from ..transport import protocol as P
 from ..transport.sockets import bound_receiving, polled_messages
 from ..transport.wire_types import ProtocolError
-from .direct_channel import MAX_IPC_PATH
+from ..transport.socket_dir import MAX_IPC_PATH
 from .object_cache import INLINE_MAX_BYTES
 
 

@@ -48,7 +48,7 @@ import zmq
 from ..serialization import registrations as custom_serializers
 from ..transport import protocol as P
 from ..transport.sockets import polled_messages
-from .direct_channel import MAX_IPC_PATH
+from ..transport.socket_dir import MAX_IPC_PATH
 from .lease_arguments import ArgumentWaits
 
 LINGER_S = 1.0

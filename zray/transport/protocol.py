@@ -17,6 +17,8 @@ sockets sit in a directory only this user can enter.
 """
 import hashlib
 
+from .socket_dir import socket_dir
+
 from .wire_types import (BOOL, BYTES, DATA, INT, NUM, STR, ProtocolError, decode, encode,
                          fixed, keyed, mapping, opt, pair, record, seq)
 
@@ -206,12 +208,12 @@ def check_op(table, op, arguments):
 def actor_socket_path(session_dir, actor_id):
     """Where an actor's worker listens for direct calls: the same path after a
     restart, so callers' sockets reconnect by themselves."""
-    return f"{session_dir}/a-{actor_id[-8:].hex()}.sock"   # its random part (8 bytes: its home)
+    return f"{socket_dir(session_dir)}/a-{actor_id[-8:].hex()}.sock"   # its random part (8 bytes: its home)
 
 
 def worker_socket_path(session_dir, worker_id):
     """Where a worker listens for the tasks of the client that leased it."""
-    return f"{session_dir}/w-{hashlib.sha1(worker_id).hexdigest()[:16]}.sock"
+    return f"{socket_dir(session_dir)}/w-{hashlib.sha1(worker_id).hexdigest()[:16]}.sock"
 
 
 def function_id_of(blob):
