@@ -4,6 +4,7 @@
 
     api ──► actor, remote_function, local_mode ──► object_ref  (public API, tools)
     core/: worker ──► runtime ──► submit, direct, connection ──► refcount, object_cache ──► context
+           connection ──► socket_turns ──► side_sockets, node_watch, ctrl_c
                                   sched/ edge: node, peers, worker_processes,
                                   node_messages, node_commands, node_requests,
                                   store_requests; plasma/transfer
@@ -39,7 +40,8 @@ API_ORDER = ["zray.object_ref", "zray.local_mode", "zray.remote_function", "zray
              "zray.api", "zray.introspection"]
 # The client runtime's parts, lowest first, with what each may import of the others.
 CORE_ORDER = ["zray.core.context", "zray.core.refcount", "zray.core.object_cache",
-              "zray.core.connection", "zray.core.direct", "zray.core.endpoint",
+              "zray.core.ctrl_c", "zray.core.node_watch", "zray.core.side_sockets",
+              "zray.core.socket_turns", "zray.core.connection", "zray.core.direct", "zray.core.endpoint",
               "zray.core.submit", "zray.core.runtime",
               "zray.core.worker"]
 

@@ -11,8 +11,11 @@
 
 - ``events.py`` / ``commands.py``: the vocabulary, small typed records.
 - ``node_state.py``: ``NodeState``, one entry point ``handle(event) ->
-  list[command]``; tasks, workers and clients; ``objects.py``: its object
-  and reference events.
+  list[command]``; its events are handled by parts mixed in:
+  ``clients.py`` (clients joining and leaving), ``task_events.py`` (tasks
+  submitted and done), ``worker_events.py`` (workers blocked, exited,
+  wanted), ``objects.py`` (objects and references); ``dispatch.py`` places
+  ready tasks on idle workers.
 - ``actors.py``: the actor table (creation, per-caller call queues, restart,
   kill); ``actor_routing.py``: actors placed on or homed on other nodes
   (calls routed there, re-created when their node dies; ``location()``
@@ -28,6 +31,7 @@
   ``SpillsFinished``. Unit tests pass a fake port.
 """
 from . import commands, events
-from .node_state import Client, NodeState
+from .clients import Client
+from .node_state import NodeState
 
 __all__ = ["Client", "NodeState", "commands", "events"]
