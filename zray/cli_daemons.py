@@ -151,7 +151,7 @@ def start(head, address, port, num_cpus, num_gpus, resources, object_store_memor
         num_cpus = psutil.cpu_count()
     common = dict(num_cpus=num_cpus, num_gpus=num_gpus, gpu_ids=gpu_ids, resources=resources,
                   object_store_memory=object_store_memory or session.default_object_store_memory(),
-                  plasma_dir=plasma_dir, temp_dir=root, password=password, detach=True,
+                  plasma_dir=plasma_dir, temp_dir=root, password=password,
                   max_workers=max_workers, owner_pid=owner_pid)
     try:
         if head:

@@ -4,8 +4,14 @@
 directory (sockets, logs, spilled objects); stopping removes it, and so does
 the node when the process that started it disappears.
 
-Daemons started by ``zray start`` have no owner: they run in their own
-process group, outlive the command, and are recorded in
+Every daemon runs in its own session (process group): a signal meant for
+the driver's terminal or group (Ctrl-C, ``timeout``, a CI runner ending a
+job) must not kill one halfway, leaving its sockets and shared memory
+behind. Those ``ray.init()`` starts have the driver as owner and stop, and
+clean up, when it is gone however it ended (``OwnerWatch``).
+
+Daemons started by ``zray start`` have no owner (unless ``--owner-pid``):
+they outlive the command, and are recorded in
 ``<temp root>/procs/<pid>.json`` so that ``zray stop`` can find exactly them
 (never by process name) and clean up after them.
 
@@ -24,6 +30,7 @@ import psutil
 
 from . import stackdump
 from .dashboard import launch as dashboard
+from .plasma.shm import unlink_session_files
 from .temp_root import (SESSION_NAME, check_temp_root, is_own_session_dir, read_private_json,
                         write_private_json)
 from .transport import auth
@@ -132,15 +139,7 @@ def _terminate(process, timeout_s):
 
 
 def remove_session_files(session_dir, plasma_dir, session_name, spill_dir=None):
-    prefix = f"zray-{session_name}-"
-    for directory in (plasma_dir, spill_dir):
-        if directory and os.path.isdir(directory):
-            for name in os.listdir(directory):
-                if name.startswith(prefix):
-                    try:
-                        os.unlink(os.path.join(directory, name))
-                    except OSError:
-                        pass
+    unlink_session_files((plasma_dir, spill_dir), session_name)
     if session_dir:
         shutil.rmtree(session_dir, ignore_errors=True)
         remove_socket_dir(session_dir)
@@ -170,14 +169,13 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                   plasma_dir, temp_dir=None, password="", owner_pid=None, head=True,
                   kv_address=None, kv_pub_address=None, node_address=None,
                   max_workers=None, prestart_workers=None, node_ip_address=None, kv_port=None,
-                  detach=False, spill_dir=None, include_dashboard=False, dashboard_host=None,
+                  spill_dir=None, include_dashboard=False, dashboard_host=None,
                   dashboard_port=None, wait_dashboard=True):
     """Start kv (when head) and a node; return once both said READY.
 
     With ``node_ip_address`` the daemons also listen on tcp there (the kv on
     ``kv_port``, 0 = any free port; the node on a free port) so other nodes
-    and drivers can reach them. ``detach`` starts them in their own session
-    so they outlive the caller (``zray start``). ``include_dashboard`` also
+    and drivers can reach them. ``include_dashboard`` also
     starts the web dashboard next to the head's kv service (waited for
     unless ``wait_dashboard`` is False: then ``webui_url()`` waits).
     """
@@ -206,7 +204,7 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                        "--pub-address", kv_pub_address, "--journal", session_dir]
             if owner_pid:
                 command += ["--owner-pid", str(owner_pid)]
-            kv_process = _spawn(command, kv_log, env, detach)
+            kv_process = _spawn(command, kv_log, env)
             processes.append(kv_process)
             kv_info = {}
             if "*" in kv_address + kv_pub_address:
@@ -237,11 +235,11 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
             config["kv_restart"] = {"command": restart, "pid": kv_process.pid, "log": kv_log}
         node_log = os.path.join(session_dir, "logs", "node.log")
         node_process = _spawn([sys.executable, "-m", "zray.sched", "--config", json.dumps(config)],
-                              node_log, env, detach)
+                              node_log, env)
         processes.append(node_process)
         if head and include_dashboard:
             dashboard_process = dashboard.spawn(_spawn, session_dir, kv_address,
-                                                node_process.pid, env, detach, dashboard_host,
+                                                node_process.pid, env, dashboard_host,
                                                 dashboard_port)
             processes.append(dashboard_process)
         if head and not kv_info:
@@ -267,12 +265,13 @@ def start_daemons(*, num_cpus, num_gpus, gpu_ids, resources, object_store_memory
                         dashboard_process)
 
 
-def _spawn(command, log_path, env, detach=False):
+def _spawn(command, log_path, env):
     log_file = open(log_path, "ab")
     try:
+        # Its own session: out of reach of signals sent to the caller's group.
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log_file, env=env, close_fds=True,
-                                start_new_session=detach)
+                                start_new_session=True)
     finally:
         log_file.close()
 

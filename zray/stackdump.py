@@ -75,6 +75,15 @@ def uninstall():
         pass
     dump_file.close()
 
+def remove_file_of(session_dir, pid, role):
+    """Remove the file of a process that ended without ``uninstall`` (a worker
+    leaves by ``os._exit``; a driver may be killed): its node does it."""
+    try:
+        os.unlink(os.path.join(stacks_dir(session_dir), f"{pid}.{role}"))
+    except OSError:
+        pass
+
+
 def format_stacks():
     """Every thread's stack in faulthandler's format (innermost frame first)."""
     names = {thread.ident: thread.name for thread in threading.enumerate()}

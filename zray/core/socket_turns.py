@@ -46,6 +46,7 @@ class SocketTurns:
     def _init_socket_turns(self):
         self.on_tick = None         # fn(now), every TICK_S from the I/O thread
         self.on_last_flush = None   # fn(), under sock_lock as the I/O thread stops
+        self.on_parent_gone = None  # fn(), the last act once the parent is gone (watch_parent)
         self.outbox = deque()
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
@@ -241,7 +242,7 @@ class SocketTurns:
                     if self.on_tick is not None:
                         self.on_tick(now)
                     if self.watch is not None and self.watch.gone():
-                        os._exit(1)
+                        self._leave_orphaned()
                 if self.monitor is not None and not self.node_lost:
                     self._watch_connection(now)
             with self.sock_lock:
@@ -252,6 +253,17 @@ class SocketTurns:
             pass
         except Exception:
             log.exception("zray I/O thread failed")
+
+    def _leave_orphaned(self):
+        """The process that started this one is gone: exit now, after its
+        ``on_parent_gone`` (a worker's node killed outright)."""
+        try:
+            if self.on_parent_gone is not None:
+                self.on_parent_gone()
+        except Exception:       # noqa: BLE001 - leaving anyway
+            log.debug("on_parent_gone failed", exc_info=True)
+        finally:
+            os._exit(1)
 
     # == moving messages (needs sock_lock) ====================================
     def _flush_outbox(self):

@@ -17,6 +17,7 @@ from types import CoroutineType
 
 from ..exceptions import RayActorError, RayTaskError
 from ..object_ref import counting_refs_once
+from ..plasma.shm import unlink_session_files
 from ..serialization import SerializationError, deserialize, loads_function, serialize
 from ..transport import auth
 from ..transport import protocol as P
@@ -416,6 +417,10 @@ def main():
     runtime = Runtime(node_address, "worker", identity=worker_id.encode(),
                       password=os.environ.pop(auth.TOKEN_ENV, ""), watch_parent=True,
                       worker_secret=os.environ.pop(auth.WORKER_SECRET_ENV, None))
+    # A node killed outright (SIGKILL, the OOM killer) cannot remove its
+    # shared memory; its workers see it gone and do (the rest: `zray stop`).
+    runtime.connection.on_parent_gone = lambda: unlink_session_files(
+        (runtime.plasma_dir, runtime.spill_dir), runtime.session_name)
     context.set_current(runtime)
     worker = Worker(runtime)
     worker.listen_for_pushes()

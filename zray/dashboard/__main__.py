@@ -34,7 +34,8 @@ def main(argv=None):
     url = page_url(args.host, server.port, token)
     reader.kv.put(URL_KEY, url)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    for signum in (signal.SIGTERM, signal.SIGINT):      # either: stop, and clean up
+        signal.signal(signum, lambda *_: stop.set())
     # A daemon thread: the process exits without waiting for a page being served.
     threading.Thread(target=server.serve_forever, daemon=True, name="http").start()
     announce_ready({"url": url, "port": server.port})

@@ -8,14 +8,14 @@ log = logging.getLogger("zray.dashboard")
 START_TIMEOUT_S = 20.0
 
 
-def spawn(spawn_process, session_dir, kv_address, node_pid, env, detach, host=None, port=None):
+def spawn(spawn_process, session_dir, kv_address, node_pid, env, host=None, port=None):
     """Start ``python -m zray.dashboard``; return the process (READY not awaited).
     It lives as long as the head's node (which restarts a kv service that died)."""
     command = [sys.executable, "-m", "zray.dashboard", "--kv-address", kv_address,
                "--host", host or "127.0.0.1", "--port", str(port or 0)]
     if node_pid:
         command += ["--watch-pid", str(node_pid)]
-    return spawn_process(command, log_path(session_dir), env, detach)
+    return spawn_process(command, log_path(session_dir), env)
 
 
 def log_path(session_dir):

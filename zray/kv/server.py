@@ -24,6 +24,7 @@
 """
 import logging
 import os
+import signal
 import time
 
 import zmq
@@ -184,6 +185,17 @@ class KvServer:
 
     # -- loop ---------------------------------------------------------------
     def serve_forever(self):
+        try:
+            self._serve()
+        finally:        # also on SIGTERM / SIGINT (main): ipc socket files go with the sockets
+            self.router.close(0)
+            self.publisher.close(0)
+            if self.journal is not None:
+                self.journal.close()
+            if self.gatekeeper is not None:
+                self.gatekeeper.stop()
+
+    def _serve(self):
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         while self.running:
@@ -204,12 +216,6 @@ class KvServer:
             if self.owner.gone():
                 log.info("owner process gone; kv service exits")
                 break
-        self.router.close(0)
-        self.publisher.close(0)
-        if self.journal is not None:
-            self.journal.close()
-        if self.gatekeeper is not None:
-            self.gatekeeper.stop()
 
     def _handle(self, frames):
         if len(frames) < 2:
@@ -261,7 +267,23 @@ def main(argv=None):
     from ..stackdump import install as install_stack_dump
     install_stack_dump("kv")
     from ..transport.sockets import announce_ready
+    stopping = []
+
+    def stop(signum, _frame):
+        # At once, out of the poll (a flag would wait for the loop's turn and
+        # slow every ray.shutdown); once: a second signal must not cut the cleanup.
+        if not stopping:
+            stopping.append(signum)
+            raise SystemExit(0)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
     announce_ready({"address": server.router_address, "pub_address": server.pub_address})
     started = time.time()
-    server.serve_forever()
+    try:
+        server.serve_forever()
+    except SystemExit:
+        pass
+    # Closed sockets are torn down by libzmq's own thread: ending the context
+    # waits for it, so an ipc socket's file is gone before the process is.
+    server.context.destroy(linger=0)
     log.info("kv service stopped after %.1f s", time.time() - started)

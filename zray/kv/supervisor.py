@@ -28,8 +28,11 @@ CHECK_S = 0.5
 
 
 class KvSupervisor:
-    def __init__(self, command, pid, log_path, token):
+    def __init__(self, command, pid, log_path, token, owner_gone=lambda: False):
         self.command = list(command)
+        # A kv that exited because the node's owner is gone (both watch it)
+        # is not restarted: the node stops next.
+        self.owner_gone = owner_gone
         if "--owner-pid" not in self.command:
             self.command += ["--owner-pid", str(os.getpid())]
         self.pid = pid
@@ -43,7 +46,7 @@ class KvSupervisor:
         if now < self.next_check:
             return
         self.next_check = now + CHECK_S
-        if self._alive():
+        if self._alive() or self.owner_gone():
             return
         log.warning("the kv service (pid %d) is gone; restarting it", self.pid)
         env = dict(os.environ)

@@ -353,3 +353,14 @@ def unlink_quietly(path):
         os.unlink(path)
     except OSError:
         pass
+
+
+def unlink_session_files(directories, session_name):
+    """Remove every file of a session (objects, arena chunks, spilled copies)
+    from these directories, whoever wrote them and whether sealed or not."""
+    prefix = f"zray-{session_name}-"
+    for directory in directories:
+        if directory and os.path.isdir(directory):
+            for name in os.listdir(directory):
+                if name.startswith(prefix):
+                    unlink_quietly(os.path.join(directory, name))

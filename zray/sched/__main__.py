@@ -18,7 +18,10 @@ def main(argv=None):
                         format="%(asctime)s %(levelname)s node: %(message)s")
     node = NodeDaemon(config)
     install_stack_dump("node", config["session_dir"])
-    signal.signal(signal.SIGTERM, lambda *_: setattr(node, "running", False))
+    # SIGTERM or SIGINT: stop as told, workers, sockets and shared memory with it
+    # (a KeyboardInterrupt would leave the loop halfway and all of them behind).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: setattr(node, "running", False))
     # Workers first: their start (~0.1 s of imports each) overlaps the kv
     # listing, READY and the driver's connect, so the first task finds one.
     node.prestart_workers()

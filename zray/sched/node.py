@@ -29,8 +29,10 @@ import time
 import psutil
 import zmq
 
+from ..plasma import shm
 from ..plasma.disk import SpillDisk
 from ..plasma.uploads import Uploads
+from ..stackdump import remove_file_of as remove_stack_file
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.sockets import OwnerWatch, RateLimitedLog, bound_receiving
@@ -108,12 +110,14 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
         if config.get("kv_address"):
             from ..kv.client import KvClient
             self.kv = KvClient(config["kv_address"], self.password, self.context)
+        self.owner = OwnerWatch(config.get("owner_pid"))
         self.kv_supervisor = None      # the head restarts its kv service if it dies
         if config.get("kv_restart"):
             from ..kv.supervisor import KvSupervisor
             restart = config["kv_restart"]
             self.kv_supervisor = KvSupervisor(restart["command"], restart["pid"],
-                                              restart["log"], self.password)
+                                              restart["log"], self.password,
+                                              self.owner.gone_now)
         self.watched = {}              # extra sockets polled by the loop -> callback
         if self.remote_connections is not None:
             self.watched[self.remote_connections.monitor] = self._on_remote_disconnect
@@ -124,7 +128,6 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
         if self.tcp_address and self.kv is not None:
             from .peers import Peers
             self.peers = Peers(self)
-        self.owner = OwnerWatch(config.get("owner_pid"))
         self.running = True
         self.prestarted = False
         self.orphaned = False
@@ -247,6 +250,7 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
                 if identity not in self.remote_clients and not _pid_alive(pid):
                     log.info("driver pid %d is gone; releasing its objects", pid)
                     self.handle(E.ClientLeft(identity))
+                    remove_stack_file(self.session_dir, pid, "driver")   # killed, it left it
             self.handle(E.Tick(now, time.time()))
         if self.owner.gone():
             log.info("the driver that started this node is gone; shutting down")
@@ -290,6 +294,9 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
         self.processes.stop_all(grace_s=0.5)
         self.disk.close()
         self.objects.unlink_all()
+        # And what the table did not know of (a put cut short by the stop).
+        shm.unlink_session_files((self.config["plasma_dir"], self.config.get("spill_dir")),
+                                 self.session_name)
         if self.kv is not None:
             try:
                 self.kv.tell("delete", f"node:{self.node_id}")
@@ -302,6 +309,10 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
             self.remote_connections.close()
             self.tcp_router.close(0)
             self.gatekeeper.stop()
+        if not self.orphaned and self.owner.gone_now():
+            # Told to stop as its owner died (a signal to both): nobody else
+            # is left to remove the session's files.
+            self.orphaned = True
         if self.orphaned and self.config.get("remove_session_dir_on_orphan"):
             from ..session import remove_session_files
             remove_session_files(self.session_dir, self.config["plasma_dir"], self.session_name,

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from ..stackdump import remove_file_of as remove_stack_file
 from ..transport import auth
 from .worker_pool import log_file_path
 
@@ -121,6 +122,7 @@ class WorkerProcesses:
                 process.log_file.write(process.log_pending + tail)
             stdout.close()
         process.log_file.close()
+        remove_stack_file(self.session_dir, process.pid, "worker")
 
     def stop_all(self, grace_s=1.0):
         """SIGTERM every worker, SIGKILL the ones still there after grace_s."""

@@ -164,6 +164,12 @@ class OwnerWatch:
         if now < self.next_check:
             return False
         self.next_check = now + self.interval_s
+        return self.gone_now()
+
+    def gone_now(self):
+        """``gone()`` without its rate limit (a daemon about to stop asks once)."""
+        if not self.pid:
+            return False
         if self.owner_is_parent and os.getppid() != self.parent_at_start:
             return True
         try:
