@@ -216,3 +216,17 @@ def test_a_stopped_zray_start_node_leaves_nothing_after_zray_stop(tmp_path, sign
         assert not records(cluster.root)
     finally:
         zray("stop", "--temp-dir", cluster.root, check=False)
+
+
+def test_a_finished_workers_stack_dump_file_goes(ray_start):
+    """A worker leaves by os._exit, its stack-dump file behind: the node that
+    reaps it removes the file (they piled up for the session's life)."""
+    @ray.remote(max_calls=1)        # its worker exits after this call
+    def where():
+        path = os.path.join(os.environ["ZRAY_SESSION_DIR"], "stacks", f"{os.getpid()}.worker")
+        return os.getpid(), path, os.path.exists(path)
+
+    pid, path, existed = ray.get(where.remote())
+    assert existed
+    wait_for(lambda: not psutil.pid_exists(pid) and not os.path.exists(path), 20,
+             f"worker {pid} to exit and its {path} to go")
