@@ -12,6 +12,8 @@ import time
 
 import psutil
 
+from zray.transport.socket_dir import socket_dir
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -141,7 +143,8 @@ def assert_all_gone(pids, sessions, timeout_s=10.0):
                     procs.append(pid)
             except psutil.Error:
                 pass
-        dirs = [s["session_dir"] for s in sessions if os.path.exists(s["session_dir"])]
+        dirs = [d for s in sessions for d in {s["session_dir"], socket_dir(s["session_dir"])}
+                if os.path.exists(d)]
         files = [f for f in os.listdir("/dev/shm")
                  if any(f.startswith(f"zray-{s['session_name']}-") for s in sessions)]
         return procs, dirs, files

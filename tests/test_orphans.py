@@ -6,16 +6,15 @@ no process, shared-memory segment, socket file or session directory.
 """
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 
 import psutil
 import pytest
 
 import zray as ray
+from zray.transport.socket_dir import socket_dir
 
 from cluster_util import ROOT, Cluster, assert_all_gone, records, wait_for, zray
 
@@ -67,22 +66,24 @@ def _kill(processes):
             pass
 
 
-def _leftovers(root, session_name, processes):
-    """What is still there: processes, shm segments, anything under the temp root."""
-    shm = sorted(f for f in os.listdir("/dev/shm") if f.startswith(f"zray-{session_name}-"))
-    files = sorted(os.path.relpath(os.path.join(d, name), root)
-                   for d, dirs, names in os.walk(root) for name in dirs + names)
-    return {"processes": _alive(processes), "shm": shm, "files under the temp root": files}
+def _leftovers(root, info, processes):
+    """What is still there: processes, shm segments, anything under the temp
+    root or in the session's socket directory (transport/socket_dir.py)."""
+    shm = sorted(f for f in os.listdir("/dev/shm")
+                 if f.startswith(f"zray-{info['session_name']}-"))
+    files = sorted(os.path.join(d, name) for top in (root, socket_dir(info["session_dir"]))
+                   for d, dirs, names in os.walk(top) for name in dirs + names)
+    return {"processes": _alive(processes), "shm": shm, "files": files}
 
 
-def _wait_nothing_left(root, session_name, processes, timeout_s=15.0):
+def _wait_nothing_left(root, info, processes, timeout_s=15.0):
     def nothing_left():
-        return not any(_leftovers(root, session_name, processes).values())
+        return not any(_leftovers(root, info, processes).values())
     try:
         wait_for(nothing_left, timeout_s, "the driver's cluster to leave nothing behind")
     except AssertionError:
         raise AssertionError(f"left behind {timeout_s} s after: "
-                             f"{_leftovers(root, session_name, processes)}") from None
+                             f"{_leftovers(root, info, processes)}") from None
 
 
 def _start_driver(root):
@@ -106,29 +107,21 @@ def _start_driver(root):
     return driver, info, [me] + me.children(recursive=True)
 
 
-@pytest.fixture
-def short_root():
-    """A temp root with a short path: an actor's socket file must fit in
-    sun_path (a pytest tmp_path does not)."""
-    root = tempfile.mkdtemp(prefix="zo-")
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL],
                          ids=["SIGTERM", "SIGINT", "SIGKILL"])
 @pytest.mark.parametrize("to", ["driver", "group"])
-def test_a_stopped_driver_leaves_nothing(short_root, to, signum):
-    root = short_root
+def test_a_stopped_driver_leaves_nothing(tmp_path, to, signum):
+    root = tmp_path / "root"
     driver, info, processes = _start_driver(root)
     try:
-        assert [f for f in os.listdir(info["session_dir"]) if f.endswith(".sock")]
+        sockets = os.listdir(socket_dir(info["session_dir"]))
+        assert len([f for f in sockets if f.endswith(".sock")]) >= 4, sockets
         if to == "group":
             os.killpg(driver.pid, signum)
         else:
             driver.send_signal(signum)
         driver.wait(30)
-        _wait_nothing_left(root, info["session_name"], processes)
+        _wait_nothing_left(root, info, processes)
     finally:
         _kill(processes)
         driver.stdout.close()
