@@ -120,7 +120,37 @@ class SocketTurns:
         with Critical(self):
             self._pump_now(timeout_ms)
 
-    def _pump_now(self, timeout_ms):
+    def pump_with(self, fds, timeout_ms, must_not_block):
+        """One pump by a thread that is neither in an API call nor the I/O
+        thread (an async actor's event loop, core/actor_loop.py): taken as an
+        API call takes the socket, with ``fds`` ((fd, POLLIN/POLLOUT) pairs)
+        in the same poll; it does not block if ``must_not_block()`` once the
+        socket is ours (a pump of the I/O thread may have just brought work).
+        Returns the poll's (item, events), ``fds``' among them."""
+        with self.api_mutex:
+            self.api_active += 1
+        if self.io_polling:
+            self._wake()        # the I/O thread is in a long poll: make it let go
+        try:
+            with self.sock_lock:
+                if timeout_ms and must_not_block():
+                    timeout_ms = 0
+                # Others wake a holder that waits: a thread in get, a send.
+                self.io_polling = True
+                try:
+                    ready = self._pump_now(timeout_ms, fds)
+                finally:
+                    self.io_polling = False
+        finally:
+            with self.api_mutex:
+                self.api_active -= 1
+                self.last_api_end = time.monotonic()
+        if self.cond_waiters:
+            with self.lock:
+                self.cond.notify_all()
+        return ready
+
+    def _pump_now(self, timeout_ms, fds=None):
         if self.poll_changes:
             self._apply_poll_changes()
         refs = self.refs
@@ -131,7 +161,10 @@ class SocketTurns:
         # Direct sockets are read only when a poll says so (zmq_poll reports
         # what is already queued, so nothing waits past the next poll): a
         # process with calls to many actors must not test every socket per pump.
-        ready = self.poller.poll(timeout_ms) if timeout_ms else None
+        if fds is not None:
+            ready = zmq.zmq_poll(self.poller.sockets + fds, timeout_ms)
+        else:
+            ready = self.poller.poll(timeout_ms) if timeout_ms else None
         drain = self.wake_pending
         if ready and not drain:
             # A wake written after the flag was last cleared (the writer sets
@@ -163,6 +196,7 @@ class SocketTurns:
             refs.flush(self.enqueue)
         if self.outbox or self.side_outbox:
             self._flush_outbox()
+        return ready
 
     def wait_until(self, predicate, deadline=None):
         """Block until predicate() (checked under cond) holds; False on deadline."""

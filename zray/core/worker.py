@@ -1,8 +1,9 @@
 """A worker process: runs the tasks and actor methods its node sends.
 
 ``python -m zray.core NODE_ADDRESS WORKER_ID``. The main thread takes
-tasks from the runtime's queue and runs them one at a time; async actors run
-their methods on an event loop thread, threaded actors on a thread pool.
+tasks from the runtime's queue and runs them one at a time; an async actor's
+methods run on an event loop that the main thread runs from then on (its
+select reads the sockets: core/actor_loop.py), threaded actors' on a pool.
 Results go back to the node in one DONE message per task.
 """
 import asyncio
@@ -23,6 +24,7 @@ from ..transport import auth
 from ..transport import protocol as P
 from ..stackdump import install as install_stack_dump
 from . import context
+from .actor_loop import AsyncActorExecutor
 from .endpoint import ActorEndpoint, TaskEndpoint
 from .remote_endpoint import RemoteActorEndpoint
 from .runtime import Runtime
@@ -50,6 +52,11 @@ class Worker:
     # -- main loop ------------------------------------------------------------
     def run(self):
         while True:
+            if type(self.actor_executor) is AsyncActorExecutor:
+                # An async actor's loop reads the sockets itself from now on
+                # (core/actor_loop.py), until EXIT.
+                self.actor_executor.serve()
+                return
             item = self.runtime.next_task()
             if item is None:
                 break
@@ -198,7 +205,7 @@ class Worker:
         try:
             args, kwargs = self._arguments(spec, dep_headers, frames)
             result = getattr(self.actor, spec.method)(*args, **kwargs)
-            if inspect.isawaitable(result):
+            if type(result) is CoroutineType or inspect.isawaitable(result):
                 result = await result
             entries, payload = self._store_results(spec, self._split_returns(spec, result))
         except BaseException as exc:       # noqa: B036
@@ -342,57 +349,6 @@ class ThreadedActorExecutor:
 
     def shutdown(self, drain=True):
         self.pool.shutdown(wait=True, cancel_futures=not drain)
-
-
-class AsyncActorExecutor:
-    """Methods of an async actor, interleaved on one event loop thread;
-    at most ``concurrency`` run at once."""
-
-    def __init__(self, worker, concurrency):
-        self.worker = worker
-        self.loop = asyncio.new_event_loop()
-        self.limit = asyncio.Semaphore(concurrency)
-        self.pending = set()         # asyncio tasks of calls not finished (the loop's)
-        self.thread = threading.Thread(target=self._run, daemon=True, name="zray-actor-loop")
-        self.thread.start()
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-
-    def submit(self, fields, frames):
-        # A task made on the loop itself: run_coroutine_threadsafe would add
-        # a concurrent Future and its chaining to every call.
-        self.loop.call_soon_threadsafe(self._start, fields, frames)
-
-    def _start(self, fields, frames):
-        task = self.loop.create_task(self._execute(fields, frames))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _execute(self, fields, frames):
-        async with self.limit:
-            if self.worker.stopping:
-                return
-            if await self.worker.execute_async(fields, frames):
-                self.worker.stop_soon()
-
-    async def _settle(self, drain):
-        """On the loop, after every submitted call has started (FIFO)."""
-        pending = list(self.pending)
-        if not drain:
-            for task in pending:
-                task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
-    def shutdown(self, drain=True):
-        settled = asyncio.run_coroutine_threadsafe(self._settle(drain), self.loop)
-        try:
-            settled.result(timeout=None if drain else 2.0)
-        except Exception:       # noqa: BLE001 - leaving anyway
-            pass
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=2.0)
 
 
 class _Unloadable:
