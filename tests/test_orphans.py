@@ -202,6 +202,9 @@ def test_a_stopped_zray_start_node_leaves_nothing_after_zray_stop(tmp_path, sign
                      "the node and its workers to exit")
             # Its shared memory with them: a killed node's workers remove it.
             assert not [f for f in os.listdir("/dev/shm") if f in segments]
+            if signum != signal.SIGKILL:    # and its socket file, stopped as asked
+                assert not os.path.exists(os.path.join(socket_dir(node["session_dir"]),
+                                                       "node.sock"))
         finally:
             ray.shutdown()
         zray("stop", "--temp-dir", cluster.root)

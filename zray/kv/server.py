@@ -32,7 +32,8 @@ import zmq
 from ..transport import auth
 from ..transport import protocol as P
 from ..transport.wire_types import encode as encode_value
-from ..transport.sockets import OwnerWatch, RateLimitedLog, authorize, bound_receiving
+from ..transport.sockets import (OwnerWatch, RateLimitedLog, authorize, bound_receiving,
+                                 unlink_ipc)
 from .journal import Journal
 
 log = logging.getLogger("zray.kv")
@@ -187,9 +188,11 @@ class KvServer:
     def serve_forever(self):
         try:
             self._serve()
-        finally:        # also on SIGTERM / SIGINT (main): ipc socket files go with the sockets
+        finally:        # also on SIGTERM / SIGINT (main)
             self.router.close(0)
             self.publisher.close(0)
+            for address in (self.router_address, self.pub_address):
+                unlink_ipc(address)
             if self.journal is not None:
                 self.journal.close()
             if self.gatekeeper is not None:
@@ -283,7 +286,7 @@ def main(argv=None):
         server.serve_forever()
     except SystemExit:
         pass
-    # Closed sockets are torn down by libzmq's own thread: ending the context
-    # waits for it, so an ipc socket's file is gone before the process is.
     server.context.destroy(linger=0)
     log.info("kv service stopped after %.1f s", time.time() - started)
+    logging.shutdown()
+    os._exit(0)         # nothing left to tear down: the interpreter's teardown only slows a stop

@@ -35,7 +35,7 @@ from ..plasma.uploads import Uploads
 from ..stackdump import remove_file_of as remove_stack_file
 from ..transport import auth
 from ..transport import protocol as P
-from ..transport.sockets import OwnerWatch, RateLimitedLog, bound_receiving
+from ..transport.sockets import OwnerWatch, RateLimitedLog, bound_receiving, unlink_ipc
 from . import resources as R
 from .node_commands import NodeCommands
 from .node_messages import NodeMessages
@@ -305,6 +305,7 @@ class NodeDaemon(NodeMessages, NodeCommands, NodeRequests, ObjectStoreRequests):
         if self.kv_supervisor is not None:
             self.kv_supervisor.stop()
         self.router.close(0)
+        unlink_ipc(self.address)     # a stale node.sock would be tried by drivers and `zray status`
         if self.tcp_router is not None:
             self.remote_connections.close()
             self.tcp_router.close(0)

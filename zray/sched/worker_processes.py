@@ -11,8 +11,10 @@ import subprocess
 import sys
 import time
 
+from ..plasma import shm
 from ..stackdump import remove_file_of as remove_stack_file
 from ..transport import auth
+from ..transport import protocol as P
 from .worker_pool import log_file_path
 
 
@@ -123,6 +125,8 @@ class WorkerProcesses:
             stdout.close()
         process.log_file.close()
         remove_stack_file(self.session_dir, process.pid, "worker")
+        # The socket it listened on for its lessee, if leased (libzmq leaves the file).
+        shm.unlink_quietly(P.worker_socket_path(self.session_dir, process.worker_id))
 
     def stop_all(self, grace_s=1.0):
         """SIGTERM every worker, SIGKILL the ones still there after grace_s."""

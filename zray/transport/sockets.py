@@ -183,3 +183,12 @@ class OwnerWatch:
             return psutil.Process(self.pid).status() == psutil.STATUS_ZOMBIE
         except Exception:
             return True
+
+
+def unlink_ipc(address):
+    """Remove the file of an ipc address we bound: libzmq leaves it at close."""
+    if address and address.startswith("ipc://"):
+        try:
+            os.unlink(address[len("ipc://"):])
+        except OSError:
+            pass
