@@ -187,6 +187,33 @@ def test_the_first_calls_to_a_started_actor_go_direct_in_order(driver):
     assert ray.get(box.tcp_calls.remote(), timeout=60) == 301
 
 
+def test_calls_held_for_starting_actors_survive_other_actors_answering(driver):
+    """The first calls to actors on another node wait in the caller while one
+    thread looks up each one's address; an actor that answers (its PONG ends
+    its wait) while that thread is busy looking up the others must not stop
+    it: the calls still waiting go on through the nodes after HOLD_FIRST_S,
+    where ray.kill fails them (they waited in the caller for ever: about one
+    run in two of this test)."""
+    started = [make_on("node_a") for _ in range(5)]
+    for box in started:
+        wait_for(lambda box=box: address_record(box) is not None, 30, "the actor to start")
+
+    @ray.remote(num_cpus=0, resources={"node_a": 1})
+    def make_unplaceable(count):
+        return [Box.options(num_cpus=0, resources={"nowhere": 1}).remote()
+                for _ in range(count)]
+    # Never placed: each of their channels is looked up, a kv round trip, at every turn.
+    unplaced = ray.get(make_unplaceable.remote(30), timeout=60)
+    held = [actor.add.remote(1) for actor in unplaced]
+    # Each one's socket connects at once; its PONG comes while the others are looked up.
+    assert [ray.get(box.add.remote(1), timeout=60) for box in started] == [1] * len(started)
+    for actor in unplaced:
+        ray.kill(actor)
+    for ref in held:
+        with pytest.raises(RayActorError, match="ray.kill"):
+            ray.get(ref, timeout=60)
+
+
 def test_calls_through_the_nodes_and_direct_ones_keep_one_callers_order(driver):
     """Later calls do not wait for a call through the nodes to be answered
     before they are sent (an async actor's method may wait for a later call

@@ -12,6 +12,7 @@
   used one idle for IDLE_CLOSE_S closes (its actor's next call opens it
   again); with none idle, calls go through the node.
 """
+import logging
 import os
 import threading
 import time
@@ -29,6 +30,8 @@ REMOTE_CONNECT_S = 2.0      # a tcp socket not connected by then is looked up ag
 LOOKUP_TIMEOUT_S = 1.0      # the kv's answer to where an actor listens
 LOOKUP_AGAIN_S = 0.025      # no address yet: look again after this, doubling (to 1 s)
 HOLD_FIRST_S = 1.0          # the first calls to a starting actor wait this long for its address
+
+log = logging.getLogger("zray.direct")
 
 
 class DirectSockets:
@@ -174,25 +177,40 @@ class DirectSockets:
     def _hold_loop(self):
         try:
             self._look_up_held()
-        except Exception:       # noqa: BLE001 - shutting down: nothing left to send
+        except Exception:       # noqa: BLE001 - only at shutdown (see _look_up_held)
             with self.lock:
                 self.hold_watcher = None
 
     def _look_up_held(self):
+        """Until no channel holds. A PONG (the I/O thread) may end a hold at
+        any moment: each channel's hold is read under the lock, once. A
+        failure here is logged and the loop goes on: ended, it would leave
+        the calls held here waiting for ever."""
         while True:
             time.sleep(LOOKUP_AGAIN_S)
             with self.lock:
-                held = [c for c in self.channels.values() if c.hold_until is not None]
-                if not held or self.connection.closing:
+                if self.connection.closing:
                     self.hold_watcher = None
                     return
-            for channel in held:
-                if time.monotonic() >= channel.hold_until:
-                    self._stop_holding(channel)
-                elif channel.socket is None and not channel.closed:
-                    record = self._lookup(channel.actor_id)
-                    if record is not None:
-                        self._hook_held(channel, record["address"])
+                now = time.monotonic()
+                held = [(c, now >= c.hold_until) for c in self.channels.values()
+                        if c.hold_until is not None]
+                if not held:
+                    self.hold_watcher = None
+                    return
+            for channel, expired in held:
+                try:
+                    if expired:
+                        self._stop_holding(channel)
+                    elif channel.socket is None and not channel.closed:
+                        record = self._lookup(channel.actor_id)
+                        if record is not None:
+                            self._hook_held(channel, record["address"])
+                except Exception:       # noqa: BLE001 - see the docstring
+                    if self.connection.closing:
+                        raise
+                    log.exception("looking up the address of actor %s",
+                                  channel.actor_id.hex())
 
     def _hook_held(self, channel, target):
         with self.lock:
@@ -213,6 +231,8 @@ class DirectSockets:
         calls held go through the node, in order, and later ones follow."""
         send = self.connection.send_message
         with self.lock:
+            if channel.hold_until is None:      # its PONG came meanwhile: direct
+                return
             channel.hold_until = None
             if channel.usable():
                 return
