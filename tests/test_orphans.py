@@ -14,6 +14,7 @@ import psutil
 import pytest
 
 import zray as ray
+from zray.session import remove_session_files
 from zray.transport.socket_dir import socket_dir
 
 from cluster_util import ROOT, Cluster, assert_all_gone, records, wait_for, zray
@@ -125,6 +126,10 @@ def test_a_stopped_driver_leaves_nothing(tmp_path, to, signum):
     finally:
         _kill(processes)
         driver.stdout.close()
+        # Failed: what SIGKILLed daemons could not remove goes all the same.
+        psutil.wait_procs(processes, timeout=10)
+        remove_session_files(info["session_dir"], info.get("plasma_dir") or "/dev/shm",
+                             info["session_name"])
 
 
 CTRL_C_DRIVER = """
